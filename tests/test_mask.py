@@ -90,5 +90,5 @@ def test_fold_gives_the_same_logits_as_the_mask_layer(
 def test_fold_refuses_a_mask_on_a_non_linear_layer() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 3))
     insert_mask(model, LayerRef("0", Side.OUTPUT), FeatureMask(torch.ones(2, 6, 6)))
-    with pytest.raises(LayerError, match="only a mask on an nn.Linear"):
+    with pytest.raises(LayerError, match=r"only a mask on an nn\.Linear"):
         fold_mask(model, "0")

@@ -48,7 +48,7 @@ def test_named_layer_side_defaults(model: nn.Module, model_name: str) -> None:
 
 
 def test_unknown_layer_lists_candidates(model: nn.Module) -> None:
-    with pytest.raises(LayerError, match="no layer named 'nope'.*candidates:"):
+    with pytest.raises(LayerError, match=r"no layer named 'nope'.*candidates:"):
         resolve_layer(model, "nope")
 
 
