@@ -68,3 +68,10 @@ def test_tap_captures_the_input_of_fc(model: nn.Module, model_name: str) -> None
         feats = t.take()
     h.remove()
     torch.testing.assert_close(feats, seen[0])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_models_get_a_clear_error() -> None:
+    scripted = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)))
+    with pytest.raises(LayerError, match="TorchScript"):
+        resolve_layer(scripted)

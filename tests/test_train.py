@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -15,6 +17,16 @@ from deepcloak.train import accuracy, augment_batch, train_model
 Digits = tuple[TensorDataset, TensorDataset]
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # These models are tiny: one thread is as fast as two, and unlike two it stays fast when
+    # other processes share the cores (OpenMP threads spin-wait badly when oversubscribed).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def digits() -> Digits:
     """sklearn's 8x8 digits in [0, 1]: the first 1200 to train on, the other 597 to test."""
@@ -24,27 +36,28 @@ def digits() -> Digits:
     return TensorDataset(x[:1200], y[:1200]), TensorDataset(x[1200:], y[1200:])
 
 
-def small_cnn(seed: int = 0, **kwargs: object) -> nn.Module:
+def small_cnn(seed: int = 0, *, width: int = 8, hidden: int = 32) -> nn.Module:
     torch.manual_seed(seed)
-    return create_model("cnn", in_channels=1, num_classes=10, input_size=8, width=8, hidden=32,
-                        **kwargs)  # fmt: skip
+    return create_model(
+        "cnn", in_channels=1, num_classes=10, input_size=8, width=width, hidden=hidden
+    )
 
 
 def test_learns_digits(digits: Digits) -> None:
     train, test = digits
-    model = small_cnn()
-    result = train_model(model, train, epochs=8, batch_size=64, test_set=test)
+    model = small_cnn(width=16, hidden=64)
+    result = train_model(model, train, epochs=10, batch_size=32, test_set=test)
     assert result.test_accuracy is not None and result.test_accuracy > 0.9
-    assert result.epochs == 8 and len(result.losses) == 8
+    assert result.epochs == 10 and len(result.losses) == 10
     assert result.losses[-1] < result.losses[0]
     assert result.seconds < 30
     assert not model.training
 
 
 @pytest.mark.parametrize(("optimizer", "schedule"), [("adam", "cosine"), ("sgd", "constant")])
-def test_other_optimizers_and_schedules_learn(digits: Digits, optimizer: str, schedule: str) -> None:
+def test_other_optimizers_and_schedules(digits: Digits, optimizer: str, schedule: str) -> None:
     train, test = digits
-    lr = 3e-3 if optimizer == "adam" else 0.05
+    lr = 1e-2 if optimizer == "adam" else 0.05
     result = train_model(small_cnn(), train, epochs=6, batch_size=64, optimizer=optimizer,
                          schedule=schedule, lr=lr, test_set=test)  # fmt: skip
     assert result.test_accuracy is not None and result.test_accuracy > 0.85
@@ -139,9 +152,11 @@ def test_augment_batch_crops_windows_and_flips() -> None:
         ({"epochs": 0}, "epochs >= 1"),
         ({"epochs": 1, "optimizer": "lbfgs"}, "unknown optimizer"),
         ({"epochs": 1, "schedule": "step"}, "schedule"),
-        ({"epochs": 1, "lr": 1e12, "schedule": "constant", "momentum": 0.0}, "diverged"),
+        ({"epochs": 1, "lr": 1e30, "schedule": "constant"}, "diverged"),
     ],
 )
 def test_bad_options_and_divergence(digits: Digits, kwargs: dict, match: str) -> None:
+    # No batch norm, so that a huge learning rate really blows the logits up.
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(DeepCloakError, match=match):
-        train_model(small_cnn(), TensorDataset(*digits[0][:64]), batch_size=32, **kwargs)
+        train_model(linear, TensorDataset(*digits[0][:64]), batch_size=32, **kwargs)

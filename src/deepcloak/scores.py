@@ -195,3 +195,26 @@ def keep_mask(ranking: torch.Tensor, ratio: float, shape: tuple[int, ...]) -> to
     keep = torch.ones(n, dtype=torch.bool)
     keep[ranking[: removal_count(ratio, n)]] = False
     return keep.view(shape)
+
+
+class ActivationScore(FeatureScore):
+    """Activation-magnitude pruning (fine-pruning, Liu et al. 2018, arXiv 1805.12185).
+
+    ``s_j = -mean over clean samples of |f_j(x)|``: the least active features score highest and
+    are removed first. It ignores adversarial features, so the fit runs no attack; it is the
+    baseline that removes the same number of features without asking which ones attacks use.
+    """
+
+    name = "activation"
+    needs_adversarial = False
+
+    def _batch_sum(self, clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        check_finite(clean, "clean features")
+        return -clean.double().abs().sum(0)
+
+    def compute(self) -> torch.Tensor:
+        return super().compute() / self.count
+
+
+SCORERS.register("activation")(ActivationScore)
+__all__ += ["ActivationScore"]

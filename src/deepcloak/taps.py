@@ -102,6 +102,11 @@ def resolve_layer(
         LayerError: ``layer`` is not a module of ``model`` (the message lists the candidates), or
             no layer was named and the model has no ``nn.Linear``.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise LayerError(
+            "this is a TorchScript model: it runs compiled code, so its layers cannot be tapped "
+            "or masked. Load the eager model instead (package.module:factory plus a state_dict)"
+        )
     modules = dict(model.named_modules())
     if layer is None:
         name = _default_layer_name(model, modules, example)

@@ -266,10 +266,12 @@ def train_model(
                 if progress is not None:
                     progress("train", done, total)
             epoch_loss = loss_sum.item() / seen
-            if not math.isfinite(epoch_loss):
+            # Weights too: the last step of an epoch can overflow after its loss was recorded.
+            finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+            if not (math.isfinite(epoch_loss) and finite):
                 raise DeepCloakError(
-                    f"training diverged: mean loss {epoch_loss} in epoch {epoch + 1}; "
-                    f"try a lower lr (was {lr})"
+                    f"training diverged in epoch {epoch + 1} (mean loss {epoch_loss}, finite "
+                    f"weights: {finite}); try a lower lr (was {lr})"
                 )
             losses.append(epoch_loss)
             train_acc = correct.item() / seen
