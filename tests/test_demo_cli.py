@@ -30,7 +30,7 @@ def test_demo_writes_report_plot_mask_and_model(demo_dir: Path) -> None:
     names = {p.name for p in demo_dir.iterdir()}
     assert names == {"report.json", "sweep.png", "mask.safetensors", "cloaked_model.safetensors"}
     report = json.loads((demo_dir / "report.json").read_text())
-    assert report["schema"] == "deepcloak-demo/1"
+    assert report["schema"] == "deepcloak-harden/1"
     rows = report["sweep"]["rows"]
     assert [round(r["ratio"], 2) for r in rows] == [i / 100 for i in range(100)]
     assert rows[0]["graybox_accuracy"] < rows[0]["clean_accuracy"]  # FGSM hurts the model

@@ -119,7 +119,7 @@ def demo(
         f"ResNet on digits: test accuracy {100 * result.training.test_accuracy:.1f}% "
         f"({result.training.epochs} epochs, {result.training.seconds:.1f} s)"
     )
-    out.print(sweep_table(result.sweep))
+    out.print(sweep_table(result.hardened.sweep))
     paths = write_demo(result, out_dir)
     out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
