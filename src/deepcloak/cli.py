@@ -124,6 +124,88 @@ def demo(
     out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
 
+@app.command()
+@user_errors
+def harden(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A deepcloak checkpoint, package.module:factory (with --weights), "
+            "or a torch.save file (with --allow-pickle)."
+        ),
+    ],
+    data: Annotated[
+        str, typer.Option(help="Data set: digits, fashion-mnist, mnist, cifar10, imagefolder.")
+    ] = "digits",
+    root: Annotated[Path | None, typer.Option(help="Folder of the data set files.")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="state_dict for a factory model (.pt loaded with weights_only, or .safetensors)."
+        ),
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            help="Allow unpickling a full model: it can run code, use trusted files only."
+        ),
+    ] = False,
+    attack: Annotated[
+        str, typer.Option(help="Attack for the fit and the test samples: fgsm or pgd.")
+    ] = "fgsm",
+    eps: Annotated[float, typer.Option(help="Attack budget in [0, 1], e.g. 0.031 for 8/255.")] = 8
+    / 255,
+    steps: Annotated[int, typer.Option(help="PGD steps.")] = 10,
+    ratio: Annotated[
+        float, typer.Option(help="Fraction of features the saved mask removes, in [0, 1).")
+    ] = 0.01,
+    layer: Annotated[
+        str | None, typer.Option(help="Module to cloak (default: input of the final nn.Linear).")
+    ] = None,
+    side: Annotated[str | None, typer.Option(help="input or output of --layer.")] = None,
+    score: Annotated[str, typer.Option(help="Feature score: deepcloak or random.")] = "deepcloak",
+    fit_samples: Annotated[
+        int | None, typer.Option(help="Training samples for the fit (default: all).")
+    ] = None,
+    test_samples: Annotated[
+        int | None, typer.Option(help="Test samples for the sweep (default: all).")
+    ] = None,
+    random_masks: Annotated[int, typer.Option(help="Random masks per ratio in the baseline.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of subsets, attacks and random masks.")] = 0,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the report, plot, mask and model.")
+    ] = Path("runs/harden"),
+) -> None:
+    """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
+    from deepcloak.checkpoint import load_model
+    from deepcloak.data import load_dataset
+    from deepcloak.harden import HardenConfig, trained_input_shape, write_harden
+    from deepcloak.harden import harden as run_harden
+    from deepcloak.report import sweep_table
+
+    config = HardenConfig(
+        attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
+        n_random=random_masks, seed=seed,
+    )  # fmt: skip
+    config.make_attack()  # an unknown attack name fails here, before loading anything
+    net, model_info = load_model(model, weights=weights, allow_pickle=allow_pickle)
+    train_set = load_dataset(data, split="train", root=root, limit=fit_samples, seed=seed)
+    test_set = load_dataset(data, split="test", root=root, limit=test_samples, seed=seed)
+    with progress_bars() as progress:
+        result = run_harden(
+            net, train_set, test_set, config, input_shape=trained_input_shape(model_info),
+            progress=progress,
+        )  # fmt: skip
+    out.print(sweep_table(result.sweep))
+    data_info = {
+        "data": data, "root": str(root) if root else None, "train_samples": len(train_set),
+        "test_samples": len(test_set), "input_shape": list(train_set.input_shape),
+    }  # fmt: skip
+    paths = write_harden(result, out_dir, model_info=model_info, data_info=data_info,
+                         title=f"DeepCloak: {model} on {data}")  # fmt: skip
+    out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
+
+
 def main() -> None:
     """Entry point of the ``deepcloak`` command."""
     app()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,14 @@ from deepcloak.io import save_tensors, write_json_atomic
 from deepcloak.progress import ProgressFn
 from deepcloak.report import environment, plot_sweep
 
-__all__ = ["HardenConfig", "HardenResult", "check_model_fits_data", "harden", "write_harden"]
+__all__ = [
+    "HardenConfig",
+    "HardenResult",
+    "check_model_fits_data",
+    "harden",
+    "trained_input_shape",
+    "write_harden",
+]
 
 #: Ratios at which ``harden`` also runs the white-box attack by default (one attack pass each).
 WHITEBOX_RATIOS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -96,15 +104,34 @@ class HardenResult:
     seconds: float
 
 
-def check_model_fits_data(model: nn.Module, dataset: Dataset, name: str = "the data") -> None:
+def check_model_fits_data(
+    model: nn.Module,
+    dataset: Dataset,
+    name: str = "the data",
+    *,
+    input_shape: Sequence[int] | None = None,
+) -> None:
     """Run the model on one sample and check that its inputs and classes fit ``dataset``.
 
+    Args:
+        model: the classifier.
+        dataset: yields ``(x, y)``.
+        name: how to call the data set in errors.
+        input_shape: the ``(C, H, W)`` the model was trained on, if known (e.g. from its
+            checkpoint): models with global pooling accept any size, so only this catches
+            a model paired with the wrong data set.
+
     Raises:
-        DeepCloakError: the model cannot take the data's input shape, or has fewer outputs than
-            the data has classes.
+        DeepCloakError: the model cannot take the data's input shape, was trained on another
+            shape, or has fewer outputs than the data has classes.
     """
     x, _ = dataset[0]
     shape = tuple(x.shape)
+    if input_shape is not None and tuple(input_shape) != shape:
+        raise DeepCloakError(
+            f"the model was trained on inputs of shape {tuple(input_shape)}, but {name} has "
+            f"inputs of shape {shape}: is this the model for this data set?"
+        )
     try:
         with torch.no_grad():
             was_training = model.training
@@ -127,18 +154,33 @@ def check_model_fits_data(model: nn.Module, dataset: Dataset, name: str = "the d
         )
 
 
+def trained_input_shape(model_info: dict[str, Any]) -> tuple[int, ...] | None:
+    """The ``(C, H, W)`` a loaded model was trained on, from its checkpoint metadata if known."""
+    if model_info.get("input_shape"):
+        return tuple(int(v) for v in model_info["input_shape"])
+    kwargs = model_info.get("arch_kwargs") or {}
+    if "in_channels" in kwargs and "input_size" in kwargs:
+        return (int(kwargs["in_channels"]), int(kwargs["input_size"]), int(kwargs["input_size"]))
+    return None
+
+
 def harden(
     model: nn.Module,
     train_set: Dataset,
     test_set: Dataset,
     config: HardenConfig,
     *,
+    input_shape: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
 ) -> HardenResult:
-    """Fit DeepCloak on ``train_set`` and sweep ratios on ``test_set`` (gray-box and white-box)."""
+    """Fit DeepCloak on ``train_set`` and sweep ratios on ``test_set`` (gray-box and white-box).
+
+    ``input_shape``, if known, is the ``(C, H, W)`` the model was trained on; see
+    :func:`check_model_fits_data`.
+    """
     start = time.perf_counter()
-    check_model_fits_data(model, train_set, "the training data")
-    check_model_fits_data(model, test_set, "the test data")
+    check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
+    check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
     model.eval()
     attack = config.make_attack()
     cloak = fit(

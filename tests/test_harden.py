@@ -1,0 +1,105 @@
+"""``deepcloak harden`` on our checkpoints and on users' factory models, and its errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from deepcloak.checkpoint import load_model, save_checkpoint
+from deepcloak.cli import app
+from deepcloak.data import load_dataset
+from deepcloak.errors import DeepCloakError
+from deepcloak.harden import HardenConfig, check_model_fits_data, harden
+from deepcloak.io import load_tensors
+from deepcloak.models import create_model
+
+runner = CliRunner()
+LIMITS = ["--fit-samples", "64", "--test-samples", "48", "--random-masks", "2"]
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model("cnn", in_channels=1, num_classes=10, input_size=8)
+    path = tmp_path / "cnn.safetensors"
+    save_checkpoint(path, model, metadata={"data": "digits", "input_shape": [1, 8, 8]})
+    return path
+
+
+def test_harden_a_checkpoint_writes_report_mask_and_cloaked_checkpoint(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = ["harden", str(checkpoint), "--data", "digits", "--eps", "0.1", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--ratio", "0.25", *LIMITS])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["train_samples"] == 64 and report["sweep"]["n_samples"] == 48
+    assert report["fit"]["ratio"] == 0.25 and report["fit"]["layer"]["side"] == "input"
+    _, meta = load_model(str(out / "cloaked_model.safetensors"))
+    assert meta["cloak"]["n_removed"] == report["fit"]["n_removed"] > 0
+
+
+def test_harden_a_factory_model_saves_a_folded_state_dict(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "user_models.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            def mlp():
+                torch.manual_seed(0)
+                return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("user_models", None)
+    out = tmp_path / "out"
+    args = ["harden", "user_models:mlp", "--out", str(out), "--ratio", "0.25"]
+    result = runner.invoke(app, [*args, *LIMITS])
+    assert result.exit_code == 0, result.output
+    state, meta = load_tensors(out / "cloaked_state_dict.safetensors")
+    assert set(state) == {"1.weight", "1.bias", "3.weight", "3.bias"}  # original keys
+    removed = int((state["3.weight"].abs().sum(0) == 0).sum())
+    assert removed == meta["cloak"]["n_removed"] == 4  # 25% of 16 features
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "fashion-mnist"], "trained on inputs of shape (1, 8, 8)"),
+        (["--attack", "cw"], "unknown attack 'cw'"),
+        (["--ratio", "1"], "ratio must be in [0, 1)"),
+        (["--eps", "2"], "eps must be <= 1"),
+        (["--layer", "nope"], "no layer named 'nope'"),
+        (["--data", "cifar100"], "unknown data set 'cifar100'"),
+    ],
+)
+def test_harden_bad_input_writes_nothing(
+    checkpoint: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["harden", str(checkpoint), "--out", str(out), *LIMITS, *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_model_with_too_few_outputs_is_refused() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    with pytest.raises(DeepCloakError, match="10 classes but the model has 3 outputs"):
+        check_model_fits_data(model, load_dataset("digits", split="test", limit=4))
+    with pytest.raises(DeepCloakError, match="does not accept inputs of shape"):
+        harden(
+            torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 10)),
+            load_dataset("digits", limit=8),
+            load_dataset("digits", split="test", limit=8),
+            HardenConfig(),
+        )
