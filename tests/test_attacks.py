@@ -94,7 +94,7 @@ def test_labels_outside_the_model_classes_are_refused(model: nn.Module) -> None:
 
 
 def test_unknown_attack_and_norm() -> None:
-    with pytest.raises(DeepCloakError, match="unknown attack 'cw'; expected one of: fgsm, pgd"):
+    with pytest.raises(DeepCloakError, match=r"unknown attack 'cw'; expected one of: .*fgsm, pgd"):
         create_attack("cw", eps=0.1)
     with pytest.raises(DeepCloakError, match="norm"):
         PGD(eps=0.1, norm="l1")

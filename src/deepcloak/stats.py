@@ -1,0 +1,151 @@
+"""Statistics for honest accuracy claims: Wilson intervals and McNemar's exact paired test.
+
+Every accuracy deepcloak reports carries a Wilson score interval (Wilson 1927; recommended over
+the normal "Wald" interval by Brown, Cai & DasGupta 2001, it stays inside [0, 1] and keeps its
+coverage near 0% and 100%). "Cloaked beats unmasked" is a paired question, because both models
+see the same samples: McNemar's exact test looks only at the samples on which they disagree.
+
+Example:
+    >>> wilson_interval(81, 263)          # Newcombe (1998), example (a)
+    (0.2553..., 0.3662...)
+    >>> mcnemar_exact(cloaked_correct, unmasked_correct).p_greater
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Any
+
+import torch
+
+from deepcloak.errors import DeepCloakError
+
+__all__ = ["McNemarResult", "mcnemar_exact", "wilson_interval"]
+
+
+def _check_confidence(confidence: float) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
+        raise DeepCloakError(f"confidence must be a number in (0, 1), got {confidence!r}")
+    if not 0.0 < confidence < 1.0:
+        raise DeepCloakError(
+            f"confidence must be in (0, 1), e.g. 0.95 for a 95% interval, got {confidence}"
+        )
+    return float(confidence)
+
+
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``correct / n``.
+
+    ``center = (p + z²/2n) / (1 + z²/n)``, ``half = z / (1 + z²/n) * sqrt(p(1-p)/n + z²/4n²)``,
+    with ``z`` the two-sided normal quantile of ``confidence`` (1.96 for 95%).
+
+    Args:
+        correct: number of successes (e.g. correctly classified samples), ``0 <= correct <= n``.
+        n: number of trials; ``n == 0`` gives the uninformative ``(0.0, 1.0)``.
+        confidence: coverage of the interval, in (0, 1).
+
+    Returns:
+        ``(low, high)``, both in [0, 1].
+
+    Raises:
+        DeepCloakError: counts that are negative, not integers, or ``correct > n``.
+    """
+    _check_confidence(confidence)
+    for name, value in (("correct", correct), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DeepCloakError(f"{name} must be a non-negative integer count, got {value!r}")
+    if correct > n:
+        raise DeepCloakError(f"correct ({correct}) cannot exceed the number of samples n ({n})")
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = correct / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # At p = 0 (p = 1) the lower (upper) bound is exactly 0 (1); floats would leave ~1e-17.
+    lo = 0.0 if correct == 0 else max(0.0, center - half)
+    hi = 1.0 if correct == n else min(1.0, center + half)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """McNemar's exact test on paired per-sample outcomes of two models, A and B.
+
+    Attributes:
+        a_only: samples A gets right and B gets wrong.
+        b_only: samples B gets right and A gets wrong.
+        n: all paired samples (the agreeing ones carry no information about the difference).
+        p_two_sided: exact two-sided p-value of "A and B differ".
+        p_greater: exact one-sided p-value of "A beats B" (``a_only`` large).
+        p_less: exact one-sided p-value of "B beats A".
+    """
+
+    a_only: int
+    b_only: int
+    n: int
+    p_two_sided: float
+    p_greater: float
+    p_less: float
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of the fields."""
+        return asdict(self)
+
+
+def _as_bool_vector(t: torch.Tensor, name: str) -> torch.Tensor:
+    t = torch.as_tensor(t)
+    if t.ndim != 1:
+        raise DeepCloakError(f"{name} must be a 1-D per-sample vector, got shape {tuple(t.shape)}")
+    if t.dtype != torch.bool:
+        if torch.is_floating_point(t) or not bool(((t == 0) | (t == 1)).all()):
+            raise DeepCloakError(f"{name} must hold booleans (correct or not), got dtype {t.dtype}")
+        t = t.bool()
+    return t.cpu()
+
+
+def mcnemar_exact(a_correct: torch.Tensor, b_correct: torch.Tensor) -> McNemarResult:
+    """McNemar's exact test: does model A classify the same samples correctly more often than B?
+
+    Under the null hypothesis the ``a_only + b_only`` discordant samples split as a fair coin:
+    ``a_only ~ Binomial(a_only + b_only, 1/2)``. The p-values are exact binomial tail sums
+    (``scipy.stats.binomtest``); with no discordant sample every p-value is 1.
+
+    Args:
+        a_correct: per-sample correctness of A, boolean ``(N,)``.
+        b_correct: per-sample correctness of B on the same samples, boolean ``(N,)``.
+
+    Returns:
+        A :class:`McNemarResult`.
+
+    Raises:
+        DeepCloakError: the vectors are not 1-D booleans of the same length.
+    """
+    from scipy.stats import binomtest
+
+    a = _as_bool_vector(a_correct, "a_correct")
+    b = _as_bool_vector(b_correct, "b_correct")
+    if a.shape != b.shape:
+        raise DeepCloakError(
+            f"paired outcomes must cover the same samples: got {a.numel()} and {b.numel()}"
+        )
+    a_only = int((a & ~b).sum())
+    b_only = int((b & ~a).sum())
+    k = a_only + b_only
+    if k == 0:
+        p2 = pg = pl = 1.0
+    else:
+        p2 = float(binomtest(a_only, k, 0.5, alternative="two-sided").pvalue)
+        pg = float(binomtest(a_only, k, 0.5, alternative="greater").pvalue)
+        pl = float(binomtest(a_only, k, 0.5, alternative="less").pvalue)
+    return McNemarResult(
+        a_only=a_only,
+        b_only=b_only,
+        n=a.numel(),
+        p_two_sided=min(1.0, p2),
+        p_greater=min(1.0, pg),
+        p_less=min(1.0, pl),
+    )
