@@ -422,3 +422,14 @@ def test_image_dataset_validates_and_subsets() -> None:
         ImageDataset(images.float(), torch.tensor([0, 1, 1]), name="t", classes=["a", "b"])
     with pytest.raises(DeepCloakError, match=r"labels must lie in 0\.\.1"):
         ImageDataset(images, torch.tensor([0, 1, 2]), name="t", classes=["a", "b"])
+
+
+def test_split_off_holds_out_disjoint_samples() -> None:
+    ds = load_dataset("digits", split="train")
+    rest, held = ds.split_off(100, seed=3)
+    assert len(held) == 100 and len(rest) == len(ds) - 100
+    both = torch.cat([rest.images, held.images]).flatten(1)
+    assert torch.unique(both, dim=0).shape[0] == torch.unique(ds.images.flatten(1), dim=0).shape[0]
+    torch.testing.assert_close(ds.split_off(100, seed=3)[1].labels, held.labels)
+    with pytest.raises(DeepCloakError, match="cannot hold out"):
+        ds.split_off(len(ds))

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from deepcloak.art_attacks import ArtAPGD, ArtPGD, ArtSquare  # also registers them by name
 from deepcloak.attacks import ATTACKS, FGSM, PGD, Attack, Norm, create_attack
 from deepcloak.cloak import Cloak, fit
+from deepcloak.defenses import PreprocessedModel, feature_squeezing, spatial_smoothing
 from deepcloak.errors import DataFormatError, DeepCloakError, LayerError
 from deepcloak.evaluate import (
     DEFAULT_RATIOS,
@@ -25,8 +27,22 @@ from deepcloak.evaluate import (
     graybox_sweep,
     whitebox_accuracy,
 )
+from deepcloak.evaluation_config import EvaluationConfig
+from deepcloak.evaluation_report import evaluation_tables, write_evaluation
+from deepcloak.evaluation_results import AccuracyResult, EvaluationReport, ThreatModel
 from deepcloak.mask import FeatureMask, find_masks, fold_mask, insert_mask, remove_mask
-from deepcloak.scores import SCORERS, DeepCloakScore, RandomScore, deepcloak_score, rank_features
+from deepcloak.robustness import evaluate_cloak
+from deepcloak.sanity import CheckStatus, SanityCheck
+from deepcloak.scores import (
+    SCORERS,
+    ActivationScore,
+    DeepCloakScore,
+    RandomScore,
+    deepcloak_score,
+    rank_features,
+)
+from deepcloak.selection import RatioChoice, choose_ratio
+from deepcloak.stats import McNemarResult, mcnemar_exact, wilson_interval
 from deepcloak.taps import LayerRef, Side, resolve_layer
 
 __all__ = [
@@ -35,30 +51,51 @@ __all__ = [
     "FGSM",
     "PGD",
     "SCORERS",
+    "AccuracyResult",
+    "ActivationScore",
+    "ArtAPGD",
+    "ArtPGD",
+    "ArtSquare",
     "Attack",
+    "CheckStatus",
     "Cloak",
     "DataFormatError",
     "DeepCloakError",
     "DeepCloakScore",
+    "EvaluationConfig",
+    "EvaluationReport",
     "FeatureMask",
     "LayerError",
     "LayerRef",
+    "McNemarResult",
     "Norm",
+    "PreprocessedModel",
     "RandomScore",
+    "RatioChoice",
+    "SanityCheck",
     "Side",
     "SweepResult",
     "SweepRow",
+    "ThreatModel",
     "__version__",
     "cache_features",
+    "choose_ratio",
     "create_attack",
     "deepcloak_score",
+    "evaluate_cloak",
+    "evaluation_tables",
+    "feature_squeezing",
     "find_masks",
     "fit",
     "fold_mask",
     "graybox_sweep",
     "insert_mask",
+    "mcnemar_exact",
     "rank_features",
     "remove_mask",
     "resolve_layer",
+    "spatial_smoothing",
     "whitebox_accuracy",
+    "wilson_interval",
+    "write_evaluation",
 ]

@@ -124,58 +124,66 @@ def demo(
     out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
 
+# Options shared by the commands that take a user's model and a data set.
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="A deepcloak checkpoint, package.module:factory (with --weights), "
+        "or a torch.save file (with --allow-pickle)."
+    ),
+]
+DataOpt = Annotated[
+    str, typer.Option(help="Data set: digits, fashion-mnist, mnist, cifar10, imagefolder.")
+]
+RootOpt = Annotated[Path | None, typer.Option(help="Folder of the data set files.")]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="state_dict for a factory model (.pt, read with weights_only; .safetensors)."
+    ),
+]
+PickleOpt = Annotated[
+    bool, typer.Option(help="Allow unpickling a full model: it can run code; trusted files only.")
+]
+EpsOpt = Annotated[float, typer.Option(help="Attack budget in [0, 1], e.g. 0.031 for 8/255.")]
+LayerOpt = Annotated[
+    str | None, typer.Option(help="Module to cloak (default: input of the final nn.Linear).")
+]
+ScoreOpt = Annotated[str, typer.Option(help="Feature score: deepcloak, random or activation.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of subsets, attacks and random masks.")]
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    """Parse a comma-separated list of numbers (``"0.01,0.02"``)."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise DeepCloakError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 @app.command()
 @user_errors
 def harden(
-    model: Annotated[
-        str,
-        typer.Argument(
-            help="A deepcloak checkpoint, package.module:factory (with --weights), "
-            "or a torch.save file (with --allow-pickle)."
-        ),
-    ],
-    data: Annotated[
-        str, typer.Option(help="Data set: digits, fashion-mnist, mnist, cifar10, imagefolder.")
-    ] = "digits",
-    root: Annotated[Path | None, typer.Option(help="Folder of the data set files.")] = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            help="state_dict for a factory model (.pt loaded with weights_only, or .safetensors)."
-        ),
-    ] = None,
-    allow_pickle: Annotated[
-        bool,
-        typer.Option(
-            help="Allow unpickling a full model: it can run code, use trusted files only."
-        ),
-    ] = False,
-    attack: Annotated[
-        str, typer.Option(help="Attack for the fit and the test samples: fgsm or pgd.")
-    ] = "fgsm",
-    eps: Annotated[float, typer.Option(help="Attack budget in [0, 1], e.g. 0.031 for 8/255.")] = 8
-    / 255,
+    model: ModelArg,
+    data: DataOpt = "digits",
+    root: RootOpt = None,
+    weights: WeightsOpt = None,
+    allow_pickle: PickleOpt = False,
+    attack: Annotated[str, typer.Option(help="Attack for the fit and the test: fgsm or pgd.")] = "fgsm",
+    eps: EpsOpt = 8 / 255,
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 10,
-    ratio: Annotated[
-        float, typer.Option(help="Fraction of features the saved mask removes, in [0, 1).")
-    ] = 0.01,
-    layer: Annotated[
-        str | None, typer.Option(help="Module to cloak (default: input of the final nn.Linear).")
-    ] = None,
+    ratio: Annotated[float, typer.Option(help="Fraction of features the saved mask removes.")] = 0.01,
+    layer: LayerOpt = None,
     side: Annotated[str | None, typer.Option(help="input or output of --layer.")] = None,
-    score: Annotated[str, typer.Option(help="Feature score: deepcloak or random.")] = "deepcloak",
-    fit_samples: Annotated[
-        int | None, typer.Option(help="Training samples for the fit (default: all).")
-    ] = None,
-    test_samples: Annotated[
-        int | None, typer.Option(help="Test samples for the sweep (default: all).")
-    ] = None,
-    random_masks: Annotated[int, typer.Option(help="Random masks per ratio in the baseline.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of subsets, attacks and random masks.")] = 0,
-    out_dir: Annotated[
-        Path, typer.Option("--out", help="Folder for the report, plot, mask and model.")
-    ] = Path("runs/harden"),
-) -> None:
+    score: ScoreOpt = "deepcloak",
+    fit_samples: Annotated[int | None, typer.Option(help="Training samples for the fit.")] = None,
+    test_samples: Annotated[int | None, typer.Option(help="Test samples for the sweep.")] = None,
+    random_masks: Annotated[int, typer.Option(help="Random masks per ratio (baseline).")] = 5,
+    seed: SeedOpt = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/harden"),
+) -> None:  # fmt: skip
     """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
     from deepcloak.checkpoint import load_model
     from deepcloak.data import load_dataset
@@ -204,6 +212,80 @@ def harden(
     paths = write_harden(result, out_dir, model_info=model_info, data_info=data_info,
                          title=f"DeepCloak: {model} on {data}")  # fmt: skip
     out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: ModelArg,
+    data: DataOpt = "digits",
+    root: RootOpt = None,
+    weights: WeightsOpt = None,
+    allow_pickle: PickleOpt = False,
+    cloak: Annotated[Path | None, typer.Option(help="A saved mask (.safetensors); default: fit one.")] = None,
+    surrogate: Annotated[str | None, typer.Option(help="Independently trained model for the transfer threat model.")] = None,
+    attacks: Annotated[str, typer.Option(help="Comma-separated: fgsm, pgd, apgd, square, art-pgd.")] = "fgsm,pgd,apgd,square",
+    eps: EpsOpt = 8 / 255,
+    norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
+    steps: Annotated[int, typer.Option(help="Steps of PGD and APGD.")] = 20,
+    restarts: Annotated[int, typer.Option(help="Random restarts of PGD and APGD.")] = 1,
+    queries: Annotated[int, typer.Option(help="Queries per sample of the Square attack.")] = 300,
+    ratio: Annotated[float | None, typer.Option(help="Mask ratio; default: chosen on the validation split.")] = None,
+    clean_budget: Annotated[float, typer.Option(help="Largest clean-accuracy drop the ratio choice may cost.")] = 0.01,
+    random_masks: Annotated[int, typer.Option(help="Random masks of the chosen size (baseline).")] = 5,
+    eps_grid: Annotated[str | None, typer.Option(help="Budgets of the accuracy-vs-eps curve, comma-separated.")] = None,
+    layer: LayerOpt = None,
+    score: ScoreOpt = "deepcloak",
+    val_samples: Annotated[int, typer.Option(help="Validation samples, held out from training data.")] = 500,
+    test_samples: Annotated[int, typer.Option(help="Test samples.")] = 500,
+    fit_samples: Annotated[int | None, typer.Option(help="Training samples for the fit (default: all).")] = None,
+    preprocessing_baselines: Annotated[bool, typer.Option(help="Compare with FeatureSqueezing and SpatialSmoothing.")] = True,
+    whitebox_baselines: Annotated[bool, typer.Option(help="Also attack the baselines end to end.")] = True,
+    per_sample: Annotated[bool, typer.Option(help="Keep per-sample correctness in the JSON.")] = True,
+    seed: SeedOpt = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/evaluate"),
+) -> None:  # fmt: skip
+    """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
+    from torch.utils.data import DataLoader
+
+    from deepcloak.checkpoint import load_model
+    from deepcloak.cloak import Cloak
+    from deepcloak.data import load_dataset
+    from deepcloak.evaluation_config import EvaluationConfig
+    from deepcloak.evaluation_report import evaluation_tables, write_evaluation
+    from deepcloak.robustness import evaluate_cloak
+
+    config = EvaluationConfig(
+        eps=eps, norm=norm, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
+        steps=steps, restarts=restarts, max_queries=queries, ratio=ratio,
+        clean_budget=clean_budget, n_random=random_masks, eps_grid=_floats(eps_grid),
+        layer=layer, score=score, preprocessing_baselines=preprocessing_baselines,
+        whitebox_baselines=whitebox_baselines, max_samples=test_samples,
+        max_fit_samples=fit_samples, seed=seed,
+    )  # fmt: skip
+    net, model_info = load_model(model, weights=weights, allow_pickle=allow_pickle)
+    surrogate_net = load_model(surrogate, allow_pickle=allow_pickle)[0] if surrogate else None
+    train_set = load_dataset(data, split="train", root=root)
+    fit_set, val_set = train_set.split_off(val_samples, seed=seed)
+    test_set = load_dataset(data, split="test", root=root, limit=test_samples, seed=seed)
+    fit_source = Cloak.load(cloak)[0] if cloak else DataLoader(fit_set, batch_size=256)
+    metadata = {
+        "model": model, "model_info": model_info, "surrogate": surrogate, "data": data,
+        "root": str(root) if root else None, "cloak_file": str(cloak) if cloak else None,
+        "validation": f"{val_samples} samples held out from the training split (seed {seed})",
+    }  # fmt: skip
+    with progress_bars() as progress:
+        report = evaluate_cloak(
+            net, fit_source, DataLoader(val_set, batch_size=256),
+            DataLoader(test_set, batch_size=256), config=config, surrogate=surrogate_net,
+            progress=progress, metadata=metadata,
+        )  # fmt: skip
+    for table in evaluation_tables(report):
+        out.print(table)
+    for check in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {check.name}: {check.message}", highlight=False)
+    paths = write_evaluation(report, out_dir, per_sample=per_sample)
+    out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 def main() -> None:

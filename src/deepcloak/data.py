@@ -148,6 +148,19 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
             scale=self.scale,
         )
 
+    def split_off(self, n: int, *, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+        """Hold out ``n`` random samples (seeded): returns ``(rest, held_out)``, disjoint.
+
+        Used to carve a validation split out of the training split, so that choices made on
+        it (such as the mask ratio) never see the test data.
+        """
+        if not 0 < n < len(self):
+            raise DeepCloakError(
+                f"cannot hold out {n} of {len(self)} samples; expected 0 < n < {len(self)}"
+            )
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.subset(order[n:].sort().values), self.subset(order[:n].sort().values)
+
     def __repr__(self) -> str:
         return (
             f"ImageDataset(name={self.name!r}, samples={len(self)}, "
