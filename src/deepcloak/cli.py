@@ -124,6 +124,59 @@ def demo(
     out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
 
+@app.command()
+@user_errors
+def train(
+    model: Annotated[str, typer.Option(help="Zoo model: cnn, vgg, resnet, wrn.")] = "resnet",
+    data: Annotated[str, typer.Option(help="Data set: digits, fashion-mnist, mnist, cifar10, imagefolder.")] = "fashion-mnist",
+    root: Annotated[Path | None, typer.Option(help="Folder of the data set files.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: 0.1 SGD, 1e-3 Adam).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per step.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adam.")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Random crops (and flips).")] = None,
+    width: Annotated[int | None, typer.Option(help="Base width of the model.")] = None,
+    depth: Annotated[int | None, typer.Option(help="Depth (resnet 6n+2, wrn 6n+4).")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="Other model option as key=value (JSON value), repeatable.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Train on a random subset of this many samples.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffling.")] = 0,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Checkpoint file (default: runs/<model>-<data>.safetensors).")] = None,
+) -> None:  # fmt: skip
+    """Train a zoo model on a data set and save a checkpoint (safetensors + JSON metadata)."""
+    from deepcloak.recipes import recipe, train_checkpoint
+
+    arch_kwargs = {"width": width, "depth": depth, **_key_values(option or [])}
+    job = recipe(
+        model, data, root=root, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+        augment=augment, limit=limit, seed=seed,
+        arch_kwargs={k: v for k, v in arch_kwargs.items() if v is not None},
+    )  # fmt: skip
+    path = out_path or Path("runs") / f"{model}-{data}.safetensors"
+    with progress_bars() as progress:
+        _, result, meta = train_checkpoint(job, path, progress=progress)
+    out.print(
+        f"{model} on {data}: test accuracy {100 * (result.test_accuracy or 0):.2f}% after "
+        f"{result.epochs} epochs ({result.seconds:.0f} s); options {meta['arch_kwargs']}"
+    )
+    out.print(f"wrote {path}")
+
+
+def _key_values(items: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` options; values are JSON (``3``, ``0.5``, ``"avg"``) or plain text."""
+    import json
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DeepCloakError(f"expected key=value, got {item!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
 # Options shared by the commands that take a user's model and a data set.
 ModelArg = Annotated[
     str,
