@@ -147,6 +147,7 @@ def test_unknown_name_lists_the_known_ones() -> None:
         ("cnn", {"depth": 3}, "no option depth.*width"),
         ("cnn", {"mean": [0.5]}, "both mean and std"),
         ("cnn", {"mean": [0.5, 0.5], "std": [1.0, 1.0]}, "1 or in_channels=1"),
+        ("cnn", {"mean": [0.5], "std": [0.0]}, "std > 0"),
     ],
 )
 def test_bad_options_are_clear_errors(name: str, kwargs: dict, match: str) -> None:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from deepcloak.errors import DeepCloakError
 from deepcloak.models import create_model
-from deepcloak.train import accuracy, augment_batch, train_model
+from deepcloak.train import Schedule, _lr_factor, accuracy, augment_batch, train_model
 
 Digits = tuple[TensorDataset, TensorDataset]
 
@@ -95,6 +95,16 @@ def test_progress_reports_samples(digits: Digits) -> None:
     assert done == sorted(done) and done[-1] == calls[-1][2] == 2 * 96  # last partial batch dropped
 
 
+def test_channels_last_trains_the_same_model(digits: Digits) -> None:
+    data = TensorDataset(*digits[0][:128])
+    a, b = small_cnn(), small_cnn()
+    train_model(a, data, epochs=1, batch_size=32, augment=True, hflip=False)
+    train_model(b, data, epochs=1, batch_size=32, augment=True, hflip=False, channels_last=True)
+    assert b.features[0].weight.is_contiguous()  # handed back in the default layout
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
 class ListDataset(Dataset):
     """A data set that is not a TensorDataset, so training goes through a DataLoader."""
 
@@ -111,7 +121,7 @@ class ListDataset(Dataset):
 def test_any_dataset_and_loader(digits: Digits) -> None:
     train, test = digits
     model = small_cnn()
-    result = train_model(model, ListDataset(train), epochs=6, batch_size=64)
+    result = train_model(model, ListDataset(train), epochs=6, batch_size=64, lr=0.05)
     acc_loader = accuracy(model, DataLoader(test, batch_size=100))
     assert acc_loader == accuracy(model, ListDataset(test)) == accuracy(model, test, batch_size=7)
     assert acc_loader > 0.85 and result.test_accuracy is None
@@ -130,6 +140,18 @@ def test_accuracy_matches_brute_force_and_restores_modes(digits: Digits) -> None
     with torch.no_grad():
         expected = sum(int(model(x[i : i + 1]).argmax() == y[i]) for i in range(len(y))) / len(y)
     assert acc == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 100])
+def test_schedules(total: int) -> None:
+    one = [_lr_factor(Schedule.ONECYCLE, step, total) for step in range(total)]
+    cos = [_lr_factor(Schedule("cosine"), step, total) for step in range(total)]
+    assert one[0] == pytest.approx(0.04) and cos[0] == 1.0
+    assert all(0 <= f <= 1 for f in one + cos)
+    if total == 100:
+        peak = one.index(max(one))
+        assert peak == 25 and one[peak] == 1.0 and one[-1] < 1e-3 and cos[-1] < 1e-3
+        assert cos == sorted(cos, reverse=True) and one[peak:] == sorted(one[peak:], reverse=True)
 
 
 def test_augment_batch_crops_windows_and_flips() -> None:

@@ -76,8 +76,9 @@ def save_checkpoint(
             ``model``'s weights (so the checkpoint could not be loaded).
     """
     arch = arch if arch is not None else getattr(model, "arch", None)
-    if arch_kwargs is None and hasattr(model, "arch_config"):
-        arch_kwargs = model.arch_config()
+    arch_config = getattr(model, "arch_config", None)
+    if arch_kwargs is None and callable(arch_config):
+        arch_kwargs = arch_config()
     if arch is None or arch_kwargs is None:
         raise DeepCloakError(
             f"cannot tell the architecture of a {type(model).__name__}; pass arch= and "
@@ -103,7 +104,8 @@ def save_checkpoint(
         json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise DeepCloakError(f"checkpoint metadata must be JSON-able: {e}") from None
-    # clone(): safetensors refuses tensors that share storage (tied weights, views).
+    # clone(): safetensors refuses tensors that share storage (tied weights, views); zoo
+    # models are small, so the copy costs little.
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     # Build the architecture on the meta device (no memory, no init cost) and check that the
     # weights fit it now, rather than writing a checkpoint that cannot be loaded.
@@ -147,6 +149,10 @@ def load_model(
             the model (a few missing/unexpected keys are listed).
         DeepCloakError: a pickle without ``allow_pickle``, or a factory that cannot be imported,
             called, or does not return an ``nn.Module``.
+
+    Example:
+        >>> model, meta = load_model("fmnist_resnet8.safetensors")
+        >>> model, meta = load_model("mypkg.nets:build_net", weights="weights.pt")
     """
     spec_str = os.fspath(spec)
     path = Path(spec_str)

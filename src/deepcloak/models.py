@@ -17,8 +17,9 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -27,35 +28,21 @@ from deepcloak.errors import DeepCloakError
 from deepcloak.registry import Registry
 
 __all__ = [
-    "CNN",
-    "MODELS",
-    "VGG",
-    "Normalize",
-    "ResNet",
-    "WideResNet",
-    "ZooModel",
-    "create_model",
+    "CNN", "MODELS", "VGG", "Normalize", "ResNet", "WideResNet", "ZooModel", "create_model",
     "list_models",
-]
+]  # fmt: skip
 
 MODELS: Registry[nn.Module] = Registry("model")
 
 
 class Normalize(nn.Module):
-    """Per-channel ``(x - mean) / std``, so that models take raw [0, 1] inputs.
+    """Per-channel ``(x - mean) / std`` (one value per channel, or one for all channels)."""
 
-    Args:
-        mean: one value per channel, or one value for all channels.
-        std: as ``mean``; every value must be positive.
-    """
+    mean: torch.Tensor  # (1, C, 1, 1)
+    std: torch.Tensor  # (1, C, 1, 1)
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        if len(mean) != len(std) or len(mean) == 0 or any(s <= 0 for s in std):
-            raise DeepCloakError(
-                "normalisation needs mean and std of equal, non-zero length with std > 0; "
-                f"got mean={list(mean)}, std={list(std)}"
-            )
         # Buffers, not parameters: saved in the state_dict, never trained.
         self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor([float(s) for s in std]).view(1, -1, 1, 1))
@@ -69,12 +56,18 @@ class ZooModel(nn.Module):
 
     Mirrors timm's seam: ``forward_head(x, pre_logits=True)`` gives the vector fed to the final
     linear layer (the feature DeepCloak masks by default), ``get_classifier()`` that layer.
-    Subclasses set ``normalize``, ``pool`` and either ``classifier`` (a Sequential ending in
-    ``nn.Linear``) or ``fc``.
+    Subclasses set ``pool``, either ``classifier`` (a Sequential ending in ``nn.Linear``) or
+    ``fc``, and ``features`` or their own ``forward_features``.
+
+    Every family takes ``in_channels``, ``num_classes`` and ``input_size`` (inputs are
+    ``(N, in_channels, input_size, input_size)``), and optional per-channel ``mean`` and ``std``
+    (one value, or one per channel) for normalisation inside the model.
     """
 
     arch: ClassVar[str]
     pool: nn.Module
+    features: nn.Module  # CNN, VGG
+    fc: nn.Linear  # ResNet, WRN
 
     def __init__(self, args: dict[str, Any]) -> None:
         super().__init__()
@@ -90,12 +83,17 @@ class ZooModel(nn.Module):
                 f"got in_channels={c}, num_classes={k}, input_size={s}"
             )
         mean, std = config.get("mean"), config.get("std")
-        if (mean is None) != (std is None):
-            raise DeepCloakError("give both mean and std for normalisation, or neither")
-        if mean is not None and len(mean) not in (1, c):
-            raise DeepCloakError(f"mean/std need 1 or in_channels={c} values; got {len(mean)}")
         self._arch_config = config
-        self.normalize: nn.Module = nn.Identity() if mean is None else Normalize(mean, std)
+        self.normalize: nn.Module = nn.Identity()
+        if mean is not None and std is not None:
+            if len(mean) != len(std) or len(mean) not in (1, c) or min(std) <= 0:
+                raise DeepCloakError(
+                    f"mean and std need 1 or in_channels={c} values each, std > 0; "
+                    f"got mean={mean}, std={std}"
+                )
+            self.normalize = Normalize(mean, std)
+        elif mean is not None or std is not None:
+            raise DeepCloakError("give both mean and std for normalisation, or neither")
 
     def arch_config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this model with ``create_model(self.arch, ...)``."""
@@ -103,20 +101,22 @@ class ZooModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, ``(N, C, h, w)``."""
-        raise NotImplementedError
+        return self.features(self.normalize(x))
 
     def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         """Logits from ``forward_features`` output, or the final linear layer's input."""
         x = self.pool(x).flatten(1)  # (N, d)
         classifier = getattr(self, "classifier", None)
-        if classifier is not None:
-            x = classifier[:-1](x)  # (N, hidden)
-        return x if pre_logits else self.get_classifier()(x)
+        if classifier is None:
+            return x if pre_logits else self.fc(x)
+        # The whole Sequential is called for logits, so hooks on it fire as users expect.
+        return classifier[:-1](x) if pre_logits else classifier(x)  # (N, hidden) or (N, K)
 
     def get_classifier(self) -> nn.Linear:
         """The final ``nn.Linear`` (``classifier[-1]`` or ``fc``)."""
         classifier = getattr(self, "classifier", None)
-        return classifier[-1] if classifier is not None else self.fc
+        head = classifier[-1] if classifier is not None else self.fc
+        return cast(nn.Linear, head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, num_classes)
         return self.forward_head(self.forward_features(x))
@@ -138,15 +138,31 @@ def _conv_bn(c_in: int, c_out: int, *, stride: int = 1) -> list[nn.Module]:
     ]
 
 
+def _plain_stages(
+    c: int, size: int, widths: Sequence[int], convs: int
+) -> tuple[nn.Sequential, int, int]:
+    """Stages of ``convs`` conv-BN-ReLU layers, each then a 2x2 max-pool while the map is larger
+    than 1x1 (so 8x8 inputs work at any depth). Returns the stages, channels and map side."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        for _ in range(convs):
+            layers += _conv_bn(c, width)
+            c = width
+        if size > 1:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+    return nn.Sequential(*layers), c, size
+
+
 class CNN(ZooModel):
     """Small CNN: ``blocks`` x (conv-BN-ReLU, 2x2 max-pool), flatten, ``Linear-ReLU-Linear``.
 
+    Takes the common arguments of :class:`ZooModel`, and:
+
     Args:
-        in_channels, num_classes, input_size: input ``(C, S, S)`` and number of classes.
         width: channels of the first block; each later block doubles them.
         blocks: number of conv blocks; pooling stops once the map is 1x1.
         hidden: units of the hidden fully connected layer (the default masked feature).
-        mean, std: optional normalisation inside the model.
     """
 
     arch = "cnn"
@@ -168,23 +184,13 @@ class CNN(ZooModel):
             raise DeepCloakError(
                 f"cnn needs width, blocks, hidden >= 1; got {width}, {blocks}, {hidden}"
             )
-        layers: list[nn.Module] = []
-        c, size = in_channels, input_size
-        for i in range(blocks):
-            layers += _conv_bn(c, width * 2**i)
-            c = width * 2**i
-            if size > 1:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-        self.features = nn.Sequential(*layers)
+        widths = [width * 2**i for i in range(blocks)]
+        self.features, c, size = _plain_stages(in_channels, input_size, widths, 1)
         self.pool = nn.Identity()
         self.classifier = nn.Sequential(
             nn.Linear(c * size * size, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
         )
         self._init_weights()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.normalize(x))  # (N, C', s, s)
 
 
 class VGG(ZooModel):
@@ -194,7 +200,6 @@ class VGG(ZooModel):
     channels, then a 2x2 max-pool while the map is larger than 1x1.
 
     Args:
-        in_channels, num_classes, input_size: input ``(C, S, S)`` and number of classes.
         width: channels of the first stage.
         stages: number of stages (the depth).
         convs_per_stage: conv layers per stage.
@@ -202,7 +207,6 @@ class VGG(ZooModel):
         hidden: units of the classifier's hidden layer; ``0`` leaves a single ``nn.Linear``.
         pool: ``"avg"`` (global average pool) or ``"flatten"`` before the classifier.
         dropout: dropout before each classifier linear layer.
-        mean, std: optional normalisation inside the model.
     """
 
     arch = "vgg"
@@ -228,16 +232,8 @@ class VGG(ZooModel):
             raise DeepCloakError(f"vgg pool must be 'avg' or 'flatten'; got {pool!r}")
         if min(width, stages, convs_per_stage, max_width) < 1 or hidden < 0:
             raise DeepCloakError("vgg needs width, stages, convs_per_stage, max_width >= 1")
-        layers: list[nn.Module] = []
-        c, size = in_channels, input_size
-        for i in range(stages):
-            for _ in range(convs_per_stage):
-                layers += _conv_bn(c, min(width * 2**i, max_width))
-                c = min(width * 2**i, max_width)
-            if size > 1:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-        self.features = nn.Sequential(*layers)
+        widths = [min(width * 2**i, max_width) for i in range(stages)]
+        self.features, c, size = _plain_stages(in_channels, input_size, widths, convs_per_stage)
         self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.Identity()
         d = c if pool == "avg" else c * size * size
         head: list[nn.Module] = []
@@ -246,9 +242,6 @@ class VGG(ZooModel):
             d = hidden
         self.classifier = nn.Sequential(*head, nn.Dropout(dropout), nn.Linear(d, num_classes))
         self._init_weights()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.normalize(x))  # (N, C', s, s)
 
 
 class BasicBlock(nn.Module):
@@ -273,6 +266,18 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+def _residual_stages(
+    block: Callable[..., nn.Module], c: int, widths: Sequence[int], n: int
+) -> tuple[list[nn.Sequential], int]:
+    """Three stages of ``n`` blocks with strides 1, 2, 2; returns them and the output width."""
+    stages = []
+    for width, stride in zip(widths, (1, 2, 2), strict=True):
+        stages.append(nn.Sequential(*(block(c if j == 0 else width, width,
+                                            stride=stride if j == 0 else 1) for j in range(n))))
+        c = width
+    return stages, c
+
+
 class ResNet(ZooModel):
     """CIFAR-style ResNet (He et al. 2016, arXiv 1512.03385): 3 stages of basic blocks.
 
@@ -280,13 +285,9 @@ class ResNet(ZooModel):
     1, 2, 2; global average pooling, flatten, then ``self.fc``.
 
     Args:
-        in_channels, num_classes, input_size: input ``(C, S, S)`` and number of classes.
         depth: ``6n + 2``.
         width: channels of the stem and first stage (16 in the paper).
         stem_stride: stride of the stem conv; 2 quarters the cost on 28x28 and larger inputs.
-        zero_init_residual: start each block's last BN scale at zero, so that blocks start as
-            identities; this helps short training runs (Goyal et al. 2017).
-        mean, std: optional normalisation inside the model.
     """
 
     arch = "resnet"
@@ -300,7 +301,6 @@ class ResNet(ZooModel):
         depth: int = 8,
         width: int = 16,
         stem_stride: int = 1,
-        zero_init_residual: bool = False,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
@@ -310,23 +310,13 @@ class ResNet(ZooModel):
                 "resnet needs depth = 6n + 2 >= 8 (8, 14, 20, ...), width >= 1 and stem_stride "
                 f"1 or 2; got depth={depth}, width={width}, stem_stride={stem_stride}"
             )
-        n = (depth - 2) // 6
         self.stem = nn.Sequential(*_conv_bn(in_channels, width, stride=stem_stride))
-        c, stages = width, []
-        for i, stride in enumerate((1, 2, 2)):
-            c_out = width * 2**i
-            blocks = [BasicBlock(c if j == 0 else c_out, c_out, stride=stride if j == 0 else 1)
-                      for j in range(n)]  # fmt: skip
-            stages.append(nn.Sequential(*blocks))
-            c = c_out
+        widths = [width, 2 * width, 4 * width]
+        stages, c = _residual_stages(BasicBlock, width, widths, (depth - 2) // 6)
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
         self._init_weights()
-        if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, BasicBlock):
-                    nn.init.zeros_(m.bn2.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(self.normalize(x))  # (N, w, S, S)
@@ -363,12 +353,10 @@ class WideResNet(ZooModel):
     pre-activation blocks, a final BN-ReLU, global average pooling, flatten, then ``self.fc``.
 
     Args:
-        in_channels, num_classes, input_size: input ``(C, S, S)`` and number of classes.
         depth: ``6n + 4``.
         widen_factor: ``k``.
         width: channels of the stem (16 in the paper); stage ``i`` has ``width * 2**i * k``.
         dropout: dropout between the two convs of a block.
-        mean, std: optional normalisation inside the model.
     """
 
     arch = "wrn"
@@ -392,15 +380,10 @@ class WideResNet(ZooModel):
                 "wrn needs depth = 6n + 4 >= 10 (10, 16, 22, 28, ...), widen_factor >= 1 and "
                 f"width >= 1; got depth={depth}, widen_factor={widen_factor}, width={width}"
             )
-        n = (depth - 4) // 6
         self.stem = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
-        c, stages = width, []
-        for i, stride in enumerate((1, 2, 2)):
-            c_out = width * 2**i * widen_factor
-            blocks = [PreActBlock(c if j == 0 else c_out, c_out, stride=stride if j == 0 else 1,
-                                  dropout=dropout) for j in range(n)]  # fmt: skip
-            stages.append(nn.Sequential(*blocks))
-            c = c_out
+        widths = [width * widen_factor * 2**i for i in range(3)]
+        block = partial(PreActBlock, dropout=dropout)
+        stages, c = _residual_stages(block, width, widths, (depth - 4) // 6)
         self.layer1, self.layer2, self.layer3 = stages
         self.bn = nn.BatchNorm2d(c)
         self.relu = nn.ReLU()

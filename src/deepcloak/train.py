@@ -7,6 +7,10 @@ a ``DataLoader`` on few CPU cores); any other data set goes through a ``DataLoad
 Training is deterministic on CPU for a given ``seed``: one seeded ``torch.Generator`` draws the
 shuffling and augmentation, and the global RNG (dropout) is seeded inside ``fork_rng`` so that the
 caller's random state is left as it was.
+
+Training uses torch's intra-op threads (by default one per core). Where other processes share
+the cores, give each ``torch.set_num_threads(1)`` (or start it with ``OMP_WAIT_POLICY=PASSIVE``):
+oversubscribed OpenMP threads spin-wait, and on 2 busy cores made ResNet-8 steps 35x slower.
 """
 
 from __future__ import annotations
@@ -43,9 +47,9 @@ class OptimizerName(str, Enum):
 class Schedule(str, Enum):
     """Learning-rate schedules, stepped every batch.
 
-    ``onecycle``: linear warm-up over the first 25 % of steps to ``lr``, then cosine annealing to
-    about zero (Smith & Topin 2017). ``cosine``: cosine annealing from ``lr`` to zero.
-    ``constant``: ``lr`` throughout.
+    ``onecycle``: linear warm-up from ``lr / 25`` to ``lr`` over the first 25 % of steps, then
+    cosine annealing to zero (Smith & Topin 2017, arXiv 1708.07120). ``cosine``: cosine annealing
+    from ``lr`` to zero (Loshchilov & Hutter 2017). ``constant``: ``lr`` throughout.
     """
 
     ONECYCLE = "onecycle"
@@ -140,21 +144,17 @@ def augment_batch(
     return x
 
 
-def _scheduler(
-    opt: torch.optim.Optimizer, schedule: Schedule, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    if schedule is Schedule.ONECYCLE:
-        # cycle_momentum=False: keep the momentum the caller chose.
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt,
-            max_lr=[g["lr"] for g in opt.param_groups],
-            total_steps=total_steps,
-            pct_start=0.25,
-            cycle_momentum=False,
-        )
-    if schedule is Schedule.COSINE:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+def _lr_factor(schedule: Schedule, step: int, total: int) -> float:
+    """Multiplier of the peak learning rate before optimiser step ``step`` of ``total``."""
+    if schedule is Schedule.CONSTANT:
+        return 1.0
+    warm = max(1, round(0.25 * total)) if schedule is Schedule.ONECYCLE else 0
+    if step < warm:
+        # One-cycle warm-up from lr / 25, as torch's OneCycleLR; written out here because
+        # OneCycleLR divides by zero when there are fewer than about four steps.
+        return 0.04 + 0.96 * step / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def train_model(
@@ -173,6 +173,7 @@ def train_model(
     augment: bool = False,
     crop_padding: int | None = None,
     hflip: bool = True,
+    channels_last: bool = False,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
@@ -196,6 +197,8 @@ def train_model(
         augment: random crop with zero padding and (with ``hflip``) horizontal flips.
         crop_padding: padding for the random crop; default ``max(1, round(H / 8))``.
         hflip: flip horizontally when augmenting (turn off for digits and text).
+        channels_last: train in NHWC memory layout, about 1.5x faster for conv nets on CPU
+            (oneDNN); the model is returned in the default layout.
         seed: seeds shuffling, augmentation and dropout.
         device: where to train; default the model's device. The model is moved there.
         progress: ``progress("train", samples_done, samples_total)`` after each step.
@@ -221,6 +224,9 @@ def train_model(
         raise DeepCloakError("train_set is empty")
     dev = torch.device(device) if device is not None else _device_of(model)
     model.to(dev)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=layout)  # type: ignore[call-overload]  # missing from stubs
     if lr is None:
         lr = 0.1 if opt_name is OptimizerName.SGD else 1e-3
     opt: torch.optim.Optimizer
@@ -232,7 +238,9 @@ def train_model(
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = n // batch_size if n >= batch_size else 1
-    scheduler = _scheduler(opt, sched, epochs * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: _lr_factor(sched, step, epochs * steps)
+    )
     gen = torch.Generator().manual_seed(seed)
     pad = crop_padding if crop_padding is not None else 0
     if augment and crop_padding is None:
@@ -252,6 +260,7 @@ def train_model(
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # (B, C, H, W)
                 if augment:
                     x = augment_batch(x, padding=pad, hflip=hflip, generator=gen)
+                x = x.contiguous(memory_format=layout)
                 logits = model(x)  # (B, K)
                 loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
@@ -280,6 +289,8 @@ def train_model(
                 epoch + 1, epochs, epoch_loss, train_acc
             )
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     test_acc = accuracy(model, test_set, device=dev) if test_set is not None else None
     return TrainResult(
         epochs=epochs,
