@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -77,3 +79,16 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture
 def loader(data: tuple[torch.Tensor, torch.Tensor]) -> DataLoader:
     return DataLoader(TensorDataset(*data), batch_size=16)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread() -> Iterator[None]:
+    """Run every test on one torch thread.
+
+    The test models are tiny: one thread is as fast as two, and unlike two it stays fast when
+    other processes share the cores (oversubscribed OpenMP threads spin-wait).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,13 +10,7 @@ from torch import nn
 from deepcloak.art_attacks import ArtAPGD, ArtPGD, ArtSquare, require_art
 from deepcloak.attacks import ATTACKS, PGD, create_attack
 from deepcloak.errors import DeepCloakError
-from robust_toys import quadrant_data, single_thread, trained_mlp
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
+from robust_toys import quadrant_data, trained_mlp
 
 
 @pytest.fixture(scope="module")

@@ -28,15 +28,6 @@ FAMILIES = {
 USER_MODULE = "deepcloak_test_user_models"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models: one thread is as fast, and stays fast when other processes share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trained_like(name: str, **kwargs: object) -> nn.Module:
     """A zoo model with non-trivial batch-norm statistics (so buffers must round-trip)."""
     torch.manual_seed(0)
@@ -96,7 +87,8 @@ def test_torchscript_round_trip(tmp_path: Path) -> None:
 @pytest.fixture
 def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A user's module on sys.path, with a good factory and some bad ones."""
-    (tmp_path / f"{USER_MODULE}.py").write_text(textwrap.dedent("""
+    (tmp_path / f"{USER_MODULE}.py").write_text(
+        textwrap.dedent("""
         from torch import nn
 
         def build():
@@ -110,7 +102,8 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
         class Zoo:
             build = staticmethod(build)
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     sys.modules.pop(USER_MODULE, None)

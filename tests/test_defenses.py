@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -11,13 +9,7 @@ from torch import nn
 from deepcloak.attacks import PGD
 from deepcloak.defenses import feature_squeezing, spatial_smoothing
 from deepcloak.errors import DeepCloakError
-from robust_toys import quadrant_data, single_thread, trained_mlp
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
+from robust_toys import quadrant_data, trained_mlp
 
 
 def _median_filter_2x2(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,10 @@ from deepcloak.evaluation_report import (
     write_evaluation,
 )
 from deepcloak.evaluation_results import EvaluationReport
-from robust_toys import single_thread, toy_report
+from robust_toys import toy_report
 
 SCHEMA_DOC = Path(__file__).resolve().parents[1] / "docs" / "evaluation-schema.md"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,15 +19,6 @@ SMALL = {
     "resnet": {"width": 4},
     "wrn": {"width": 4, "widen_factor": 1},
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models: one thread is as fast, and stays fast when other processes share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(name: str, c: int, s: int, **kwargs: object) -> nn.Module:

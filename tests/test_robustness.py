@@ -5,7 +5,6 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,7 +25,6 @@ from robust_toys import (
     gradient_masked_mlp,
     loader,
     quadrant_data,
-    single_thread,
     toy_report,
     trained_mlp,
 )
@@ -40,12 +38,6 @@ DEFENSES = {
     "spatial-smoothing",
 }
 ROBUST = (ThreatModel.GRAYBOX, ThreatModel.WHITEBOX, ThreatModel.TRANSFER)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -15,16 +13,6 @@ from deepcloak.models import create_model
 from deepcloak.train import Schedule, _lr_factor, accuracy, augment_batch, train_model
 
 Digits = tuple[TensorDataset, TensorDataset]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # These models are tiny: one thread is as fast as two, and unlike two it stays fast when
-    # other processes share the cores (OpenMP threads spin-wait badly when oversubscribed).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
