@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 from deepcloak.art_attacks import ArtAPGD, ArtPGD, ArtSquare  # also registers them by name
 from deepcloak.attacks import ATTACKS, FGSM, PGD, Attack, Norm, create_attack
+from deepcloak.checkpoint import load_model, save_checkpoint
 from deepcloak.cloak import Cloak, fit
 from deepcloak.defenses import PreprocessedModel, feature_squeezing, spatial_smoothing
 from deepcloak.errors import DataFormatError, DeepCloakError, LayerError
@@ -31,6 +32,7 @@ from deepcloak.evaluation_config import EvaluationConfig
 from deepcloak.evaluation_report import evaluation_tables, write_evaluation
 from deepcloak.evaluation_results import AccuracyResult, EvaluationReport, ThreatModel
 from deepcloak.mask import FeatureMask, find_masks, fold_mask, insert_mask, remove_mask
+from deepcloak.models import create_model, list_models
 from deepcloak.robustness import evaluate_cloak
 from deepcloak.sanity import CheckStatus, SanityCheck
 from deepcloak.scores import (
@@ -44,6 +46,7 @@ from deepcloak.scores import (
 from deepcloak.selection import RatioChoice, choose_ratio
 from deepcloak.stats import McNemarResult, mcnemar_exact, wilson_interval
 from deepcloak.taps import LayerRef, Side, resolve_layer
+from deepcloak.train import TrainResult, accuracy, train_model
 
 __all__ = [
     "ATTACKS",
@@ -77,10 +80,13 @@ __all__ = [
     "SweepResult",
     "SweepRow",
     "ThreatModel",
+    "TrainResult",
     "__version__",
+    "accuracy",
     "cache_features",
     "choose_ratio",
     "create_attack",
+    "create_model",
     "deepcloak_score",
     "evaluate_cloak",
     "evaluation_tables",
@@ -90,11 +96,15 @@ __all__ = [
     "fold_mask",
     "graybox_sweep",
     "insert_mask",
+    "list_models",
+    "load_model",
     "mcnemar_exact",
     "rank_features",
     "remove_mask",
     "resolve_layer",
+    "save_checkpoint",
     "spatial_smoothing",
+    "train_model",
     "whitebox_accuracy",
     "wilson_interval",
     "write_evaluation",

@@ -85,7 +85,17 @@ def user_errors(command: F) -> F:
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Torch CPU threads (default: one per core; 1 is best on a busy machine)."
+        ),
+    ] = None,
 ) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
