@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcloak.attacks import ATTACKS, Norm, _check_batch, _norm, eval_mode
+from deepcloak.attacks import ATTACKS, Norm, check_batch, eval_mode, parse_norm
 from deepcloak.checks import check_epsilon, check_labels
 from deepcloak.errors import DeepCloakError
 
@@ -183,13 +183,13 @@ class _ArtAttack:
 
     def _validate(self) -> None:
         check_epsilon(self.eps)
-        object.__setattr__(self, "norm", _norm(self.norm))
+        object.__setattr__(self, "norm", parse_norm(self.norm))
 
     def _generate(self, classifier: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _check_batch(x, y)
+        check_batch(x, y)
         if self.eps == 0:
             return x.detach().clone()
         x = x.detach()

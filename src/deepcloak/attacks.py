@@ -23,7 +23,17 @@ from deepcloak.checks import check_epsilon, check_inputs, check_labels
 from deepcloak.errors import DeepCloakError
 from deepcloak.registry import Registry
 
-__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "Norm", "create_attack", "eval_mode"]
+__all__ = [
+    "ATTACKS",
+    "FGSM",
+    "PGD",
+    "Attack",
+    "Norm",
+    "check_batch",
+    "create_attack",
+    "eval_mode",
+    "parse_norm",
+]
 
 
 class Norm(str, Enum):
@@ -56,22 +66,26 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _input_gradient(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, validate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the summed cross-entropy w.r.t. ``x``, and the per-sample losses.
 
     The sum (not mean) makes each sample's gradient independent of the batch size.
+    ``validate`` checks the labels against the logits; attacks do it on their first step only,
+    as each check waits for the device.
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)  # (B, K)
-        check_labels(y, logits.shape[-1])
+        if validate:
+            check_labels(y, logits.shape[-1])
         losses = F.cross_entropy(logits, y, reduction="none")  # (B,)
         (grad,) = torch.autograd.grad(losses.sum(), x)
     return grad, losses.detach()
 
 
-def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Check a batch before an attack: inputs in [0, 1] and one label per input."""
     check_inputs(x)
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise DeepCloakError(
@@ -98,7 +112,7 @@ class FGSM:
         check_epsilon(self.eps)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _check_batch(x, y)
+        check_batch(x, y)
         with eval_mode(model):
             grad, _ = _input_gradient(model, x, y)
         return (x + self.eps * grad.sign()).clamp_(0.0, 1.0).detach()
@@ -137,7 +151,7 @@ class PGD:
 
     def __post_init__(self) -> None:
         check_epsilon(self.eps)
-        object.__setattr__(self, "norm", _norm(self.norm))
+        object.__setattr__(self, "norm", parse_norm(self.norm))
         if self.steps < 1 or self.restarts < 1:
             raise DeepCloakError(
                 f"steps and restarts must be >= 1, got steps={self.steps}, restarts={self.restarts}"
@@ -151,7 +165,7 @@ class PGD:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _check_batch(x, y)
+        check_batch(x, y)
         x = x.detach()
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         best = x.clone()
@@ -178,8 +192,8 @@ class PGD:
             x_adv = (x + self._random_delta(x, gen)).clamp_(0.0, 1.0)
         else:
             x_adv = x.clone()
-        for _ in range(self.steps):
-            grad, _ = _input_gradient(model, x_adv, y)
+        for step in range(self.steps):
+            grad, _ = _input_gradient(model, x_adv, y, validate=step == 0)
             with torch.no_grad():
                 x_adv = x_adv + self.alpha * self._ascent_direction(grad)
                 x_adv = x + self._project(x_adv - x)
@@ -221,7 +235,8 @@ def _l2(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
 
 
-def _norm(value: Norm | str) -> Norm:
+def parse_norm(value: Norm | str) -> Norm:
+    """A :class:`Norm` from its name; a clear error for anything else."""
     try:
         return Norm(value)
     except ValueError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepcloak import art_attacks  # also registers "apgd", "square", "art-pgd"
-from deepcloak.attacks import ATTACKS, Attack, Norm, _norm
+from deepcloak.attacks import ATTACKS, Attack, Norm, parse_norm
 from deepcloak.checks import check_epsilon, check_ratio, check_ratios
 from deepcloak.cloak import DEFAULT_EPS
 from deepcloak.errors import DeepCloakError
@@ -101,7 +101,7 @@ class EvaluationConfig:
         if self.fit_eps is not None:
             check_epsilon(self.fit_eps, name="fit_eps")
         set_ = object.__setattr__
-        set_(self, "norm", _norm(self.norm))
+        set_(self, "norm", parse_norm(self.norm))
         if isinstance(self.attacks, str):
             set_(self, "attacks", (self.attacks,))
         set_(self, "attacks", tuple(self.attacks))
@@ -171,7 +171,7 @@ class EvaluationConfig:
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of every setting."""
         d = dataclasses.asdict(self)
-        d["norm"] = _norm(self.norm).value
+        d["norm"] = parse_norm(self.norm).value
         d["attacks"] = list(self.attacks)
         d["attack_params"] = {k: dict(v) for k, v in self.attack_params.items()}
         d["ratios"] = list(self.ratios)
@@ -197,7 +197,7 @@ def build_attack(
         DeepCloakError: unknown name, bad parameters, or an L-inf-only attack under ``l2``.
     """
     factory = ATTACKS.get(name)
-    norm = _norm(config.norm)
+    norm = parse_norm(config.norm)
     values = {
         "eps": config.eps if eps is None else eps,
         "norm": norm,

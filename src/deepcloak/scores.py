@@ -13,6 +13,7 @@ Scorers:
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -162,7 +163,8 @@ SCORERS.register("random")(RandomScore)
 def create_scorer(name: str, *, seed: int = 0) -> FeatureScore:
     """Build a scorer by name; ``seed`` is used by scorers that draw random numbers."""
     factory = SCORERS.get(name)
-    return factory(seed=seed) if factory is RandomScore else factory()
+    takes_seed = "seed" in inspect.signature(factory).parameters
+    return factory(seed=seed) if takes_seed else factory()
 
 
 def rank_features(scores: torch.Tensor) -> torch.Tensor:
