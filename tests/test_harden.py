@@ -103,3 +103,62 @@ def test_model_with_too_few_outputs_is_refused() -> None:
             load_dataset("digits", split="test", limit=8),
             HardenConfig(),
         )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_harden_a_torchscript_model_gives_a_torchscript_cloaked_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet", in_channels=1, num_classes=10, input_size=8, width=4).eval()
+    traced = torch.jit.trace(model, torch.rand(2, 1, 8, 8))
+    torch.jit.save(traced, str(tmp_path / "model.pt"))
+    out = tmp_path / "out"
+    args = ["harden", str(tmp_path / "model.pt"), "--out", str(out), "--ratio", "0.25"]
+    result = runner.invoke(app, [*args, "--eps", "0.1", *LIMITS])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["sweep"]["used_cached_head"] and report["fit"]["n_removed"] == 4
+    cloaked = torch.jit.load(str(out / "cloaked_model.pt"))
+    # The same cloak applied to the eager model gives the same logits.
+    from deepcloak.cloak import Cloak
+
+    cloak, ratio = Cloak.load(out / "mask.safetensors")
+    assert cloak.layer.name == "fc"
+    x = torch.rand(5, 1, 8, 8)
+    expected = cloak.apply(model, ratio, fold=True)(x)
+    torch.testing.assert_close(cloaked(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_scripted_view_recovers_the_features_exactly() -> None:
+    from deepcloak.scripted import ScriptedClassifier, cloakable
+
+    torch.manual_seed(0)
+    model = create_model("resnet", in_channels=1, num_classes=10, input_size=8, width=4).eval()
+    with pytest.warns(DeprecationWarning):
+        scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)))
+    x = torch.rand(4, 1, 8, 8)
+    view = cloakable(scripted, x)
+    assert isinstance(view, ScriptedClassifier)
+    torch.testing.assert_close(view.features(x), x.flatten(1))
+    torch.testing.assert_close(view(x), scripted(x))
+    traced = torch.jit.trace(model, x)
+    torch.testing.assert_close(
+        cloakable(traced, x).features(x),
+        model.forward_head(model.forward_features(x), pre_logits=True),
+    )
+
+
+def test_scripted_model_with_work_after_the_head_is_refused() -> None:
+    from deepcloak.errors import LayerError
+    from deepcloak.scripted import cloakable
+
+    class Doubled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * self.fc(x.flatten(1)) + 1
+
+    x = torch.rand(4, 1, 8, 8)
+    with pytest.raises(LayerError, match="cannot be cloaked"):
+        cloakable(torch.jit.trace(Doubled(), x), x)

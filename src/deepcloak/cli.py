@@ -317,6 +317,7 @@ def evaluate(
     from deepcloak.evaluation_config import EvaluationConfig
     from deepcloak.evaluation_report import evaluation_tables, write_evaluation
     from deepcloak.robustness import evaluate_cloak
+    from deepcloak.scripted import cloakable
 
     config = EvaluationConfig(
         eps=eps, norm=norm, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
@@ -331,6 +332,7 @@ def evaluate(
     train_set = load_dataset(data, split="train", root=root)
     fit_set, val_set = train_set.split_off(val_samples, seed=seed)
     test_set = load_dataset(data, split="test", root=root, limit=test_samples, seed=seed)
+    net = cloakable(net, test_set[0][0].unsqueeze(0))  # TorchScript: an eager, cloakable view
     fit_source = Cloak.load(cloak)[0] if cloak else DataLoader(fit_set, batch_size=256)
     metadata = {
         "model": model, "model_info": model_info, "surrogate": surrogate, "data": data,

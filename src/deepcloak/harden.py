@@ -24,9 +24,10 @@ from deepcloak.checks import check_epsilon, check_ratio, check_ratios
 from deepcloak.cloak import Cloak, fit, model_device
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluate import DEFAULT_RATIOS, SweepResult, graybox_sweep
-from deepcloak.io import save_tensors, write_json_atomic
+from deepcloak.io import atomic_write, save_tensors, write_json_atomic
 from deepcloak.progress import ProgressFn
 from deepcloak.report import environment, plot_sweep
+from deepcloak.scripted import ScriptedClassifier, cloakable
 
 __all__ = [
     "HardenConfig",
@@ -181,7 +182,7 @@ def harden(
     start = time.perf_counter()
     check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
     check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
-    model.eval()
+    model = cloakable(model.eval(), train_set[0][0].unsqueeze(0).to(model_device(model)))
     attack = config.make_attack()
     cloak = fit(
         model, DataLoader(train_set, batch_size=config.batch_size), attack=attack,
@@ -208,8 +209,9 @@ def write_harden(
     """Write ``report.json``, ``sweep.png``, ``mask.safetensors`` and the cloaked model.
 
     The cloaked model is saved with the mask folded into the final ``nn.Linear``: as a deepcloak
-    checkpoint when ``model_info`` holds ``arch`` and ``arch_kwargs`` (a zoo model), else as a
-    ``state_dict`` in safetensors with the original keys (load it with the same factory). When
+    checkpoint when ``model_info`` holds ``arch`` and ``arch_kwargs`` (a zoo model), as
+    TorchScript for a TorchScript model, else as a ``state_dict`` in safetensors with the
+    original keys (load it with the same factory). When
     L is not an ``nn.Linear``, the mask cannot be folded and only the mask file is written.
 
     Returns:
@@ -234,6 +236,10 @@ def write_harden(
             paths["model"], cloaked, arch=model_info["arch"],
             arch_kwargs=model_info["arch_kwargs"], metadata=meta,
         )  # fmt: skip
+    elif isinstance(cloaked, ScriptedClassifier):
+        paths["model"] = out / "cloaked_model.pt"  # TorchScript in, TorchScript out
+        with atomic_write(paths["model"]) as f:
+            cloaked.save_scripted(f)
     elif cloaked is not None:
         paths["model"] = out / "cloaked_state_dict.safetensors"
         state = {k: v.detach().clone() for k, v in cloaked.state_dict().items()}

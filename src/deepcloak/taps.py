@@ -105,7 +105,8 @@ def resolve_layer(
     if isinstance(model, torch.jit.ScriptModule):
         raise LayerError(
             "this is a TorchScript model: it runs compiled code, so its layers cannot be tapped "
-            "or masked. Load the eager model instead (package.module:factory plus a state_dict)"
+            "or masked. Wrap it with deepcloak.scripted.cloakable(model, example_batch) (the CLI "
+            "does this), or load the eager model (package.module:factory plus a state_dict)"
         )
     modules = dict(model.named_modules())
     if layer is None:
