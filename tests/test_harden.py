@@ -162,3 +162,35 @@ def test_scripted_model_with_work_after_the_head_is_refused() -> None:
     x = torch.rand(4, 1, 8, 8)
     with pytest.raises(LayerError, match="cannot be cloaked"):
         cloakable(torch.jit.trace(Doubled(), x), x)
+
+
+def test_evaluate_command_writes_json_and_plots(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", str(checkpoint), "--attacks", "fgsm,pgd", "--steps", "2", "--eps", "0.1"]
+    small = ["--val-samples", "60", "--test-samples", "40", "--fit-samples", "100"]
+    no_baselines = ["--no-preprocessing-baselines", "--no-whitebox-baselines", "--eps-grid", "0.1"]
+    result = runner.invoke(app, [*args, *small, *no_baselines, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["schema"].startswith("deepcloak-evaluation/")
+    threat_models = {r["threat_model"] for r in report["results"]}
+    assert {"clean", "gray-box", "white-box"} <= threat_models
+    assert {p.suffix for p in out.iterdir()} == {".json", ".png"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--attacks", "fgsm,deepfool"], "unknown attack 'deepfool'"),
+        (["--eps", "3"], "eps must be <= 1"),
+        (["--data", "fashion-mnist"], "trained on inputs of shape (1, 8, 8)"),
+    ],
+)
+def test_evaluate_bad_input_writes_nothing(
+    checkpoint: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", str(checkpoint), "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not out.exists()

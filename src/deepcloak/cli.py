@@ -316,6 +316,7 @@ def evaluate(
     from deepcloak.data import load_dataset
     from deepcloak.evaluation_config import EvaluationConfig
     from deepcloak.evaluation_report import evaluation_tables, write_evaluation
+    from deepcloak.harden import check_model_fits_data, trained_input_shape
     from deepcloak.robustness import evaluate_cloak
     from deepcloak.scripted import cloakable
 
@@ -332,6 +333,8 @@ def evaluate(
     train_set = load_dataset(data, split="train", root=root)
     fit_set, val_set = train_set.split_off(val_samples, seed=seed)
     test_set = load_dataset(data, split="test", root=root, limit=test_samples, seed=seed)
+    shape = trained_input_shape(model_info)
+    check_model_fits_data(net, test_set, "the test data", input_shape=shape)
     net = cloakable(net, test_set[0][0].unsqueeze(0))  # TorchScript: an eager, cloakable view
     fit_source = Cloak.load(cloak)[0] if cloak else DataLoader(fit_set, batch_size=256)
     metadata = {
