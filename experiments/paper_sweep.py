@@ -277,7 +277,9 @@ def markdown(results: dict[str, Any], quick: bool) -> str:
     lines += summary(results)
     for name, res in results["families"].items():
         lines += [
-            f"## {res['label']} — test accuracy {100 * res['test_accuracy']:.2f}%",
+            f"## {res['label']} — test accuracy {100 * res['test_accuracy']:.2f}% "
+            f"(trained in {res['recipe']['train_seconds']:.0f} s, "
+            f"{res['recipe']['training']['epochs']} epochs)",
             "",
             f"{res['layer']}, {res['n_features']} features. " + verdict(res),
             "",
