@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from deepcloak import FGSM, PGD, fit, mcnemar_exact, wilson_interval
-from deepcloak.checkpoint import load_model, save_checkpoint
+from deepcloak.checkpoint import load_model
 from deepcloak.data import FASHION_MNIST_ROOT, ImageDataset, load_dataset
 from deepcloak.evaluate import cache_features, masked_predictions, whitebox_accuracy
 from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from deepcloak.models import create_model
+from deepcloak.recipes import recipe, train_checkpoint
 from deepcloak.report import environment
 from deepcloak.scores import keep_mask, removal_count
-from deepcloak.train import train_model
 
 log = logging.getLogger("paper_sweep")
 
@@ -48,58 +46,35 @@ PGD_STEPS = 10
 N_RANDOM = 5
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How one family is built and trained (fixed seed): the reproduction's model settings."""
-
-    arch: str
-    label: str
-    arch_kwargs: dict[str, Any]
-    epochs: int
-    lr: float = 0.1
-    batch_size: int = 128
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-RECIPES: dict[str, Recipe] = {
-    "cnn": Recipe("cnn", "small CNN", {"width": 32, "hidden": 128}, epochs=5),
-    "vgg": Recipe("vgg", "VGG-style (BN)", {"width": 16, "stages": 3, "hidden": 128}, epochs=5),
-    "resnet": Recipe("resnet", "ResNet-8", {"depth": 8, "width": 16}, epochs=5),
-    "wrn": Recipe("wrn", "WRN-10-2", {"depth": 10, "widen_factor": 2, "width": 8}, epochs=5),
+#: The paper's four families; each trains with the recipe ``deepcloak train`` uses
+#: (``deepcloak.recipes.RECIPES``), so these checkpoints are what that command makes.
+FAMILIES: dict[str, str] = {
+    "cnn": "small CNN",
+    "vgg": "VGG-style (BN)",
+    "resnet": "ResNet-8",
+    "wrn": "WRN-10-2",
 }
 
 
 def train_or_load(
-    name: str,
-    recipe: Recipe,
-    train_set: ImageDataset,
-    test_set: ImageDataset,
-    runs: Path,
-    seed: int,
+    name: str, root: Path, runs: Path, seed: int, *, quick: bool
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train ``recipe`` (seeded) or reuse the checkpoint an identical earlier run saved."""
+    """Train the family's recipe (seeded), or reuse the checkpoint an identical run saved."""
+    job = recipe(
+        name, "fashion-mnist", root=root, seed=seed,
+        epochs=1 if quick else None, limit=3000 if quick else None,
+    )  # fmt: skip
     path = runs / f"{name}.safetensors"
-    arch_kwargs = {"in_channels": 1, "num_classes": 10, "input_size": 28, **recipe.arch_kwargs}
-    settings = {"epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size,
-                "seed": seed, "train_samples": len(train_set), **recipe.extra}  # fmt: skip
     if path.exists():
         model, meta = load_model(str(path))
-        if meta.get("arch_kwargs") == arch_kwargs and meta.get("training") == settings:
+        if meta.get("training") == job.settings():
             log.info("%s: reusing %s (test accuracy %.4f)", name, path, meta["test_accuracy"])
             return model, meta
-    torch.manual_seed(seed)
-    model = create_model(recipe.arch, **arch_kwargs)
-    result = train_model(
-        model, train_set, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
-        seed=seed, test_set=test_set, channels_last=True, **recipe.extra,
-    )  # fmt: skip
-    meta = {"data": "fashion-mnist", "input_shape": [1, 28, 28], "training": settings,
-            "test_accuracy": result.test_accuracy, "train_seconds": result.seconds}  # fmt: skip
-    save_checkpoint(path, model, arch=recipe.arch, arch_kwargs=arch_kwargs, metadata=meta)
+    model, result, meta = train_checkpoint(job, path)
     log.info(
         "%s: trained in %.0f s, test accuracy %.4f", name, result.seconds, result.test_accuracy
     )
-    return model.eval(), {**meta, "arch": recipe.arch, "arch_kwargs": arch_kwargs}
+    return model, meta
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
@@ -345,7 +320,7 @@ def render(results: dict[str, Any], docs: Path, *, quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=FASHION_MNIST_ROOT)
-    parser.add_argument("--families", default=",".join(RECIPES))
+    parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--fit-samples", type=int, default=10000)
     parser.add_argument("--whitebox-samples", type=int, default=2000)
     parser.add_argument("--runs", type=Path, default=Path("runs/paper"), help="checkpoints")
@@ -372,13 +347,10 @@ def main() -> None:
     runs = args.runs / "quick" if args.quick else args.runs
     families: dict[str, Any] = {}
     for name in args.families.split(","):
-        recipe = RECIPES[name]
-        if args.quick:
-            recipe = Recipe(recipe.arch, recipe.label, recipe.arch_kwargs, epochs=1)
-        model, meta = train_or_load(name, recipe, train_set, test_set, runs, args.seed)
+        model, meta = train_or_load(name, args.root, runs, args.seed, quick=args.quick)
         log.info("%s: evaluating", name)
         res = evaluate_family(model, fit_set, test_set, whitebox_set, args.seed)
-        res.update(label=recipe.label, test_accuracy=meta["test_accuracy"], recipe=meta)
+        res.update(label=FAMILIES[name], test_accuracy=meta["test_accuracy"], recipe=meta)
         families[name] = res
         log.info("%s: %s", name, verdict(res))
     docs = args.runs / "quick" if args.quick else args.docs  # a smoke run is never published
