@@ -39,7 +39,12 @@ log = logging.getLogger(__name__)
 #: Value of the ``format`` metadata key that marks a deepcloak model checkpoint.
 CHECKPOINT_FORMAT = "deepcloak.model"
 _RESERVED = (
-    "format", "format_version", "arch", "arch_kwargs", "deepcloak_version", "torch_version",
+    "format",
+    "format_version",
+    "arch",
+    "arch_kwargs",
+    "deepcloak_version",
+    "torch_version",
 )
 _FACTORY_SPEC = re.compile(
     r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_][\w.]*)$"

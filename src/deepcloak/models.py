@@ -272,8 +272,14 @@ def _residual_stages(
     """Three stages of ``n`` blocks with strides 1, 2, 2; returns them and the output width."""
     stages = []
     for width, stride in zip(widths, (1, 2, 2), strict=True):
-        stages.append(nn.Sequential(*(block(c if j == 0 else width, width,
-                                            stride=stride if j == 0 else 1) for j in range(n))))
+        stages.append(
+            nn.Sequential(
+                *(
+                    block(c if j == 0 else width, width, stride=stride if j == 0 else 1)
+                    for j in range(n)
+                )
+            )
+        )
         c = width
     return stages, c
 

@@ -285,8 +285,7 @@ def train_model(
             losses.append(epoch_loss)
             train_acc = correct.item() / seen
             log.info(
-                "epoch %d/%d: loss %.4f, train acc %.4f",
-                epoch + 1, epochs, epoch_loss, train_acc
+                "epoch %d/%d: loss %.4f, train acc %.4f", epoch + 1, epochs, epoch_loss, train_acc
             )
     model.eval()
     if channels_last:
