@@ -25,7 +25,7 @@ from deepcloak.progress import ProgressFn, no_progress
 from deepcloak.scores import create_scorer, keep_mask, rank_features, removal_count
 from deepcloak.taps import LayerRef, Side, resolve_layer, tap
 
-__all__ = ["Cloak", "fit", "model_device"]
+__all__ = ["Cloak", "fit", "layer_features", "model_device", "unpack_batch"]
 
 #: The paper's default budget in the [0, 1] scale: 8/255.
 DEFAULT_EPS = 8 / 255
@@ -162,8 +162,8 @@ class Cloak:
 
 
 @torch.no_grad()
-def _features(model: nn.Module, ref: LayerRef, *inputs: torch.Tensor) -> list[torch.Tensor]:
-    """Features at ``ref`` for each input batch, from one forward pass over all of them."""
+def layer_features(model: nn.Module, ref: LayerRef, *inputs: torch.Tensor) -> list[torch.Tensor]:
+    """Features at ``ref`` for each input batch, then the logits, from one forward pass."""
     with tap(model, ref) as t:
         logits = model(torch.cat(inputs))
         feats = t.take()
@@ -194,7 +194,7 @@ def fit(
         attack: crafts the adversarial samples; default ``FGSM(eps=8/255)`` (the paper's).
         layer: module name of layer L; default: the input of the final ``nn.Linear``.
         side: ``"input"`` or ``"output"`` of ``layer`` (see :func:`~deepcloak.resolve_layer`).
-        score: scorer name, ``"deepcloak"`` (the paper's) or ``"random"``.
+        score: scorer name: ``"deepcloak"`` (the paper's), ``"random"`` or ``"activation"``.
         max_samples: stop after this many samples (``None``: the whole loader).
         seed: seed for random scorers.
         progress: ``progress(task, done, total)`` callback, called after each batch.
@@ -222,9 +222,9 @@ def fit(
                 ref = resolve_layer(model, layer, side, example=x[:1])
             if scorer.needs_adversarial:
                 x_adv = attack(model, x, y)
-                clean, adv, logits = _features(model, ref, x, x_adv)
+                clean, adv, logits = layer_features(model, ref, x, x_adv)
             else:
-                clean, logits = _features(model, ref, x)
+                clean, logits = layer_features(model, ref, x)
                 adv = clean
             check_labels(y, logits.shape[-1])
             scorer.update(clean, adv)

@@ -21,7 +21,7 @@ from torch import nn
 
 from deepcloak.attacks import Attack, create_attack, eval_mode
 from deepcloak.checks import check_labels, check_ratios
-from deepcloak.cloak import Cloak, _features, model_device, unpack_batch
+from deepcloak.cloak import Cloak, layer_features, model_device, unpack_batch
 from deepcloak.errors import DeepCloakError
 from deepcloak.mask import FeatureMask, insert_mask, remove_mask
 from deepcloak.progress import ProgressFn, no_progress
@@ -131,7 +131,7 @@ def cache_features(
         for batch in loader:
             x, y = unpack_batch(batch, device)
             x_adv = attack(model, x, y)
-            f_clean, f_adv, logits = _features(model, layer, x, x_adv)
+            f_clean, f_adv, logits = layer_features(model, layer, x, x_adv)
             check_labels(y, logits.shape[-1])
             if first:
                 head, first = _find_head(model, layer, x[:16]), False
