@@ -29,7 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcloak.attacks import ATTACKS, Norm, check_batch, eval_mode, parse_norm
+from deepcloak.attacks import (
+    ATTACKS,
+    Norm,
+    check_batch,
+    check_iterative,
+    eval_mode,
+    parse_norm,
+    step_size_or_default,
+)
 from deepcloak.checks import check_epsilon, check_labels
 from deepcloak.errors import DeepCloakError
 
@@ -363,17 +371,12 @@ class ArtPGD(_ArtAttack):
 
     def __post_init__(self) -> None:
         self._validate()
-        if self.steps < 1 or self.restarts < 1:
-            raise DeepCloakError(
-                f"steps and restarts must be >= 1, got steps={self.steps}, restarts={self.restarts}"
-            )
-        if self.step_size is not None and not self.step_size > 0:
-            raise DeepCloakError(f"step_size must be > 0, got {self.step_size}")
+        check_iterative(self.steps, self.restarts, self.step_size)
 
     @property
     def alpha(self) -> float:
         """The step size actually used."""
-        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        return step_size_or_default(self.step_size, self.eps, self.steps)
 
     def _generate(self, classifier: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         from art.attacks.evasion import ProjectedGradientDescentPyTorch

@@ -30,9 +30,11 @@ __all__ = [
     "Attack",
     "Norm",
     "check_batch",
+    "check_iterative",
     "create_attack",
     "eval_mode",
     "parse_norm",
+    "step_size_or_default",
 ]
 
 
@@ -91,6 +93,21 @@ def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
         raise DeepCloakError(
             f"expected one label per input: inputs {tuple(x.shape)}, labels {tuple(y.shape)}"
         )
+
+
+def check_iterative(steps: int, restarts: int, step_size: float | None) -> None:
+    """Check the settings shared by iterative attacks (PGD and its ART twin)."""
+    if steps < 1 or restarts < 1:
+        raise DeepCloakError(
+            f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}"
+        )
+    if step_size is not None and not step_size > 0:
+        raise DeepCloakError(f"step_size must be > 0, got {step_size}")
+
+
+def step_size_or_default(step_size: float | None, eps: float, steps: int) -> float:
+    """``step_size``, or Madry et al.'s rule ``2.5 * eps / steps`` when it is ``None``."""
+    return step_size if step_size is not None else 2.5 * eps / steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,17 +169,12 @@ class PGD:
     def __post_init__(self) -> None:
         check_epsilon(self.eps)
         object.__setattr__(self, "norm", parse_norm(self.norm))
-        if self.steps < 1 or self.restarts < 1:
-            raise DeepCloakError(
-                f"steps and restarts must be >= 1, got steps={self.steps}, restarts={self.restarts}"
-            )
-        if self.step_size is not None and not self.step_size > 0:
-            raise DeepCloakError(f"step_size must be > 0, got {self.step_size}")
+        check_iterative(self.steps, self.restarts, self.step_size)
 
     @property
     def alpha(self) -> float:
         """The step size actually used."""
-        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        return step_size_or_default(self.step_size, self.eps, self.steps)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_batch(x, y)
