@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from deepcloak import FGSM, fit, graybox_sweep
-from deepcloak.evaluate import DEFAULT_RATIOS
-from deepcloak.models import create_model
+from deepcloak.evaluation.sweep import DEFAULT_RATIOS
+from deepcloak.models.zoo import create_model
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:

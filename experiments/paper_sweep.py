@@ -30,13 +30,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from deepcloak import FGSM, PGD, fit, mcnemar_exact, wilson_interval
-from deepcloak.checkpoint import load_model
-from deepcloak.data import FASHION_MNIST_ROOT, ImageDataset, load_dataset
-from deepcloak.evaluate import cache_features, masked_predictions, whitebox_accuracy
+from deepcloak.cloak.scores import keep_mask, removal_count
+from deepcloak.data.sets import FASHION_MNIST_ROOT, ImageDataset, load_dataset
+from deepcloak.evaluation.sweep import cache_features, masked_predictions, whitebox_accuracy
 from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from deepcloak.recipes import recipe, train_checkpoint
-from deepcloak.report import environment
-from deepcloak.scores import keep_mask, removal_count
+from deepcloak.models.checkpoint import load_model
+from deepcloak.models.recipes import recipe, train_checkpoint
+from deepcloak.report.sweep import environment
 
 log = logging.getLogger("paper_sweep")
 
@@ -47,7 +47,7 @@ N_RANDOM = 5
 
 
 #: The paper's four families; each trains with the recipe ``deepcloak train`` uses
-#: (``deepcloak.recipes.RECIPES``), so these checkpoints are what that command makes.
+#: (``deepcloak.models.recipes.RECIPES``), so these checkpoints are what that command makes.
 FAMILIES: dict[str, str] = {
     "cnn": "small CNN",
     "vgg": "VGG-style (BN)",

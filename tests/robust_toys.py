@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from deepcloak.evaluation_config import EvaluationConfig
-from deepcloak.evaluation_results import EvaluationReport
-from deepcloak.robustness import evaluate_cloak
+from deepcloak.evaluation.config import EvaluationConfig
+from deepcloak.evaluation.results import EvaluationReport
+from deepcloak.evaluation.run import evaluate_cloak
 
 NUM_CLASSES = 4
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deepcloak.checkpoint import load_model
 from deepcloak.cli import app
-from deepcloak.cloak import Cloak
-from deepcloak.data import load_dataset
+from deepcloak.cloak.fit import Cloak
+from deepcloak.data.sets import load_dataset
+from deepcloak.models.checkpoint import load_model
 
 runner = CliRunner()
 

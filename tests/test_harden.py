@@ -11,13 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deepcloak.checkpoint import load_model, save_checkpoint
 from deepcloak.cli import app
-from deepcloak.data import load_dataset
+from deepcloak.data.sets import load_dataset
 from deepcloak.errors import DeepCloakError
 from deepcloak.harden import HardenConfig, check_model_fits_data, harden
 from deepcloak.io import load_tensors
-from deepcloak.models import create_model
+from deepcloak.models.checkpoint import load_model, save_checkpoint
+from deepcloak.models.zoo import create_model
 
 runner = CliRunner()
 LIMITS = ["--fit-samples", "64", "--test-samples", "48", "--random-masks", "2"]
@@ -119,7 +119,7 @@ def test_harden_a_torchscript_model_gives_a_torchscript_cloaked_model(tmp_path: 
     assert report["sweep"]["used_cached_head"] and report["fit"]["n_removed"] == 4
     cloaked = torch.jit.load(str(out / "cloaked_model.pt"))
     # The same cloak applied to the eager model gives the same logits.
-    from deepcloak.cloak import Cloak
+    from deepcloak.cloak.fit import Cloak
 
     cloak, ratio = Cloak.load(out / "mask.safetensors")
     assert cloak.layer.name == "fc"
@@ -129,7 +129,7 @@ def test_harden_a_torchscript_model_gives_a_torchscript_cloaked_model(tmp_path: 
 
 
 def test_scripted_view_recovers_the_features_exactly() -> None:
-    from deepcloak.scripted import ScriptedClassifier, cloakable
+    from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 
     torch.manual_seed(0)
     model = create_model("resnet", in_channels=1, num_classes=10, input_size=8, width=4).eval()
@@ -148,8 +148,8 @@ def test_scripted_view_recovers_the_features_exactly() -> None:
 
 
 def test_scripted_model_with_work_after_the_head_is_refused() -> None:
+    from deepcloak.cloak.torchscript import cloakable
     from deepcloak.errors import LayerError
-    from deepcloak.scripted import cloakable
 
     class Doubled(torch.nn.Module):
         def __init__(self) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepcloak.data import load_dataset
-from deepcloak.models import create_model
+from deepcloak.data.sets import load_dataset
+from deepcloak.models.zoo import create_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -12,30 +12,12 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from deepcloak.art_attacks import ArtAPGD, ArtPGD, ArtSquare  # also registers them by name
-from deepcloak.attacks import ATTACKS, FGSM, PGD, Attack, Norm, create_attack
-from deepcloak.checkpoint import load_model, save_checkpoint
-from deepcloak.cloak import Cloak, fit
-from deepcloak.defenses import PreprocessedModel, feature_squeezing, spatial_smoothing
-from deepcloak.errors import DataFormatError, DeepCloakError, LayerError
-from deepcloak.evaluate import (
-    DEFAULT_RATIOS,
-    SweepResult,
-    SweepRow,
-    cache_features,
-    graybox_sweep,
-    whitebox_accuracy,
-)
-from deepcloak.evaluation_config import EvaluationConfig
-from deepcloak.evaluation_report import evaluation_tables, write_evaluation
-from deepcloak.evaluation_results import AccuracyResult, EvaluationReport, ThreatModel
-from deepcloak.mask import FeatureMask, find_masks, fold_mask, insert_mask, remove_mask
-from deepcloak.models import create_model, list_models
-from deepcloak.robustness import evaluate_cloak
-from deepcloak.sanity import CheckStatus, SanityCheck
-from deepcloak.scores import (
+from deepcloak._version import __version__
+from deepcloak.attacks.art import ArtAPGD, ArtPGD, ArtSquare  # also registers them by name
+from deepcloak.attacks.native import ATTACKS, FGSM, PGD, Attack, Norm, create_attack
+from deepcloak.cloak.fit import Cloak, fit
+from deepcloak.cloak.mask import FeatureMask, find_masks, fold_mask, insert_mask, remove_mask
+from deepcloak.cloak.scores import (
     SCORERS,
     ActivationScore,
     DeepCloakScore,
@@ -43,10 +25,27 @@ from deepcloak.scores import (
     deepcloak_score,
     rank_features,
 )
-from deepcloak.selection import RatioChoice, choose_ratio
-from deepcloak.stats import McNemarResult, mcnemar_exact, wilson_interval
-from deepcloak.taps import LayerRef, Side, resolve_layer
-from deepcloak.train import TrainResult, accuracy, train_model
+from deepcloak.cloak.taps import LayerRef, Side, resolve_layer
+from deepcloak.errors import DataFormatError, DeepCloakError, LayerError
+from deepcloak.evaluation.baselines import PreprocessedModel, feature_squeezing, spatial_smoothing
+from deepcloak.evaluation.config import EvaluationConfig
+from deepcloak.evaluation.ratio_choice import RatioChoice, choose_ratio
+from deepcloak.evaluation.results import AccuracyResult, EvaluationReport, ThreatModel
+from deepcloak.evaluation.run import evaluate_cloak
+from deepcloak.evaluation.sanity import CheckStatus, SanityCheck
+from deepcloak.evaluation.stats import McNemarResult, mcnemar_exact, wilson_interval
+from deepcloak.evaluation.sweep import (
+    DEFAULT_RATIOS,
+    SweepResult,
+    SweepRow,
+    cache_features,
+    graybox_sweep,
+    whitebox_accuracy,
+)
+from deepcloak.models.checkpoint import load_model, save_checkpoint
+from deepcloak.models.train import TrainResult, accuracy, train_model
+from deepcloak.models.zoo import create_model, list_models
+from deepcloak.report.evaluation import evaluation_tables, write_evaluation
 
 __all__ = [
     "ATTACKS",

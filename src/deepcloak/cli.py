@@ -120,7 +120,7 @@ def demo(
 ) -> None:
     """Train a small ResNet on scikit-learn's digits, cloak it, and sweep mask ratios."""
     from deepcloak.demo import DemoConfig, run_demo, write_demo
-    from deepcloak.report import sweep_table
+    from deepcloak.report.sweep import sweep_table
 
     config = DemoConfig(eps=eps, ratio=ratio, epochs=epochs, seed=seed)
     with progress_bars() as progress:
@@ -153,7 +153,7 @@ def train(
     out_path: Annotated[Path | None, typer.Option("--out", help="Checkpoint file (default: runs/<model>-<data>.safetensors).")] = None,
 ) -> None:  # fmt: skip
     """Train a zoo model on a data set and save a checkpoint (safetensors + JSON metadata)."""
-    from deepcloak.recipes import recipe, train_checkpoint
+    from deepcloak.models.recipes import recipe, train_checkpoint
 
     arch_kwargs = {"width": width, "depth": depth, **_key_values(option or [])}
     job = recipe(
@@ -248,11 +248,11 @@ def harden(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/harden"),
 ) -> None:  # fmt: skip
     """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
-    from deepcloak.checkpoint import load_model
-    from deepcloak.data import load_dataset
+    from deepcloak.data.sets import load_dataset
     from deepcloak.harden import HardenConfig, trained_input_shape, write_harden
     from deepcloak.harden import harden as run_harden
-    from deepcloak.report import sweep_table
+    from deepcloak.models.checkpoint import load_model
+    from deepcloak.report.sweep import sweep_table
 
     config = HardenConfig(
         attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
@@ -311,14 +311,14 @@ def evaluate(
     """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
     from torch.utils.data import DataLoader
 
-    from deepcloak.checkpoint import load_model
-    from deepcloak.cloak import Cloak
-    from deepcloak.data import load_dataset
-    from deepcloak.evaluation_config import EvaluationConfig
-    from deepcloak.evaluation_report import evaluation_tables, write_evaluation
+    from deepcloak.cloak.fit import Cloak
+    from deepcloak.cloak.torchscript import cloakable
+    from deepcloak.data.sets import load_dataset
+    from deepcloak.evaluation.config import EvaluationConfig
+    from deepcloak.evaluation.run import evaluate_cloak
     from deepcloak.harden import check_model_fits_data, trained_input_shape
-    from deepcloak.robustness import evaluate_cloak
-    from deepcloak.scripted import cloakable
+    from deepcloak.models.checkpoint import load_model
+    from deepcloak.report.evaluation import evaluation_tables, write_evaluation
 
     config = EvaluationConfig(
         eps=eps, norm=norm, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),

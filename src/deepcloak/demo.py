@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from deepcloak.data import load_dataset
+from deepcloak.data.sets import load_dataset
 from deepcloak.harden import HardenConfig, HardenResult, harden, write_harden
-from deepcloak.models import create_model
+from deepcloak.models.train import TrainResult, train_model
+from deepcloak.models.zoo import create_model
 from deepcloak.progress import ProgressFn
-from deepcloak.train import TrainResult, train_model
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "write_demo"]
 

@@ -18,16 +18,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from deepcloak.attacks import Attack, create_attack
-from deepcloak.checkpoint import save_checkpoint
-from deepcloak.checks import check_epsilon, check_ratio, check_ratios
-from deepcloak.cloak import Cloak, fit, model_device
+from deepcloak.attacks.native import Attack, create_attack
+from deepcloak.cloak.fit import Cloak, fit, model_device
+from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.errors import DeepCloakError, LayerError
-from deepcloak.evaluate import DEFAULT_RATIOS, SweepResult, graybox_sweep
+from deepcloak.evaluation.sweep import DEFAULT_RATIOS, SweepResult, graybox_sweep
 from deepcloak.io import atomic_write, save_tensors, write_json_atomic
+from deepcloak.models.checkpoint import save_checkpoint
 from deepcloak.progress import ProgressFn
-from deepcloak.report import environment, plot_sweep
-from deepcloak.scripted import ScriptedClassifier, cloakable
+from deepcloak.report.sweep import environment, plot_sweep
+from deepcloak.validation import check_epsilon, check_ratio, check_ratios
 
 __all__ = [
     "HardenConfig",

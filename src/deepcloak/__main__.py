@@ -1,0 +1,5 @@
+"""``python -m deepcloak`` (also what ``torchrun -m deepcloak`` runs): the command line."""
+
+from deepcloak.cli import main
+
+main()

@@ -1,0 +1,185 @@
+"""Find the layer L to cloak and capture its features with forward hooks.
+
+A :class:`LayerRef` names a module and a side: its *input* or its *output*. The default L is the
+input of the model's final classification layer (the last ``nn.Linear`` to run, or timm's
+``get_classifier()``), i.e. the pooled features the paper masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepcloak.errors import LayerError
+
+__all__ = ["FeatureTap", "LayerRef", "Side", "module_names", "resolve_layer", "tap"]
+
+
+class Side(str, Enum):
+    """Which tensor of a module holds the features: what goes in, or what comes out."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """The features of layer L: the ``side`` (input or output) of the module called ``name``."""
+
+    name: str
+    side: Side
+
+    def __str__(self) -> str:
+        return f"{self.side.value} of {self.name!r}"
+
+    def to_json(self) -> dict[str, str]:
+        """A JSON-able form, the inverse of :meth:`from_json`."""
+        return {"name": self.name, "side": self.side.value}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, str]) -> LayerRef:
+        """Rebuild a reference saved by :meth:`to_json`."""
+        return cls(obj["name"], Side(obj["side"]))
+
+
+def module_names(model: nn.Module) -> list[str]:
+    """Names of all submodules of ``model`` (the candidates for ``layer=``)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def _candidates_hint(model: nn.Module, limit: int = 40) -> str:
+    names = module_names(model)
+    shown = ", ".join(names[:limit])
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return f"candidates: {shown}{more}" if names else "the model has no submodules"
+
+
+def _last_linear_by_execution(model: nn.Module, example: torch.Tensor) -> str | None:
+    """Name of the last ``nn.Linear`` that runs in a forward pass on ``example``."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    order: list[str] = []
+    handles = [
+        m.register_forward_pre_hook(lambda mod, _inp: order.append(names[mod])) for m in names
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return order[-1] if order else None
+
+
+def resolve_layer(
+    model: nn.Module,
+    layer: str | None = None,
+    side: Side | str | None = None,
+    *,
+    example: torch.Tensor | None = None,
+) -> LayerRef:
+    """Decide which features to cloak.
+
+    Args:
+        model: the classifier.
+        layer: a module name from ``model.named_modules()``, or ``None`` for the default: the
+            input of the final classification layer (timm's ``get_classifier()`` when the model
+            has it, else the last ``nn.Linear``: the last to run on ``example`` if one is given,
+            else the last registered).
+        side: ``"input"`` or ``"output"`` of that module. Default: ``"input"`` for an
+            ``nn.Linear`` (the features it classifies), ``"output"`` for any other module.
+        example: an input batch used to find the last ``nn.Linear`` in execution order.
+
+    Returns:
+        The resolved :class:`LayerRef`.
+
+    Raises:
+        LayerError: ``layer`` is not a module of ``model`` (the message lists the candidates), or
+            no layer was named and the model has no ``nn.Linear``.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise LayerError(
+            "this is a TorchScript model: it runs compiled code, so its layers cannot be tapped "
+            "or masked. Wrap it with "
+            "deepcloak.cloak.torchscript.cloakable(model, example_batch) (the CLI does "
+            "this), or load the eager model (package.module:factory plus a state_dict)"
+        )
+    modules = dict(model.named_modules())
+    if layer is None:
+        name = _default_layer_name(model, modules, example)
+        return LayerRef(name, Side(side) if side is not None else Side.INPUT)
+    if layer not in modules or layer == "":
+        raise LayerError(f"model has no layer named {layer!r}; {_candidates_hint(model)}")
+    if side is None:
+        side = Side.INPUT if isinstance(modules[layer], nn.Linear) else Side.OUTPUT
+    try:
+        return LayerRef(layer, Side(side))
+    except ValueError:
+        raise LayerError(f"side must be 'input' or 'output', got {side!r}") from None
+
+
+def _default_layer_name(
+    model: nn.Module, modules: dict[str, nn.Module], example: torch.Tensor | None
+) -> str:
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):  # timm's seam for the pre-logits features
+        head = get_classifier()
+        for name, m in modules.items():
+            if m is head and name:
+                return name
+    name = _last_linear_by_execution(model, example) if example is not None else None
+    if name is None:
+        linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+        name = linears[-1] if linears else None
+    if name is None:
+        raise LayerError(
+            "model has no nn.Linear classification layer, so the default layer cannot be found; "
+            f"name the layer to cloak (layer=... / --layer ...); {_candidates_hint(model)}"
+        )
+    return name
+
+
+class FeatureTap:
+    """Captures the features at a :class:`LayerRef` on every forward pass (see :func:`tap`)."""
+
+    def __init__(self) -> None:
+        self.features: torch.Tensor | None = None
+
+    def take(self) -> torch.Tensor:
+        """The features of the last forward pass; raises if the layer did not run."""
+        if self.features is None:
+            raise LayerError("the tapped layer did not run in the forward pass")
+        out, self.features = self.features, None
+        return out
+
+
+@contextlib.contextmanager
+def tap(model: nn.Module, ref: LayerRef, *, detach: bool = True) -> Iterator[FeatureTap]:
+    """Context manager that records the features at ``ref`` during forward passes.
+
+    Example:
+        >>> with tap(model, ref) as t:
+        ...     model(x)
+        ...     feats = t.take()  # (N, *feature_shape)
+    """
+    module = model.get_submodule(ref.name)
+    recorder = FeatureTap()
+
+    def keep(t: Any) -> None:
+        if not isinstance(t, torch.Tensor):
+            raise LayerError(f"the {ref} is not a single tensor (got {type(t).__name__})")
+        recorder.features = t.detach() if detach else t
+
+    if ref.side is Side.INPUT:
+        handle = module.register_forward_pre_hook(lambda _m, args: keep(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda _m, _args, out: keep(out))
+    try:
+        yield recorder
+    finally:
+        handle.remove()

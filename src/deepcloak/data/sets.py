@@ -1,0 +1,359 @@
+"""Built-in and local image data sets, chosen by name.
+
+Every data set yields ``(x, y)``: ``x`` a ``float32`` tensor ``(C, H, W)`` with values in
+``[0, 1]`` and ``y`` an ``int64`` class index. Nothing is downloaded: ``digits`` ships with
+scikit-learn, Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package, and MNIST,
+CIFAR-10 and image folders are read from a folder the user names.
+
+Example:
+    >>> train = load_dataset("fashion-mnist", split="train", limit=1000)
+    >>> train.input_shape, train.num_classes
+    ((1, 28, 28), 10)
+    >>> x, y = train[0]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from deepcloak.data import formats as _formats
+from deepcloak.errors import DataFormatError, DeepCloakError
+from deepcloak.registry import Registry
+
+__all__ = ["DATASETS", "FASHION_MNIST_ROOT", "ImageDataset", "Split", "load_dataset"]
+
+log = logging.getLogger(__name__)
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+TEST_FRACTION = 0.2  # held-out share for sets that come without a test split
+
+
+class Split(str, Enum):
+    """Which part of a data set to load; the strings ``"train"`` and ``"test"`` also work."""
+
+    TRAIN = "train"
+    TEST = "test"
+
+    @classmethod
+    def parse(cls, value: str | Split) -> Split:
+        """``value`` as a :class:`Split`.
+
+        Raises:
+            DeepCloakError: ``value`` is not a split; the message lists the choices.
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(s.value for s in cls)
+            raise DeepCloakError(f"unknown split {value!r}; expected one of: {choices}") from None
+
+
+class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
+    """Images held as ``uint8`` and served as ``float32`` in ``[0, 1]``.
+
+    Holding bytes keeps memory four times lower than floats (it matters for CIFAR-10). Pixels
+    are divided by ``scale`` on the way out: 255 for 8-bit images, 16 for scikit-learn's digits
+    (values 0..16), so that every value is exactly what the source holds.
+
+    Args:
+        images: ``uint8`` tensor ``(N, C, H, W)`` with values in ``0..scale``.
+        labels: ``int64`` tensor ``(N,)`` of class indices in ``0..len(classes) - 1``.
+        name: the data set's name, recorded in results.
+        classes: class names, indexed by label.
+        scale: the pixel value that means 1.0.
+
+    Raises:
+        DeepCloakError: the tensors have the wrong dtype or shape, or do not fit together.
+
+    Shape:
+        ``dataset[i]`` is ``(x, y)``: ``x`` ``(C, H, W)`` float32, ``y`` a 0-d int64 tensor.
+        :meth:`tensors` gives ``(N, C, H, W)`` and ``(N,)``.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        name: str,
+        classes: Sequence[str],
+        scale: int = 255,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DeepCloakError(
+                f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
+        if labels.dtype != torch.int64 or labels.shape != (len(images),):
+            raise DeepCloakError(
+                f"labels must be an int64 tensor ({len(images)},), got {labels.dtype} "
+                f"{tuple(labels.shape)}"
+            )
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+            raise DeepCloakError(
+                f"labels must lie in 0..{len(classes) - 1} ({len(classes)} classes)"
+            )
+        if not 0 < scale <= 255:
+            raise DeepCloakError(f"scale must be in 1..255, got {scale}")
+        self.images = images
+        self.labels = labels
+        self.name = name
+        self.classes = list(classes)
+        self.scale = scale
+        c, h, w = images.shape[1:]
+        self.input_shape: tuple[int, int, int] = (int(c), int(h), int(w))
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes (labels are ``0..num_classes - 1``)."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index].float() / self.scale, self.labels[index]
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """All samples at once, for small sets.
+
+        Returns:
+            ``(x, y)``: ``x`` float32 ``(N, C, H, W)`` in ``[0, 1]``, ``y`` int64 ``(N,)``.
+        """
+        return self.images.float() / self.scale, self.labels.clone()
+
+    def subset(self, indices: Sequence[int] | Tensor) -> ImageDataset:
+        """A new data set holding the samples at ``indices``, in that order (pixels are copied)."""
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return ImageDataset(
+            self.images[index],
+            self.labels[index],
+            name=self.name,
+            classes=self.classes,
+            scale=self.scale,
+        )
+
+    def split_off(self, n: int, *, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+        """Hold out ``n`` random samples (seeded): returns ``(rest, held_out)``, disjoint.
+
+        Used to carve a validation split out of the training split, so that choices made on
+        it (such as the mask ratio) never see the test data.
+        """
+        if not 0 < n < len(self):
+            raise DeepCloakError(
+                f"cannot hold out {n} of {len(self)} samples; expected 0 < n < {len(self)}"
+            )
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.subset(order[n:].sort().values), self.subset(order[:n].sort().values)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset(name={self.name!r}, samples={len(self)}, "
+            f"input_shape={self.input_shape}, num_classes={self.num_classes})"
+        )
+
+
+#: Loaders by name: ``loader(*, split, root, image_size) -> ImageDataset``.
+DATASETS: Registry[ImageDataset] = Registry("data set")
+
+
+def load_dataset(
+    name: str,
+    *,
+    split: str | Split = "train",
+    root: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> ImageDataset:
+    """Load the data set registered as ``name``.
+
+    Args:
+        name: one of ``DATASETS.names()``: ``cifar10``, ``digits``, ``fashion-mnist``,
+            ``imagefolder``, ``mnist``.
+        split: ``"train"`` or ``"test"``.
+        root: the folder holding the files. Needed for ``mnist``, ``cifar10`` and
+            ``imagefolder``; ``fashion-mnist`` defaults to :data:`FASHION_MNIST_ROOT`;
+            ``digits`` ignores it.
+        limit: keep a random subset of this many samples (in their original order), chosen
+            reproducibly from ``seed``; ``None`` or a number above the set's size keeps all.
+        seed: seeds the choice of the ``limit`` subset.
+        image_size: ``imagefolder`` only: resize every image to ``image_size x image_size``.
+            Without it, all images must share one size.
+
+    Returns:
+        The :class:`ImageDataset`.
+
+    Raises:
+        DeepCloakError: unknown name or split, a bad ``limit`` or ``image_size``, or no root.
+        DataFormatError: a file is missing, truncated or malformed.
+    """
+    loader = DATASETS.get(name)
+    parsed = Split.parse(split)
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise DeepCloakError(f"limit must be a positive number of samples or None, got {limit}")
+    if image_size is not None and name != "imagefolder":
+        raise DeepCloakError(
+            f"image_size applies only to 'imagefolder', not {name!r}; leave it unset"
+        )
+    if image_size is not None and image_size < 1:
+        raise DeepCloakError(f"image_size must be a positive number of pixels, got {image_size}")
+    path = None if root is None else Path(root).expanduser()
+    data = loader(split=parsed, root=path, image_size=image_size)
+    if limit is not None and limit < len(data):
+        generator = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(data), generator=generator)[:limit].sort().values
+        data = data.subset(keep)
+    log.info("loaded %s (%s): %d samples of %s", name, parsed.value, len(data), data.input_shape)
+    return data
+
+
+def _from_numpy(
+    images: np.ndarray, labels: np.ndarray, *, name: str, classes: Sequence[str], scale: int = 255
+) -> ImageDataset:
+    return ImageDataset(
+        torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
+        torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+        name=name,
+        classes=classes,
+        scale=scale,
+    )
+
+
+def _require_root(root: Path | None, name: str, what: str) -> Path:
+    if root is None:
+        raise DeepCloakError(f"{name} needs root: pass the folder that holds {what}")
+    if not root.is_dir():
+        raise DataFormatError(f"{root}: no such folder; expected the folder that holds {what}")
+    return root
+
+
+@DATASETS.register("digits")
+def _digits(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, values 0..16), split 80/20 stratified."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), exact: values are 0..16
+    labels = bunch.target.astype(np.int64)
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=TEST_FRACTION, random_state=0, stratify=labels
+    )
+    keep = np.sort(train if split is Split.TRAIN else test)
+    return _from_numpy(images[keep], labels[keep], name="digits", classes=DIGIT_CLASSES, scale=16)
+
+
+def _idx_dataset(name: str, folder: Path, split: Split, classes: Sequence[str]) -> ImageDataset:
+    prefix = "train" if split is Split.TRAIN else "t10k"
+    expected = [
+        f"{p}-{k}" for p in ("train", "t10k") for k in ("images-idx3-ubyte", "labels-idx1-ubyte")
+    ]
+    images_path = _formats.find_file(folder, f"{prefix}-images-idx3-ubyte", expected)
+    labels_path = _formats.find_file(folder, f"{prefix}-labels-idx1-ubyte", expected)
+    images, labels = _formats.read_idx_pair(images_path, labels_path, num_classes=len(classes))
+    return _from_numpy(images, labels, name=name, classes=classes)
+
+
+@DATASETS.register("fashion-mnist")
+def _fashion_mnist(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
+    """Fashion-MNIST (28x28 grey, 10 classes) from IDX files; root defaults to Debian's copy."""
+    if root is None and not FASHION_MNIST_ROOT.is_dir():
+        raise DataFormatError(
+            f"{FASHION_MNIST_ROOT}: no such folder; install Debian's dataset-fashion-mnist "
+            "package, or pass root= the folder holding Fashion-MNIST's IDX files"
+        )
+    folder = FASHION_MNIST_ROOT if root is None else root
+    folder = _require_root(folder, "fashion-mnist", "Fashion-MNIST's IDX files")
+    return _idx_dataset("fashion-mnist", folder, split, FASHION_MNIST_CLASSES)
+
+
+@DATASETS.register("mnist")
+def _mnist(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
+    """MNIST (28x28 grey digits) from IDX files in ``root``."""
+    folder = _require_root(root, "mnist", "MNIST's IDX files (train-images-idx3-ubyte etc.)")
+    return _idx_dataset("mnist", folder, split, DIGIT_CLASSES)
+
+
+@DATASETS.register("cifar10")
+def _cifar10(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
+    """CIFAR-10 (32x32 RGB) from the binary or python version, extracted under ``root``."""
+    what = "cifar-10-batches-bin or cifar-10-batches-py (or the folder itself)"
+    folder, binary = _formats.find_cifar_dir(_require_root(root, "cifar10", what))
+    stems = [f"data_batch_{i}" for i in range(1, 6)] if split is Split.TRAIN else ["test_batch"]
+    if binary:
+        images, labels = _formats.read_cifar_bin([folder / f"{s}.bin" for s in stems])
+        classes = _formats.read_cifar_bin_classes(folder)
+    else:
+        images, labels = _formats.read_cifar_py([folder / s for s in stems])
+        classes = _formats.read_cifar_py_classes(folder)
+    return _from_numpy(images, labels, name="cifar10", classes=classes)
+
+
+@DATASETS.register("imagefolder")
+def _image_folder(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
+    """Images in ``root/<split>/<class>/`` or, without split folders, ``root/<class>/``.
+
+    Without ``train``/``test`` folders, each class is split 80/20 by a fixed shuffle. Images
+    load as one grey channel when all of them are grey, else as RGB.
+    """
+    folder = _require_root(root, "imagefolder", "one sub-folder of images per class")
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        classes, train = _formats.list_image_folder(folder / "train")
+        test_classes, test = _formats.list_image_folder(folder / "test")
+        if not set(test_classes) <= set(classes):
+            extra = sorted(set(test_classes) - set(classes))
+            raise DataFormatError(
+                f"{folder / 'test'}: classes {extra} have no folder in {folder / 'train'}; "
+                "expected the same class folders in both"
+            )
+        remap = [classes.index(c) for c in test_classes]
+        test = [(p, remap[i]) for p, i in test]
+    else:
+        classes, samples = _formats.list_image_folder(folder)
+        train, test = _split_per_class(samples)
+    # Mode and size come from both splits, so that train and test always share a shape.
+    mode, size = _formats.image_mode_and_size([p for p, _ in train + test])
+    if image_size is not None:
+        size = (image_size, image_size)
+    elif size is None:
+        raise DataFormatError(
+            f"{folder}: images differ in size; pass image_size to resize them all to one size"
+        )
+    chosen = train if split is Split.TRAIN else test
+    if not chosen:
+        raise DataFormatError(f"{folder}: no images in the {split.value} split")
+    images = _formats.read_images([p for p, _ in chosen], mode=mode, size=size)
+    labels = np.array([i for _, i in chosen])
+    return _from_numpy(images, labels, name="imagefolder", classes=classes)
+
+
+def _split_per_class(
+    samples: list[tuple[Path, int]],
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """Hold out ``TEST_FRACTION`` of each class (rounded up, none of a single image) by a fixed
+    shuffle, so the split does not change between runs or machines."""
+    rng = np.random.default_rng(0)
+    train, test = [], []
+    for label in sorted({i for _, i in samples}):
+        members = [s for s in samples if s[1] == label]
+        n_test = math.ceil(TEST_FRACTION * len(members)) if len(members) > 1 else 0
+        held = set(rng.permutation(len(members))[:n_test].tolist())
+        test += [s for j, s in enumerate(members) if j in held]
+        train += [s for j, s in enumerate(members) if j not in held]
+    return train, test

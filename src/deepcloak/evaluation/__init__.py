@@ -1,0 +1,3 @@
+"""Evaluation: sweeps, threat models, baselines, statistics, sanity checks, and their
+orchestration.
+"""

@@ -1,0 +1,224 @@
+"""Settings of an evaluation, and building its attacks by name.
+
+:class:`EvaluationConfig` is a frozen dataclass checked at construction, so a bad setting
+(unknown attack, eps outside [0, 1], an L-inf-only attack under L2, ...) fails before any work
+is done. The CLI only parses its options into one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepcloak.attacks import art as art_attacks  # also registers "apgd", "square", "art-pgd"
+from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
+from deepcloak.cloak.fit import DEFAULT_EPS
+from deepcloak.cloak.scores import SCORERS
+from deepcloak.errors import DeepCloakError
+from deepcloak.evaluation.ratio_choice import check_budget
+from deepcloak.evaluation.sweep import DEFAULT_RATIOS
+from deepcloak.validation import check_epsilon, check_ratio, check_ratios
+
+__all__ = ["EvaluationConfig", "build_attack"]
+
+
+def _default_attacks() -> tuple[str, ...]:
+    return ("fgsm", "pgd", "apgd", "square")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+    """Everything that defines an evaluation (the CLI only parses into this).
+
+    Args:
+        eps: attack budget in the [0, 1] input scale (8/255 ~ 0.031).
+        norm: ``"linf"`` or ``"l2"`` for every attack (FGSM is L-inf only).
+        attacks: attack names from :data:`deepcloak.attacks.native.ATTACKS`: ``"fgsm"``, ``"pgd"``,
+            ``"apgd"``, ``"square"``, ``"art-pgd"``.
+        steps: iterations of PGD, APGD and ART's PGD.
+        restarts: random restarts of those attacks.
+        max_queries: queries per sample of the Square attack.
+        attack_params: per-attack overrides, e.g. ``{"apgd": {"loss": "dlr"}}``.
+        fit_eps: FGSM budget of the fit when a train loader is given (default ``eps``).
+        score: scorer of the fit when a train loader is given.
+        layer: layer L for the fit (default: input of the final ``nn.Linear``).
+        ratio: a fixed mask ratio; ``None`` to choose it on the validation split.
+        ratios: candidate ratios (validation choice) and the test sweep's x axis.
+        whitebox_ratios: ratios of the test sweep that also get a white-box PGD (costly).
+        clean_budget: largest clean-accuracy drop allowed by the choice (0.01 = 1 point).
+        select_attack: the attack crafting gray-box samples for the ratio choice and the sweep.
+        n_random: random masks of the chosen size for the random baseline.
+        eps_grid: budgets of the accuracy-vs-epsilon curve (default: eps times 0, 1/4, 1/2, 1,
+            2, 4, capped at 1).
+        bit_depth: FeatureSqueezing's bit depth.
+        window_size: SpatialSmoothing's median window.
+        preprocessing_baselines: include FeatureSqueezing and SpatialSmoothing.
+        whitebox_baselines: also attack the baselines end to end (else only gray-box/transfer).
+        sanity_tolerance: accuracy slack of the sanity checks (at least one sample).
+        more_steps_factor: the "more steps" check runs PGD with this many times the steps.
+        max_unbounded_accuracy: accuracy allowed under the unbounded L-inf probe (eps = 1).
+        max_samples: cap on test samples and on validation samples (``None``: all).
+        max_fit_samples: cap on training samples for the fit (``None``: all).
+        batch_size: samples per attack batch.
+        confidence: coverage of the Wilson intervals.
+        seed: seeds the fit, the attacks' random starts and the random masks.
+    """
+
+    eps: float = DEFAULT_EPS
+    norm: Norm | str = Norm.LINF
+    attacks: tuple[str, ...] = field(default_factory=_default_attacks)
+    steps: int = 20
+    restarts: int = 1
+    max_queries: int = 300
+    attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    fit_eps: float | None = None
+    score: str = "deepcloak"
+    layer: str | None = None
+    ratio: float | None = None
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    whitebox_ratios: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+    clean_budget: float = 0.01
+    select_attack: str = "pgd"
+    n_random: int = 5
+    eps_grid: tuple[float, ...] | None = None
+    bit_depth: int = 4
+    window_size: int = 2
+    preprocessing_baselines: bool = True
+    whitebox_baselines: bool = True
+    sanity_tolerance: float = 0.01
+    more_steps_factor: int = 4
+    max_unbounded_accuracy: float = 0.05
+    max_samples: int | None = 500
+    max_fit_samples: int | None = None
+    batch_size: int = 128
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.eps)
+        if self.fit_eps is not None:
+            check_epsilon(self.fit_eps, name="fit_eps")
+        set_ = object.__setattr__
+        set_(self, "norm", parse_norm(self.norm))
+        if isinstance(self.attacks, str):
+            set_(self, "attacks", (self.attacks,))
+        set_(self, "attacks", tuple(self.attacks))
+        if not self.attacks:
+            raise DeepCloakError(
+                f"expected at least one attack; choose from: {', '.join(ATTACKS.names())}"
+            )
+        if len(set(self.attacks)) != len(self.attacks):
+            raise DeepCloakError(f"attacks must not repeat, got {list(self.attacks)}")
+        for name in self.attack_params:
+            ATTACKS.get(name)  # an unknown name is an error listing the known ones
+        for name in (*self.attacks, self.select_attack):
+            build_attack(name, self)  # unknown names and bad parameters fail here, not later
+        for name, value in (("steps", self.steps), ("restarts", self.restarts)):
+            _check_positive_int(name, value)
+        _check_positive_int("max_queries", self.max_queries)
+        _check_positive_int("bit_depth", self.bit_depth)
+        _check_positive_int("window_size", self.window_size)
+        SCORERS.get(self.score)  # an unknown scorer is an error listing the known ones
+        _check_positive_int("batch_size", self.batch_size)
+        _check_positive_int("more_steps_factor", self.more_steps_factor)
+        if self.more_steps_factor < 2:
+            raise DeepCloakError(f"more_steps_factor must be >= 2, got {self.more_steps_factor}")
+        if isinstance(self.n_random, bool) or not isinstance(self.n_random, int):
+            raise DeepCloakError(f"n_random must be an integer >= 1, got {self.n_random!r}")
+        if self.n_random < 1:
+            raise DeepCloakError(
+                f"n_random must be >= 1 (the random-mask baseline), got {self.n_random}"
+            )
+        for name in ("max_samples", "max_fit_samples"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        set_(self, "ratios", tuple(check_ratios(self.ratios)))
+        set_(self, "whitebox_ratios", tuple(check_ratios(self.whitebox_ratios or (0.0,))))
+        if self.ratio is not None:
+            set_(self, "ratio", check_ratio(self.ratio))
+        elif 0.0 not in self.ratios:
+            raise DeepCloakError(
+                "ratios must include 0 (the unmasked model) to choose a ratio against it"
+            )
+        check_budget(self.clean_budget)
+        if self.eps_grid is not None:
+            grid = tuple(check_epsilon(e, name="eps_grid value") for e in self.eps_grid)
+            if not grid:
+                raise DeepCloakError("eps_grid must hold at least one budget")
+            set_(self, "eps_grid", tuple(sorted(set(grid))))
+        for name in ("sanity_tolerance", "max_unbounded_accuracy"):
+            fraction = getattr(self, name)
+            if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
+                raise DeepCloakError(f"{name} must be a fraction in [0, 1], got {fraction!r}")
+        if not 0 < self.confidence < 1:
+            raise DeepCloakError(f"confidence must be in (0, 1), got {self.confidence}")
+
+    @property
+    def uses_art(self) -> bool:
+        """Whether the evaluation needs ART (its attacks, or the preprocessing baselines)."""
+        names = {*self.attacks, self.select_attack}
+        return self.preprocessing_baselines or bool(names & art_attacks.ART_ATTACKS)
+
+    @property
+    def resolved_eps_grid(self) -> tuple[float, ...]:
+        """The budgets of the accuracy-vs-epsilon curve."""
+        if self.eps_grid is not None:
+            return self.eps_grid
+        return tuple(sorted({min(1.0, self.eps * f) for f in (0, 0.25, 0.5, 1, 2, 4)}))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of every setting."""
+        d = dataclasses.asdict(self)
+        d["norm"] = parse_norm(self.norm).value
+        d["attacks"] = list(self.attacks)
+        d["attack_params"] = {k: dict(v) for k, v in self.attack_params.items()}
+        d["ratios"] = list(self.ratios)
+        d["whitebox_ratios"] = list(self.whitebox_ratios)
+        d["eps_grid"] = list(self.resolved_eps_grid)
+        return d
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DeepCloakError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def build_attack(
+    name: str, config: EvaluationConfig, *, eps: float | None = None, steps: int | None = None
+) -> Attack:
+    """Build the registered attack ``name`` with the settings of ``config``.
+
+    Each setting (``eps``, ``norm``, ``steps``, ``restarts``, ``max_queries``, ``seed``) goes to
+    the attack if it has a parameter of that name; ``config.attack_params[name]`` overrides.
+
+    Raises:
+        DeepCloakError: unknown name, bad parameters, or an L-inf-only attack under ``l2``.
+    """
+    factory = ATTACKS.get(name)
+    norm = parse_norm(config.norm)
+    values = {
+        "eps": config.eps if eps is None else eps,
+        "norm": norm,
+        "steps": config.steps if steps is None else steps,
+        "restarts": config.restarts,
+        "max_queries": config.max_queries,
+        "seed": config.seed,
+    }
+    names = (
+        {f.name for f in dataclasses.fields(factory)}
+        if dataclasses.is_dataclass(factory)
+        else {"eps"}
+    )
+    if "norm" not in names and norm is not Norm.LINF:
+        raise DeepCloakError(
+            f"attack {name!r} is L-inf only, but the evaluation uses norm={norm.value!r}; "
+            "drop it from the attacks or use norm='linf'"
+        )
+    params = {k: v for k, v in values.items() if k in names}
+    params.update(config.attack_params.get(name, {}))
+    try:
+        return factory(**params)
+    except TypeError as e:
+        raise DeepCloakError(f"bad parameters for attack {name!r}: {e}") from None

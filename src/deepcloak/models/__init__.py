@@ -1,0 +1,3 @@
+"""Models: the zoo (:mod:`.zoo`), training (:mod:`.train`, :mod:`.recipes`) and safe
+checkpoints (:mod:`.checkpoint`).
+"""

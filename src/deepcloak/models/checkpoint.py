@@ -1,0 +1,390 @@
+"""Save zoo models as safetensors checkpoints, and load users' models of several kinds.
+
+A checkpoint is a safetensors file: the model's ``state_dict`` (buffers included) plus JSON
+metadata naming the architecture and its arguments, so that loading rebuilds the model with
+:func:`deepcloak.models.zoo.create_model` and never unpickles anything.
+
+:func:`load_model` also accepts a TorchScript archive, a ``package.module:factory`` spec with a
+weights file, and (only when asked to) a pickled full model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file as st_load_file
+from torch import nn
+
+from deepcloak._version import __version__
+from deepcloak.errors import DataFormatError, DeepCloakError
+from deepcloak.io import METADATA_KEY, load_tensors, save_tensors
+from deepcloak.models.zoo import MODELS, create_model
+
+__all__ = ["CHECKPOINT_FORMAT", "load_model", "save_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+#: Value of the ``format`` metadata key that marks a deepcloak model checkpoint.
+CHECKPOINT_FORMAT = "deepcloak.model"
+_RESERVED = (
+    "format",
+    "format_version",
+    "arch",
+    "arch_kwargs",
+    "deepcloak_version",
+    "torch_version",
+)
+_FACTORY_SPEC = re.compile(
+    r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_][\w.]*)$"
+)
+_PICKLE_HELP = (
+    "a pickle can run arbitrary code when loaded, so deepcloak refuses it by default. If you "
+    "trust its source, pass allow_pickle=True (CLI: --allow-pickle); better, save its "
+    "state_dict (torch.save(model.state_dict(), 'weights.pt')) and load it with a "
+    "'package.module:factory' spec and weights='weights.pt'"
+)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Save ``model`` as a safetensors checkpoint that :func:`load_model` rebuilds by name.
+
+    Args:
+        path: file to write (atomically), conventionally ``*.safetensors``.
+        model: the model; its full ``state_dict`` (parameters and buffers) is saved.
+        arch: zoo name (:func:`deepcloak.models.zoo.list_models`); default ``model.arch``.
+        arch_kwargs: arguments of ``create_model(arch, ...)``; default ``model.arch_config()``.
+        metadata: anything else to record, JSON-able (data set, input shape, test accuracy,
+            seed, ...). Must not use the keys ``format``, ``arch``, ``arch_kwargs``, ...
+
+    Raises:
+        DeepCloakError: no architecture known, metadata not JSON-able or using a reserved key,
+            or the architecture rebuilt from ``arch`` and ``arch_kwargs`` does not match
+            ``model``'s weights (so the checkpoint could not be loaded).
+    """
+    arch = arch if arch is not None else getattr(model, "arch", None)
+    arch_config = getattr(model, "arch_config", None)
+    if arch_kwargs is None and callable(arch_config):
+        arch_kwargs = arch_config()
+    if arch is None or arch_kwargs is None:
+        raise DeepCloakError(
+            f"cannot tell the architecture of a {type(model).__name__}; pass arch= and "
+            "arch_kwargs= naming a deepcloak zoo model, or, for other models, save the state_dict "
+            "and load it with a 'package.module:factory' spec"
+        )
+    if arch not in MODELS:
+        raise DeepCloakError(f"unknown arch {arch!r}; expected one of: {', '.join(MODELS.names())}")
+    extra = dict(metadata or {})
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise DeepCloakError(f"metadata keys {clash} are reserved for the checkpoint format")
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": 1,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "deepcloak_version": __version__,
+        "torch_version": torch.__version__,
+        **extra,
+    }
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise DeepCloakError(f"checkpoint metadata must be JSON-able: {e}") from None
+    # clone(): safetensors refuses tensors that share storage (tied weights, views); zoo
+    # models are small, so the copy costs little.
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # Build the architecture on the meta device (no memory, no init cost) and check that the
+    # weights fit it now, rather than writing a checkpoint that cannot be loaded.
+    with torch.device("meta"):
+        skeleton = create_model(arch, **dict(arch_kwargs))
+    _check_fits(skeleton, state, source=f"model for arch {arch!r} with {dict(arch_kwargs)}")
+    save_tensors(path, state, meta)
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    allow_pickle: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model from a checkpoint, TorchScript file, factory, or (opt-in) pickle.
+
+    ``spec`` is one of:
+
+    * a deepcloak checkpoint (``.safetensors`` from :func:`save_checkpoint`): rebuilt with
+      ``create_model`` and loaded strictly;
+    * a TorchScript archive (``torch.jit.save``);
+    * ``package.module:factory``: the factory is imported and called with no arguments; it must
+      return an ``nn.Module``. ``weights`` is then a ``state_dict`` file (``torch.save``, loaded
+      with ``weights_only=True``) or a safetensors file;
+    * a pickled full model (``torch.save(model)``), only with ``allow_pickle=True``.
+
+    Args:
+        spec: file path or ``package.module:factory``.
+        weights: weights for a factory spec; not used otherwise.
+        allow_pickle: allow unpickling arbitrary objects, which can run code: trusted files only.
+        map_location: device to load onto.
+
+    Returns:
+        ``(model, metadata)``: the model in eval mode, and what is known about it (``source``
+        and, for checkpoints, the saved metadata: ``arch``, ``arch_kwargs``, data set, ...).
+
+    Raises:
+        DataFormatError: missing file, unknown format, corrupt file, or weights that do not fit
+            the model (a few missing/unexpected keys are listed).
+        DeepCloakError: a pickle without ``allow_pickle``, or a factory that cannot be imported,
+            called, or does not return an ``nn.Module``.
+
+    Example:
+        >>> model, meta = load_model("fmnist_resnet8.safetensors")
+        >>> model, meta = load_model("mypkg.nets:build_net", weights="weights.pt")
+    """
+    spec_str = os.fspath(spec)
+    path = Path(spec_str)
+    factory_match = _FACTORY_SPEC.match(spec_str) if not path.exists() else None
+    if factory_match is not None:
+        model = _call_factory(spec_str, factory_match["module"], factory_match["attr"])
+        meta: dict[str, Any] = {"source": "factory", "factory": spec_str, "weights": None}
+        if weights is not None:
+            state = _read_weights(Path(weights), allow_pickle=allow_pickle)
+            _load_state(model, state, source=os.fspath(weights))
+            meta["weights"] = os.fspath(weights)
+        else:
+            log.info("factory %s given without weights: using the weights it built", spec_str)
+        return model.to(map_location).eval(), meta
+    if weights is not None:
+        raise DeepCloakError(
+            "weights= is only used with a 'package.module:factory' spec, "
+            f"not with the file {spec_str!r}"
+        )
+    if not path.is_file():
+        hint = " (a factory spec looks like 'package.module:function')" if ":" in spec_str else ""
+        raise DataFormatError(f"{path}: no such file{hint}")
+    kind = _sniff(path)
+    if kind == "safetensors":
+        model, meta = _load_checkpoint(path)
+    elif kind == "torchscript":
+        # TorchScript is deprecated upstream, but users still have such files: load quietly.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                model = torch.jit.load(str(path), map_location=map_location)
+            except RuntimeError as e:
+                raise DataFormatError(f"{path}: corrupt TorchScript archive: {e}") from None
+        meta = {"source": "torchscript"}
+    elif kind == "pickle":
+        model = _load_pickled_model(path, allow_pickle=allow_pickle, map_location=map_location)
+        meta = {"source": "pickle"}
+    else:
+        raise DataFormatError(
+            f"{path}: unknown model file format; expected a deepcloak checkpoint "
+            "(.safetensors), a TorchScript archive, or a torch.save file"
+        )
+    meta["path"] = str(path)
+    return model.to(map_location).eval(), meta
+
+
+def _sniff(path: Path) -> str:
+    """``"safetensors"``, ``"torchscript"``, ``"pickle"`` (a torch.save file) or ``"unknown"``."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    size = path.stat().st_size
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile as e:
+            raise DataFormatError(f"{path}: corrupt zip archive ({e})") from None
+        # torch.jit.save archives hold compiled code and constants; torch.save archives do not.
+        is_script = any(n.endswith("/constants.pkl") for n in names) and any(
+            "/code/" in n for n in names
+        )
+        return "torchscript" if is_script else "pickle"
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    if path.suffix == ".safetensors" or (0 < header_len <= size - 8 and head[8:9] == b"{"):
+        return "safetensors"
+    # Pickle protocol 2+ starts with 0x80: torch.save's legacy (non-zip) format.
+    return "pickle" if head[:1] == b"\x80" else "unknown"
+
+
+def _load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    try:
+        state, meta = load_tensors(path)
+    except DataFormatError as e:
+        if not _is_bare_safetensors(path):
+            raise
+        raise DataFormatError(
+            f"{e}. This safetensors file holds only weights; load it with a "
+            f"'package.module:factory' spec that builds the architecture, and weights={str(path)!r}"
+        ) from None
+    if meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta:
+        raise DataFormatError(
+            f"{path}: a deepcloak file, but not a model checkpoint (format "
+            f"{meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
+    try:
+        model = create_model(meta["arch"], **meta.get("arch_kwargs", {}))
+    except DeepCloakError as e:
+        raise DataFormatError(f"{path}: cannot rebuild the model: {e}") from None
+    _load_state(model, state, source=str(path))
+    if meta.get("deepcloak_version") != __version__:
+        log.info("%s was saved by deepcloak %s", path, meta.get("deepcloak_version"))
+    return model, {"source": "checkpoint", **meta}
+
+
+def _is_bare_safetensors(path: Path) -> bool:
+    """True for a readable safetensors file without deepcloak's metadata."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return METADATA_KEY not in (f.metadata() or {})
+    except (SafetensorError, OSError):
+        return False
+
+
+def _load_pickled_model(
+    path: Path, *, allow_pickle: bool, map_location: str | torch.device
+) -> nn.Module:
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        if not allow_pickle:
+            raise DeepCloakError(
+                f"{path}: is a pickled object, not only weights; " + _PICKLE_HELP
+            ) from None
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=False)
+        except (AttributeError, ImportError) as e:
+            raise DataFormatError(
+                f"{path}: the pickled model refers to code that cannot be imported ({e}); "
+                "import or install the package that defines its class"
+            ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise DataFormatError(f"{path}: unreadable torch.save file ({e})") from None
+    if isinstance(obj, Mapping):
+        raise DataFormatError(
+            f"{path}: holds a state_dict (weights only), not a model; load it with a "
+            f"'package.module:factory' spec that builds the architecture, and weights={str(path)!r}"
+        )
+    if not isinstance(obj, nn.Module):
+        raise DataFormatError(f"{path}: holds a {type(obj).__name__}, expected an nn.Module")
+    return obj
+
+
+def _call_factory(spec: str, module_name: str, attr: str) -> nn.Module:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module_name + ".").startswith(e.name + "."):
+            raise DeepCloakError(
+                f"factory {spec!r}: no module named {module_name!r} (missing {e.name!r}); is its "
+                "package installed, or its folder on PYTHONPATH?"
+            ) from None
+        raise DeepCloakError(f"factory {spec!r}: importing {module_name!r} failed: {e}") from e
+    except Exception as e:  # the user's module raised while importing
+        raise DeepCloakError(f"factory {spec!r}: importing {module_name!r} failed: {e}") from e
+    factory: Any = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            public = [n for n in sorted(vars(module)) if not n.startswith("_")]
+            public = [n for n in public if callable(getattr(module, n))][:10]
+            raise DeepCloakError(
+                f"factory {spec!r}: module {module_name!r} has no attribute {attr!r}; "
+                f"its callables include: {', '.join(public) or 'none'}"
+            )
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise DeepCloakError(
+            f"factory {spec!r}: {attr!r} is a {type(factory).__name__}, not callable"
+        )
+    try:
+        model = factory()
+    except Exception as e:
+        raise DeepCloakError(
+            f"factory {spec!r} raised {type(e).__name__}: {e}; it must build the model when "
+            "called with no arguments"
+        ) from e
+    if not isinstance(model, nn.Module):
+        raise DeepCloakError(
+            f"factory {spec!r} returned a {type(model).__name__}, expected a torch.nn.Module"
+        )
+    return model
+
+
+def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """A state_dict from a safetensors or ``torch.save`` file (loaded to CPU)."""
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such weights file")
+    if _sniff(path) == "safetensors":
+        try:
+            return st_load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise DataFormatError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not allow_pickle:
+            raise DeepCloakError(
+                f"{path}: weights file holds pickled objects; " + _PICKLE_HELP
+            ) from None
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise DataFormatError(f"{path}: unreadable weights file ({e})") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    # Common wrappers: {"state_dict": ...} (Lightning), {"model": ...}, {"model_state_dict": ...}.
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataFormatError(f"{path}: expected a state_dict (names -> tensors)")
+    state = dict(obj)
+    # Models saved from nn.DataParallel / DistributedDataParallel prefix every key.
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Raise DataFormatError naming a few missing, unexpected or mis-shaped keys, if any."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{len(items)} {what} (e.g. {', '.join(items[:4])})"
+        for what, items in (("missing", missing), ("unexpected", unexpected),
+                            ("with another shape (file vs model)", shapes))
+        if items
+    ]  # fmt: skip
+    if problems:
+        raise DataFormatError(f"weights do not fit the {source}: keys " + "; ".join(problems))
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    _check_fits(model, state, source=f"{type(model).__name__} ({source})")
+    model.load_state_dict(state, strict=True)

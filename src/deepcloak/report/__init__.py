@@ -1,0 +1,1 @@
+"""Reports: tables, figures and output files for sweeps and evaluations."""

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepcloak.attacks.native import FGSM, PGD, create_attack
+from deepcloak.errors import DeepCloakError
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y).item()
+
+
+@pytest.mark.parametrize(
+    "attack", [FGSM(eps=0.05), PGD(eps=0.05, steps=5), PGD(eps=0.5, norm="l2")]
+)
+def test_attack_stays_in_ball_and_unit_box_and_raises_loss(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], attack: FGSM | PGD
+) -> None:
+    x, y = data
+    x_adv = attack(model, x, y)
+    assert x_adv.shape == x.shape
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    delta = (x_adv - x).flatten(1)
+    if isinstance(attack, PGD) and attack.norm.value == "l2":
+        assert float(delta.norm(dim=1).max()) <= attack.eps + 1e-5
+    else:
+        assert float(delta.abs().max()) <= attack.eps + 1e-6
+    assert _loss(model, x_adv, y) > _loss(model, x, y)
+
+
+def test_fgsm_matches_a_hand_computed_step() -> None:
+    lin = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [-1.0, 1.0, 0.0]]))
+    model = nn.Sequential(lin)
+    x, y = torch.full((1, 3), 0.5), torch.tensor([0])
+    # d(CE)/dx = (softmax - onehot) @ W; for class 0 its sign is -(W0 - W1) where p0 < 1.
+    expected = torch.clamp(x + 0.1 * torch.sign(-(lin.weight[0] - lin.weight[1])), 0, 1)
+    torch.testing.assert_close(FGSM(eps=0.1)(model, x, y), expected)
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = data
+    fgsm = FGSM(eps=0.1)(model, x, y)
+    pgd = PGD(eps=0.1, steps=20, restarts=2)(model, x, y)
+    assert _loss(model, pgd, y) >= _loss(model, fgsm, y) - 1e-4
+
+
+def test_attacks_restore_mode_and_leave_param_grads_alone(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    model.train()
+    model.get_submodule(next(n for n, _ in model.named_modules() if n)).eval()  # mixed modes
+    modes = {n: m.training for n, m in model.named_modules()}
+    x, y = data
+    PGD(eps=0.03, steps=2)(model, x, y)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_pgd_is_deterministic_given_its_seed(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = data
+    a = PGD(eps=0.05, steps=3, seed=7)(model, x, y)
+    torch.testing.assert_close(a, PGD(eps=0.05, steps=3, seed=7)(model, x, y))
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.5, float("nan")])
+def test_bad_epsilon_is_refused(eps: float) -> None:
+    with pytest.raises(DeepCloakError, match="eps"):
+        FGSM(eps=eps)
+    with pytest.raises(DeepCloakError, match="eps"):
+        PGD(eps=eps)
+
+
+def test_inputs_outside_unit_range_are_refused(model: nn.Module) -> None:
+    y = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(DeepCloakError, match=r"\[0, 1\]"):
+        FGSM(eps=0.1)(model, torch.full((2, 1, 8, 8), 2.0), y)
+    with pytest.raises(DeepCloakError, match="floating-point"):
+        FGSM(eps=0.1)(model, torch.zeros(2, 1, 8, 8, dtype=torch.uint8), y)
+
+
+def test_labels_outside_the_model_classes_are_refused(model: nn.Module) -> None:
+    with pytest.raises(DeepCloakError, match=r"labels must be in \[0, 3\]"):
+        FGSM(eps=0.1)(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 9]))
+
+
+def test_unknown_attack_and_norm() -> None:
+    with pytest.raises(DeepCloakError, match=r"unknown attack 'cw'; expected one of: .*fgsm, pgd"):
+        create_attack("cw", eps=0.1)
+    with pytest.raises(DeepCloakError, match="norm"):
+        PGD(eps=0.1, norm="l1")
+    assert create_attack("pgd", eps=0.1, steps=4).spec()["step_size"] == pytest.approx(0.0625)
