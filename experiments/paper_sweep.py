@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from deepcloak import FGSM, PGD, fit, mcnemar_exact, wilson_interval
-from deepcloak.cloak.scores import keep_mask, removal_count
+from deepcloak.cloak.mask import keep_mask, removal_count
 from deepcloak.data.sets import FASHION_MNIST_ROOT, ImageDataset, load_dataset
 from deepcloak.evaluation.sweep import cache_features, masked_predictions, whitebox_accuracy
 from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic

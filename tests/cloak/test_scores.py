@@ -3,14 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deepcloak.cloak.mask import keep_mask, removal_count
 from deepcloak.cloak.scores import (
     DeepCloakScore,
     RandomScore,
     create_scorer,
     deepcloak_score,
-    keep_mask,
     rank_features,
-    removal_count,
 )
 from deepcloak.errors import DeepCloakError
 

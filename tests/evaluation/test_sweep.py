@@ -9,8 +9,7 @@ from torch.utils.data import DataLoader
 
 from deepcloak.attacks.native import FGSM
 from deepcloak.cloak.fit import fit
-from deepcloak.cloak.mask import find_masks
-from deepcloak.cloak.scores import keep_mask
+from deepcloak.cloak.mask import find_masks, keep_mask
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.sweep import (
     cache_features,

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from deepcloak.attacks.native import FGSM, Attack, eval_mode
-from deepcloak.cloak.mask import FeatureMask, fold_mask, insert_mask
-from deepcloak.cloak.scores import create_scorer, keep_mask, rank_features, removal_count
+from deepcloak.cloak.mask import FeatureMask, fold_mask, insert_mask, keep_mask, removal_count
+from deepcloak.cloak.scores import create_scorer, rank_features
 from deepcloak.cloak.taps import LayerRef, Side, resolve_layer, tap
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.io import load_tensors, save_tensors

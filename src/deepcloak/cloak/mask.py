@@ -8,6 +8,9 @@ without copying or retraining; :func:`remove_mask` restores the original module 
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,8 +18,36 @@ from torch import nn
 
 from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.errors import DeepCloakError, LayerError
+from deepcloak.validation import check_ratio
 
-__all__ = ["FeatureMask", "MaskedLayer", "find_masks", "fold_mask", "insert_mask", "remove_mask"]
+__all__ = [
+    "FeatureMask",
+    "MaskedLayer",
+    "find_masks",
+    "fold_mask",
+    "insert_mask",
+    "keep_mask",
+    "masked",
+    "removal_count",
+    "remove_mask",
+]
+
+
+def removal_count(ratio: float, n_features: int) -> int:
+    """How many of ``n_features`` a ``ratio`` removes: ``round(ratio * n)``, halves rounded up.
+
+    A small tolerance absorbs float error, so ``0.29 * 100`` removes 29, not 28.
+    """
+    check_ratio(ratio)
+    return min(n_features, math.floor(ratio * n_features + 0.5 + 1e-9))
+
+
+def keep_mask(ranking: torch.Tensor, ratio: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """Boolean mask of ``shape`` keeping all but the first ``round(ratio * n)`` ranked features."""
+    n = ranking.numel()
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[ranking[: removal_count(ratio, n)]] = False
+    return keep.view(shape)
 
 
 class FeatureMask(nn.Module):
@@ -129,6 +160,29 @@ def remove_mask(model: nn.Module, name: str) -> nn.Module:
     parent, attr = _parent_and_attr(model, name)
     setattr(parent, attr, wrapper.layer)
     return model
+
+
+@contextlib.contextmanager
+def masked(
+    model: nn.Module, ref: LayerRef, keep: torch.Tensor | FeatureMask
+) -> Iterator[nn.Module]:
+    """``model`` with a mask at ``ref`` for the duration of a ``with`` block, removed on exit.
+
+    Args:
+        model: the model to mask in place.
+        ref: the layer and side to mask.
+        keep: a boolean keep-tensor of the feature shape, or a :class:`FeatureMask`.
+
+    Example:
+        >>> with masked(model, cloak.layer, cloak.mask(0.01)) as m:
+        ...     logits = m(x)
+    """
+    mask = keep if isinstance(keep, FeatureMask) else FeatureMask(keep)
+    insert_mask(model, ref, mask)
+    try:
+        yield model
+    finally:
+        remove_mask(model, ref.name)
 
 
 def find_masks(model: nn.Module) -> dict[str, MaskedLayer]:

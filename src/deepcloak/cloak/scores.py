@@ -14,13 +14,12 @@ Scorers:
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
 
 from deepcloak.errors import DeepCloakError
 from deepcloak.registry import Registry
-from deepcloak.validation import check_finite, check_ratio
+from deepcloak.validation import check_finite
 
 __all__ = [
     "SCORERS",
@@ -29,9 +28,7 @@ __all__ = [
     "RandomScore",
     "create_scorer",
     "deepcloak_score",
-    "keep_mask",
     "rank_features",
-    "removal_count",
 ]
 
 
@@ -180,23 +177,6 @@ def rank_features(scores: torch.Tensor) -> torch.Tensor:
     check_finite(flat, "feature scores")
     # A stable sort keeps equal scores in index order, so the ranking is fully deterministic.
     return torch.sort(flat, descending=True, stable=True).indices
-
-
-def removal_count(ratio: float, n_features: int) -> int:
-    """How many of ``n_features`` a ``ratio`` removes: ``round(ratio * n)``, halves rounded up.
-
-    A small tolerance absorbs float error, so ``0.29 * 100`` removes 29, not 28.
-    """
-    check_ratio(ratio)
-    return min(n_features, math.floor(ratio * n_features + 0.5 + 1e-9))
-
-
-def keep_mask(ranking: torch.Tensor, ratio: float, shape: tuple[int, ...]) -> torch.Tensor:
-    """Boolean mask of ``shape`` keeping all but the first ``round(ratio * n)`` ranked features."""
-    n = ranking.numel()
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[ranking[: removal_count(ratio, n)]] = False
-    return keep.view(shape)
 
 
 class ActivationScore(FeatureScore):

@@ -46,8 +46,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from deepcloak.attacks import art as art_attacks
 from deepcloak.attacks.native import FGSM, PGD, Attack, Norm, eval_mode
 from deepcloak.cloak.fit import Cloak, fit, model_device, unpack_batch
-from deepcloak.cloak.mask import FeatureMask, insert_mask, remove_mask
-from deepcloak.cloak.scores import keep_mask
+from deepcloak.cloak.mask import FeatureMask, insert_mask, keep_mask, remove_mask
 from deepcloak.cloak.taps import tap
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.baselines import feature_squeezing, spatial_smoothing

@@ -21,8 +21,7 @@ from torch import nn
 
 from deepcloak.attacks.native import Attack, create_attack, eval_mode
 from deepcloak.cloak.fit import Cloak, layer_features, model_device, unpack_batch
-from deepcloak.cloak.mask import FeatureMask, insert_mask, remove_mask
-from deepcloak.cloak.scores import keep_mask, removal_count
+from deepcloak.cloak.mask import FeatureMask, insert_mask, keep_mask, removal_count, remove_mask
 from deepcloak.cloak.taps import LayerRef, Side, tap
 from deepcloak.errors import DeepCloakError
 from deepcloak.progress import ProgressFn, no_progress
