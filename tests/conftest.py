@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, settings
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

@@ -1,8 +1,10 @@
 """Find the layer L to cloak and capture its features with forward hooks.
 
 A :class:`LayerRef` names a module and a side: its *input* or its *output*. The default L is the
-input of the model's final classification layer (the last ``nn.Linear`` to run, or timm's
-``get_classifier()``), i.e. the pooled features the paper masks.
+input of the model's classification layer (timm's ``get_classifier()``, else the ``nn.Linear``
+that produces the logits, found on a batch: the last one to run whose output the logits depend
+on), i.e. the pooled features the paper masks. An auxiliary head that runs after the main one
+but does not reach the output is never chosen.
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ import torch
 from torch import nn
 
 from deepcloak.errors import LayerError
+from deepcloak.models.outputs import select_logits
+from deepcloak.models.runtime import eval_mode
 
-__all__ = ["FeatureTap", "LayerRef", "Side", "module_names", "resolve_layer", "tap"]
+__all__ = [
+    "FeatureTap",
+    "LayerRef",
+    "Side",
+    "module_names",
+    "reaches_logits",
+    "resolve_layer",
+    "tap",
+]
 
 
 class Side(str, Enum):
@@ -60,20 +72,63 @@ def _candidates_hint(model: nn.Module, limit: int = 40) -> str:
     return f"candidates: {shown}{more}" if names else "the model has no submodules"
 
 
-def _last_linear_by_execution(model: nn.Module, example: torch.Tensor) -> str | None:
-    """Name of the last ``nn.Linear`` that runs in a forward pass on ``example``."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    order: list[str] = []
+def _connected(
+    model: nn.Module, example: torch.Tensor, hooks: dict[nn.Module, tuple[str, Side]]
+) -> list[tuple[str, bool]]:
+    """Run ``model`` on ``example`` and say, for each hooked tensor in the order it ran, whether
+    the logits depend on it (autograd reaches it from the logits)."""
+    seen: list[tuple[str, torch.Tensor]] = []
+
+    def record(module: nn.Module, t: Any) -> None:
+        if isinstance(t, torch.Tensor):
+            seen.append((hooks[module][0], t))
+
     handles = [
-        m.register_forward_pre_hook(lambda mod, _inp: order.append(names[mod])) for m in names
+        m.register_forward_pre_hook(lambda mod, args: record(mod, args[0] if args else None))
+        if side is Side.INPUT
+        else m.register_forward_hook(lambda mod, _args, out: record(mod, out))
+        for m, (_, side) in hooks.items()
     ]
     try:
-        with torch.no_grad():
-            model(example)
+        # The input requires grad, so every tensor computed from it is in the autograd graph.
+        x = example.detach().clone().requires_grad_(True)
+        with eval_mode(model), torch.enable_grad():
+            logits = select_logits(model(x))
+            tracked = [t for _, t in seen if t.requires_grad]
+            grads = (
+                torch.autograd.grad(logits.sum(), tracked, allow_unused=True)
+                if tracked and logits.requires_grad
+                else [None] * len(tracked)
+            )
     finally:
         for h in handles:
             h.remove()
-    return order[-1] if order else None
+    reached = iter(g is not None for g in grads)
+    return [(name, next(reached) if t.requires_grad else False) for name, t in seen]
+
+
+def reaches_logits(model: nn.Module, ref: LayerRef, example: torch.Tensor) -> bool:
+    """Whether the model's logits depend on the features at ``ref`` (checked on ``example``).
+
+    A mask on features the logits do not depend on changes nothing.
+    """
+    module = model.get_submodule(ref.name)
+    return any(reached for _, reached in _connected(model, example, {module: (ref.name, ref.side)}))
+
+
+def _logits_linear(model: nn.Module, example: torch.Tensor) -> str | None:
+    """The last ``nn.Linear`` to run on ``example`` whose output the logits depend on."""
+    hooks = {m: (n, Side.OUTPUT) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if not hooks:
+        return None
+    producers = [name for name, reached in _connected(model, example, hooks) if reached]
+    if not producers:
+        raise LayerError(
+            "no nn.Linear of this model produces its logits (none is connected to the output), "
+            f"so the default layer cannot be found; name the layer to cloak (layer=... / "
+            f"--layer ...); {_candidates_hint(model)}"
+        )
+    return producers[-1]
 
 
 def resolve_layer(
@@ -88,19 +143,20 @@ def resolve_layer(
     Args:
         model: the classifier.
         layer: a module name from ``model.named_modules()``, or ``None`` for the default: the
-            input of the final classification layer (timm's ``get_classifier()`` when the model
-            has it, else the last ``nn.Linear``: the last to run on ``example`` if one is given,
-            else the last registered).
+            input of the classification layer (timm's ``get_classifier()`` when the model has
+            it, else the ``nn.Linear`` that produces the logits on ``example`` if one is given,
+            else the last registered ``nn.Linear``).
         side: ``"input"`` or ``"output"`` of that module. Default: ``"input"`` for an
             ``nn.Linear`` (the features it classifies), ``"output"`` for any other module.
-        example: an input batch used to find the last ``nn.Linear`` in execution order.
+        example: an input batch used to find the ``nn.Linear`` that produces the logits (run
+            once, forward and backward, in eval mode).
 
     Returns:
         The resolved :class:`LayerRef`.
 
     Raises:
         LayerError: ``layer`` is not a module of ``model`` (the message lists the candidates), or
-            no layer was named and the model has no ``nn.Linear``.
+            no layer was named and no ``nn.Linear`` produces the logits.
     """
     if isinstance(model, torch.jit.ScriptModule):
         raise LayerError(
@@ -132,7 +188,7 @@ def _default_layer_name(
         for name, m in modules.items():
             if m is head and name:
                 return name
-    name = _last_linear_by_execution(model, example) if example is not None else None
+    name = _logits_linear(model, example) if example is not None else None
     if name is None:
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         name = linears[-1] if linears else None
