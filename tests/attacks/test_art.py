@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from deepcloak.attacks.art import ArtAPGD, ArtPGD, ArtSquare, require_art
 from deepcloak.attacks import ATTACKS, PGD, create_attack
+from deepcloak.attacks.art import ArtAPGD, ArtPGD, ArtSquare, require_art
 from deepcloak.errors import DeepCloakError
 from tests.robust_toys import quadrant_data, trained_mlp
 

@@ -88,7 +88,8 @@ def step_size_or_default(step_size: float | None, eps: float, steps: int) -> flo
 
 def l2_norms(t: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norm, shaped to broadcast against ``t``: ``(B, 1, ..., 1)``."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+    norms: torch.Tensor = torch.linalg.vector_norm(t.flatten(1), dim=1)  # (B,)
+    return norms.view(-1, *([1] * (t.ndim - 1)))
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:

@@ -10,7 +10,7 @@ model's ``.grad`` fields are never touched.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,12 @@ from deepcloak.models.outputs import check_finite_logits, select_logits
 from deepcloak.models.runtime import eval_mode
 from deepcloak.validation import check_epsilon, check_labels
 
+if TYPE_CHECKING:  # at run time, see __getattr__ at the end (deepcloak.attacks imports this)
+    from deepcloak.attacks import ATTACKS, create_attack
+
 __all__ = ["FGSM", "PGD"]
 # Re-exported for callers that import them from here; their home is given in each import above.
-__all__ += ["Attack", "Norm", "eval_mode", "parse_norm"]
+__all__ += ["ATTACKS", "Attack", "Norm", "create_attack", "eval_mode", "parse_norm"]
 
 
 def _input_gradient(

@@ -118,7 +118,9 @@ def reaches_logits(model: nn.Module, ref: LayerRef, example: torch.Tensor) -> bo
 
 def _logits_linear(model: nn.Module, example: torch.Tensor) -> str | None:
     """The last ``nn.Linear`` to run on ``example`` whose output the logits depend on."""
-    hooks = {m: (n, Side.OUTPUT) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    hooks: dict[nn.Module, tuple[str, Side]] = {
+        m: (n, Side.OUTPUT) for n, m in model.named_modules() if isinstance(m, nn.Linear)
+    }
     if not hooks:
         return None
     producers = [name for name, reached in _connected(model, example, hooks) if reached]
@@ -185,9 +187,9 @@ def _default_layer_name(
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):  # timm's seam for the pre-logits features
         head = get_classifier()
-        for name, m in modules.items():
-            if m is head and name:
-                return name
+        for head_name, m in modules.items():
+            if m is head and head_name:
+                return head_name
     name = _logits_linear(model, example) if example is not None else None
     if name is None:
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]

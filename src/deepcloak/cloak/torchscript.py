@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -28,9 +28,9 @@ from deepcloak.models.outputs import OutputKey, SelectOutput, select_logits
 __all__ = ["ScriptedClassifier", "cloakable"]
 
 
-def _scripted_linear(scripted: nn.Module, name: str) -> nn.Module:
-    module: nn.Module = dict(scripted.named_modules())[name]
-    return module
+def _scripted_linear(scripted: nn.Module, name: str) -> Any:
+    """The scripted submodule ``name`` (typed ``Any``: its attributes are known at run time)."""
+    return dict(scripted.named_modules())[name]
 
 
 def _attach(parent: nn.Module, name: str, module: nn.Module) -> None:

@@ -106,6 +106,8 @@ class SelectOutput(nn.Module):
         >>> cloak = deepcloak.fit(model, loader)
     """
 
+    _wrapped: nn.Module
+
     def __init__(self, model: nn.Module, output: OutputKey) -> None:
         if isinstance(model, torch.jit.ScriptModule):
             raise DeepCloakError(
@@ -123,7 +125,7 @@ class SelectOutput(nn.Module):
             object.__setattr__(self, attr, getattr(model, attr))
         self.output = output
 
-    @property  # type: ignore[override]
+    @property
     def training(self) -> bool:
         """The wrapped model's own mode (the wrapper has none of its own)."""
         return bool(self._wrapped.training)
@@ -135,8 +137,7 @@ class SelectOutput(nn.Module):
     @property
     def wrapped(self) -> nn.Module:
         """The model this wrapper selects the output of."""
-        model: nn.Module = self._wrapped
-        return model
+        return self._wrapped
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return select_logits(self._wrapped(*args, **kwargs), self.output)
