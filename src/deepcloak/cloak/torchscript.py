@@ -24,6 +24,7 @@ from torch import nn
 
 from deepcloak.errors import LayerError
 from deepcloak.models.outputs import OutputKey, SelectOutput, select_logits
+from deepcloak.models.runtime import eval_mode
 
 __all__ = ["ScriptedClassifier", "cloakable"]
 
@@ -166,7 +167,7 @@ def cloakable(
     """
     if not isinstance(model, torch.jit.ScriptModule):
         return model if output is None else SelectOutput(model, output)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         expected = select_logits(model(example), output)  # (N, K)
         if expected.ndim != 2:
             raise LayerError(
