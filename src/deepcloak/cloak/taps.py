@@ -72,58 +72,47 @@ def _candidates_hint(model: nn.Module, limit: int = 40) -> str:
     return f"candidates: {shown}{more}" if names else "the model has no submodules"
 
 
-def _connected(
-    model: nn.Module, example: torch.Tensor, hooks: dict[nn.Module, tuple[str, Side]]
-) -> list[tuple[str, bool]]:
-    """Run ``model`` on ``example`` and say, for each hooked tensor in the order it ran, whether
-    the logits depend on it (autograd reaches it from the logits)."""
+def _connected(model: nn.Module, example: torch.Tensor, hooks: dict[nn.Module, str]) -> list[str]:
+    """Run ``model`` on ``example``; the names of the hooked modules whose output the logits
+    depend on (autograd reaches it from the logits), in the order they ran."""
     seen: list[tuple[str, torch.Tensor]] = []
 
-    def record(module: nn.Module, t: Any) -> None:
-        if isinstance(t, torch.Tensor):
-            seen.append((hooks[module][0], t))
+    def record(module: nn.Module, _args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            seen.append((hooks[module], out))
 
-    handles = [
-        m.register_forward_pre_hook(lambda mod, args: record(mod, args[0] if args else None))
-        if side is Side.INPUT
-        else m.register_forward_hook(lambda mod, _args, out: record(mod, out))
-        for m, (_, side) in hooks.items()
-    ]
+    handles = [m.register_forward_hook(record) for m in hooks]
     try:
         # The input requires grad, so every tensor computed from it is in the autograd graph.
         x = example.detach().clone().requires_grad_(True)
         with eval_mode(model), torch.enable_grad():
             logits = select_logits(model(x))
-            tracked = [t for _, t in seen if t.requires_grad]
-            grads = (
-                torch.autograd.grad(logits.sum(), tracked, allow_unused=True)
-                if tracked and logits.requires_grad
-                else [None] * len(tracked)
-            )
+            tracked = [(name, t) for name, t in seen if t.requires_grad]
+            if not tracked or not logits.requires_grad:
+                return []
+            grads = torch.autograd.grad(logits.sum(), [t for _, t in tracked], allow_unused=True)
     finally:
         for h in handles:
             h.remove()
-    reached = iter(g is not None for g in grads)
-    return [(name, next(reached) if t.requires_grad else False) for name, t in seen]
+    return [name for (name, _), g in zip(tracked, grads, strict=True) if g is not None]
 
 
 def reaches_logits(model: nn.Module, ref: LayerRef, example: torch.Tensor) -> bool:
-    """Whether the model's logits depend on the features at ``ref`` (checked on ``example``).
+    """Whether a mask at ``ref`` can change the model's logits (checked on ``example``).
 
-    A mask on features the logits do not depend on changes nothing.
+    A mask on either side of a module changes only what that module outputs, so this asks
+    whether the logits depend on the module's output. (The input of an auxiliary head is often
+    the main head's input too, yet a mask in front of the auxiliary head changes nothing.)
     """
-    module = model.get_submodule(ref.name)
-    return any(reached for _, reached in _connected(model, example, {module: (ref.name, ref.side)}))
+    return bool(_connected(model, example, {model.get_submodule(ref.name): ref.name}))
 
 
 def _logits_linear(model: nn.Module, example: torch.Tensor) -> str | None:
     """The last ``nn.Linear`` to run on ``example`` whose output the logits depend on."""
-    hooks: dict[nn.Module, tuple[str, Side]] = {
-        m: (n, Side.OUTPUT) for n, m in model.named_modules() if isinstance(m, nn.Linear)
-    }
+    hooks = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     if not hooks:
         return None
-    producers = [name for name, reached in _connected(model, example, hooks) if reached]
+    producers = _connected(model, example, hooks)
     if not producers:
         raise LayerError(
             "no nn.Linear of this model produces its logits (none is connected to the output), "
