@@ -134,5 +134,5 @@ def test_no_linear_reaching_the_logits_asks_for_a_layer() -> None:
             self.probe(x.flatten(1))
             return self.conv(x).flatten(1)
 
-    with pytest.raises(LayerError, match="no nn.Linear of this model produces its logits"):
+    with pytest.raises(LayerError, match=r"no nn\.Linear of this model produces its logits"):
         resolve_layer(Dangling(), example=torch.rand(1, 1, 8, 8))
