@@ -40,6 +40,7 @@ from deepcloak.evaluation.results import EvaluationReport, ThreatModel
 from deepcloak.evaluation.run import evaluate_cloak
 from deepcloak.evaluation.stats import mcnemar_exact, wilson_interval
 from deepcloak.evaluation.sweep import SweepResult, graybox_sweep, whitebox_accuracy
+from deepcloak.harden import HardenConfig, harden
 from deepcloak.models.checkpoint import load_model, save_checkpoint
 from deepcloak.models.outputs import SelectOutput
 from deepcloak.models.train import TrainResult, train_model
@@ -87,13 +88,8 @@ __all__ = [
     "write_evaluation",
 ]
 
-# Loaded on first use: they draw reports and plots, and `import deepcloak` should load neither
-# rich nor matplotlib.
-_LAZY = {
-    "harden": "deepcloak.harden",
-    "HardenConfig": "deepcloak.harden",
-    "write_evaluation": "deepcloak.report.evaluation",
-}
+# Loaded on first use: it draws tables, and `import deepcloak` loads neither rich nor matplotlib.
+_LAZY = {"write_evaluation": "deepcloak.report.evaluation"}
 
 
 def __getattr__(name: str) -> Any:
