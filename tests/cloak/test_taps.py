@@ -136,3 +136,19 @@ def test_no_linear_reaching_the_logits_asks_for_a_layer() -> None:
 
     with pytest.raises(LayerError, match=r"no nn\.Linear of this model produces its logits"):
         resolve_layer(Dangling(), example=torch.rand(1, 1, 8, 8))
+
+
+def test_logits_without_gradients_fall_back_to_the_last_linear_to_run() -> None:
+    class NoGrad(nn.Module):  # e.g. a frozen feature extractor with its own no_grad
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 2)
+            self.hidden = nn.Linear(64, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.fc(self.hidden(x.flatten(1)))
+
+    m, x = NoGrad(), torch.rand(1, 1, 8, 8)
+    assert resolve_layer(m, example=x).name == "fc"
+    assert reaches_logits(m, LayerRef("hidden", Side.OUTPUT), x)  # cannot tell: no warning

@@ -72,9 +72,13 @@ def _candidates_hint(model: nn.Module, limit: int = 40) -> str:
     return f"candidates: {shown}{more}" if names else "the model has no submodules"
 
 
-def _connected(model: nn.Module, example: torch.Tensor, hooks: dict[nn.Module, str]) -> list[str]:
-    """Run ``model`` on ``example``; the names of the hooked modules whose output the logits
-    depend on (autograd reaches it from the logits), in the order they ran."""
+def _connected(
+    model: nn.Module, example: torch.Tensor, hooks: dict[nn.Module, str]
+) -> tuple[list[str], list[str]]:
+    """Run ``model`` on ``example``: the names of the hooked modules in the order they ran, and
+    of those whose output the logits depend on (autograd reaches it from the logits). When the
+    logits are not differentiable (e.g. computed under ``no_grad``), every module that ran
+    counts as connected: the dependence cannot be told."""
     seen: list[tuple[str, torch.Tensor]] = []
 
     def record(module: nn.Module, _args: Any, out: Any) -> None:
@@ -87,14 +91,19 @@ def _connected(model: nn.Module, example: torch.Tensor, hooks: dict[nn.Module, s
         x = example.detach().clone().requires_grad_(True)
         with eval_mode(model), torch.enable_grad():
             logits = select_logits(model(x))
+            ran = [name for name, _ in seen]
+            if not logits.requires_grad:
+                return ran, ran
             tracked = [(name, t) for name, t in seen if t.requires_grad]
-            if not tracked or not logits.requires_grad:
-                return []
-            grads = torch.autograd.grad(logits.sum(), [t for _, t in tracked], allow_unused=True)
+            grads = (
+                torch.autograd.grad(logits.sum(), [t for _, t in tracked], allow_unused=True)
+                if tracked
+                else ()
+            )
     finally:
         for h in handles:
             h.remove()
-    return [name for (name, _), g in zip(tracked, grads, strict=True) if g is not None]
+    return ran, [name for (name, _), g in zip(tracked, grads, strict=True) if g is not None]
 
 
 def reaches_logits(model: nn.Module, ref: LayerRef, example: torch.Tensor) -> bool:
@@ -104,15 +113,20 @@ def reaches_logits(model: nn.Module, ref: LayerRef, example: torch.Tensor) -> bo
     whether the logits depend on the module's output. (The input of an auxiliary head is often
     the main head's input too, yet a mask in front of the auxiliary head changes nothing.)
     """
-    return bool(_connected(model, example, {model.get_submodule(ref.name): ref.name}))
+    ran, connected = _connected(model, example, {model.get_submodule(ref.name): ref.name})
+    return bool(connected) or not ran  # a module that did not run: the tap will say so
 
 
 def _logits_linear(model: nn.Module, example: torch.Tensor) -> str | None:
     """The last ``nn.Linear`` to run on ``example`` whose output the logits depend on."""
-    hooks = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    hooks: dict[nn.Module, str] = {
+        m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+    }
     if not hooks:
         return None
-    producers = _connected(model, example, hooks)
+    ran, producers = _connected(model, example, hooks)
+    if not ran:
+        return None  # none ran on the example: fall back to the last registered nn.Linear
     if not producers:
         raise LayerError(
             "no nn.Linear of this model produces its logits (none is connected to the output), "
