@@ -61,3 +61,16 @@ def test_integer_images_and_bad_batches_are_refused() -> None:
         unpack_batch(x, torch.device("cpu"))
     with pytest.raises(DeepCloakError, match="hold tensors"):
         unpack_batch((x, [0] * 12), torch.device("cpu"))
+
+
+def test_sweeps_take_float64_inputs_and_int32_labels() -> None:
+    from deepcloak.evaluation.sweep import graybox_sweep
+
+    model, (x, y) = _model(), _data()
+    ref_loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    other_loader = DataLoader(TensorDataset(x.double(), y.int()), batch_size=4)
+    cloak = fit(model, ref_loader, attack=FGSM(eps=0.1))
+    kwargs: dict[str, object] = {"ratios": (0.0, 0.5), "n_random": 1, "attack": FGSM(eps=0.1)}
+    ref = graybox_sweep(model, cloak, ref_loader, **kwargs)  # type: ignore[arg-type]
+    got = graybox_sweep(model, cloak, other_loader, **kwargs)  # type: ignore[arg-type]
+    assert got.rows == ref.rows

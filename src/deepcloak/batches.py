@@ -79,9 +79,13 @@ def check_batch(
 
 
 def unpack_batch(
-    batch: Any, device: torch.device, dtype: torch.dtype | None = None
+    batch: Any, device: torch.device, dtype: torch.dtype | None = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` from a DataLoader batch, moved to ``device`` and checked by :func:`check_batch`.
+
+    ``dtype`` is the model's floating dtype (pass
+    :func:`~deepcloak.models.runtime.model_dtype`); the default, ``float32``, is that of any
+    model not converted with ``.double()`` or ``.half()``. ``None`` keeps the inputs' own.
 
     Raises:
         DeepCloakError: the batch is not an ``(inputs, labels)`` pair of tensors, or fails the
