@@ -1,15 +1,33 @@
-"""Tiny models of several shapes and tiny data, shared by the core tests."""
+"""Tiny models of several shapes and tiny data, shared by the core tests.
+
+Also the Hypothesis settings profiles of the property tests (the file fuzzers): ``default``, a
+small bounded budget that keeps the suite fast and deterministic, and ``thorough``, a larger
+opt-in budget: ``HYPOTHESIS_PROFILE=thorough make test``.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 NUM_CLASSES = 4
+
+# derandomize: the same examples every run, so a failure reproduces and CI never flakes.
+settings.register_profile(
+    "default",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 class TinyResNet(nn.Module):

@@ -25,6 +25,7 @@ from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.sweep import DEFAULT_RATIOS, SweepResult, graybox_sweep
 from deepcloak.io import atomic_write, save_tensors, write_json_atomic
 from deepcloak.models.checkpoint import save_checkpoint
+from deepcloak.models.runtime import eval_mode
 from deepcloak.progress import ProgressFn
 from deepcloak.report.sweep import environment, plot_sweep
 from deepcloak.validation import check_epsilon, check_ratio, check_ratios
@@ -134,11 +135,8 @@ def check_model_fits_data(
             f"inputs of shape {shape}: is this the model for this data set?"
         )
     try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
+        with torch.no_grad(), eval_mode(model):
             logits = model(x.unsqueeze(0).to(model_device(model)))
-            model.train(was_training)
     except (RuntimeError, ValueError) as e:
         raise DeepCloakError(
             f"the model does not accept inputs of shape {shape} from {name}: "
@@ -182,7 +180,8 @@ def harden(
     start = time.perf_counter()
     check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
     check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
-    model = cloakable(model.eval(), train_set[0][0].unsqueeze(0).to(model_device(model)))
+    # fit and the sweeps use eval mode themselves and restore every module's own mode.
+    model = cloakable(model, train_set[0][0].unsqueeze(0).to(model_device(model)))
     attack = config.make_attack()
     cloak = fit(
         model, DataLoader(train_set, batch_size=config.batch_size), attack=attack,

@@ -18,6 +18,8 @@ __all__ = [
     "check_finite",
     "check_inputs",
     "check_labels",
+    "check_positive",
+    "check_positive_int",
     "check_ratio",
     "check_ratios",
 ]
@@ -55,6 +57,25 @@ def check_epsilon(eps: float, *, name: str = "eps") -> float:
             f"got {eps}. Did you mean {eps}/255 = {eps / 255:.4f}?"
         )
     return float(eps)
+
+
+def check_positive_int(value: int, name: str) -> int:
+    """Check a count that must be an integer ``>= 1`` (steps, restarts, samples...)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DeepCloakError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_positive(value: float, name: str) -> float:
+    """Check a finite number ``> 0`` (a step size, a temperature...)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise DeepCloakError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def check_inputs(x: torch.Tensor) -> None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from deepcloak.attacks import ATTACKS, PGD, create_attack
 from deepcloak.attacks.art import ArtAPGD, ArtPGD, ArtSquare, require_art
-from deepcloak.attacks.native import ATTACKS, PGD, create_attack
 from deepcloak.errors import DeepCloakError
 from tests.robust_toys import quadrant_data, trained_mlp
 
@@ -149,7 +149,7 @@ def test_bad_parameters_and_inputs(toy: tuple[nn.Module, torch.Tensor, torch.Ten
         ArtSquare(eps=0.1, norm="l1")
     with pytest.raises(DeepCloakError, match="loss must be 'ce' or 'dlr'"):
         ArtAPGD(eps=0.1, loss="hinge")
-    with pytest.raises(DeepCloakError, match="max_queries and restarts must be >= 1"):
+    with pytest.raises(DeepCloakError, match="max_queries must be an integer >= 1"):
         ArtSquare(eps=0.1, max_queries=0)
     with pytest.raises(DeepCloakError, match=r"image inputs \(N, C, H, W\)"):
         ArtSquare(eps=0.1)(nn.Sequential(nn.Linear(64, 4)), x.flatten(1), y)

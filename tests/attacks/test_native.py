@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcloak.attacks.native import FGSM, PGD, create_attack
+from deepcloak.attacks import FGSM, PGD, create_attack
 from deepcloak.errors import DeepCloakError
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,9 @@ from deepcloak.cloak.mask import (
     find_masks,
     fold_mask,
     insert_mask,
+    keep_mask,
+    random_keep_mask,
+    removal_count,
     remove_mask,
 )
 from deepcloak.cloak.taps import LayerRef, Side
@@ -99,3 +104,24 @@ def test_fold_refuses_a_mask_on_a_non_linear_layer() -> None:
     insert_mask(model, LayerRef("0", Side.OUTPUT), FeatureMask(torch.ones(2, 6, 6)))
     with pytest.raises(LayerError, match=r"only a mask on an nn\.Linear"):
         fold_mask(model, "0")
+
+
+def test_random_keep_mask_is_keep_mask_of_a_random_permutation() -> None:
+    for n_removed, ratio in ((0, 0.0), (3, 0.25), (11, 0.9)):
+        got = random_keep_mask((3, 4), n_removed, torch.Generator().manual_seed(7))
+        perm = torch.randperm(12, generator=torch.Generator().manual_seed(7))
+        assert removal_count(ratio, 12) == n_removed
+        assert torch.equal(got, keep_mask(perm, ratio, (3, 4)))
+        assert got.shape == (3, 4) and int((~got).sum()) == n_removed
+    with pytest.raises(DeepCloakError, match="n_removed"):
+        random_keep_mask((4,), 5, torch.Generator())
+
+
+def test_a_ratio_that_removes_nothing_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    ranking = torch.arange(64)
+    with caplog.at_level(logging.WARNING, logger="deepcloak.cloak.mask"):
+        assert bool(keep_mask(ranking, 0.0, (64,)).all())
+        assert not caplog.records  # ratio 0 removes nothing on purpose
+        assert bool(keep_mask(ranking, 0.007, (64,)).all())  # 0.45 features round to 0
+    assert "rounds to 0 removed features" in caplog.text
+    assert int((~keep_mask(ranking, 0.01, (64,))).sum()) == 1  # 0.64 rounds to 1

@@ -3,14 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepcloak.cloak.mask import keep_mask, removal_count
-from deepcloak.cloak.scores import (
-    DeepCloakScore,
-    RandomScore,
-    create_scorer,
-    deepcloak_score,
-    rank_features,
-)
+from deepcloak.cloak.mask import keep_mask, rank_features, removal_count
+from deepcloak.cloak.scores import DeepCloakScore, RandomScore, create_scorer, deepcloak_score
 from deepcloak.errors import DeepCloakError
 
 

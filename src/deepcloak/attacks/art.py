@@ -13,8 +13,8 @@ generator; each call seeds it from ``seed`` and restores its previous state, so 
 reproducible and other code's randomness is untouched.
 
 ``art`` is imported only when an attack runs: install it with ``pip install 'deepcloak[art]'``.
-Importing this module registers the names ``"apgd"``, ``"square"`` and ``"art-pgd"`` in
-:data:`deepcloak.attacks.native.ATTACKS`.
+Importing this module has no side effect; :mod:`deepcloak.attacks` registers the names
+``"apgd"``, ``"square"`` and ``"art-pgd"``.
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcloak.attacks.native import (
-    ATTACKS,
+from deepcloak.attacks.base import (
     Norm,
-    check_batch,
+    attack_batch,
     check_iterative,
-    eval_mode,
     parse_norm,
+    project,
     step_size_or_default,
 )
 from deepcloak.errors import DeepCloakError
+from deepcloak.models.outputs import check_finite_logits, select_logits
+from deepcloak.models.runtime import eval_mode, model_device
 from deepcloak.validation import check_epsilon, check_labels
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "ArtSquare",
     "art_classifier",
     "art_version",
-    "project_to_ball",
     "require_art",
 ]
 
@@ -90,13 +90,7 @@ class _PlainForward(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
+        return select_logits(self.model(x))
 
 
 @contextlib.contextmanager
@@ -151,7 +145,7 @@ def art_classifier(
     require_art()
     from art.estimators.classification import PyTorchClassifier
 
-    device = _device_of(model)
+    device = model_device(model)
     with _on_device(device):
         return PyTorchClassifier(
             model=_PlainForward(model),
@@ -161,21 +155,6 @@ def art_classifier(
             clip_values=(0.0, 1.0),
             device_type="gpu" if device.type == "cuda" else "cpu",
         )
-
-
-def project_to_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
-    """Project ``x_adv`` onto the ``eps``-ball around ``x`` and [0, 1].
-
-    ART works in float32 numpy and its projections can overshoot by a rounding error; this makes
-    the budget hold exactly (L-inf) or to float precision (L2).
-    """
-    delta = x_adv - x
-    if norm is Norm.LINF:
-        delta = delta.clamp(-eps, eps)
-    else:
-        norms = delta.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))  # (B, 1, ..., 1)
-        delta = delta * torch.clamp(eps / norms.clamp_min(1e-12), max=1.0)
-    return (x + delta).clamp(0.0, 1.0)
 
 
 def _art_norm(norm: Norm) -> float | int:
@@ -197,18 +176,19 @@ class _ArtAttack:
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_batch(x, y)
+        x, y = attack_batch(model, x, y)
         if self.eps == 0:
-            return x.detach().clone()
-        x = x.detach()
+            return x.clone()
         with torch.no_grad(), eval_mode(model):
-            nb_classes = model(x[:1]).shape[-1]
-        check_labels(y, nb_classes)
+            logits = select_logits(model(x))  # (N, K)
+        check_labels(y, logits.shape[-1])
+        check_finite_logits(logits)
+        nb_classes = logits.shape[-1]
         with eval_mode(model), _frozen_parameters(model), _numpy_seed(self.seed):
             classifier = art_classifier(model, tuple(x.shape[1:]), nb_classes)
             # ART's L2 Square divides by zero-norm squares on small images (and then discards
             # them); the non-finite values it may leave are replaced below, so silence numpy.
-            with _on_device(_device_of(model)), np.errstate(divide="ignore", invalid="ignore"):
+            with _on_device(model_device(model)), np.errstate(divide="ignore", invalid="ignore"):
                 x_np = x.cpu().numpy().astype(np.float32)
                 y_np = y.cpu().numpy().astype(np.int64)
                 x_adv = self._generate(classifier, x_np, y_np)
@@ -220,10 +200,10 @@ class _ArtAttack:
                 type(self).__name__,
             )
             out = torch.where(finite, out, x)
-        return project_to_ball(out, x, self.eps, self.norm)
+        return project(out, x, self.eps, self.norm)
 
     def _params(self) -> dict[str, Any]:
-        d = asdict(self)  # type: ignore[call-overload]
+        d: dict[str, Any] = asdict(self)  # type: ignore[call-overload]
         d["norm"] = self.norm.value
         return d
 
@@ -254,10 +234,7 @@ class ArtAPGD(_ArtAttack):
 
     def __post_init__(self) -> None:
         self._validate()
-        if self.steps < 1 or self.restarts < 1:
-            raise DeepCloakError(
-                f"steps and restarts must be >= 1, got steps={self.steps}, restarts={self.restarts}"
-            )
+        check_iterative(self.steps, self.restarts)
         if self.loss not in ("ce", "dlr"):
             raise DeepCloakError(f"APGD loss must be 'ce' or 'dlr', got {self.loss!r}")
 
@@ -277,7 +254,7 @@ class ArtAPGD(_ArtAttack):
             loss_type=None if self.loss == "ce" else "difference_logits_ratio",
             verbose=False,
         )
-        return attack.generate(x, y)
+        return np.asarray(attack.generate(x, y))
 
     def spec(self) -> dict[str, Any]:
         """``{"name": "apgd", "library": "art", ...}`` with every parameter."""
@@ -309,11 +286,7 @@ class ArtSquare(_ArtAttack):
 
     def __post_init__(self) -> None:
         self._validate()
-        if self.max_queries < 1 or self.restarts < 1:
-            raise DeepCloakError(
-                f"max_queries and restarts must be >= 1, got max_queries={self.max_queries}, "
-                f"restarts={self.restarts}"
-            )
+        check_iterative(self.max_queries, self.restarts, steps_name="max_queries")
         if not 0 < self.p_init <= 1:
             raise DeepCloakError(f"p_init must be in (0, 1], got {self.p_init}")
 
@@ -337,7 +310,7 @@ class ArtSquare(_ArtAttack):
             batch_size=len(x),
             verbose=False,
         )
-        return attack.generate(x, y)
+        return np.asarray(attack.generate(x, y))
 
     def spec(self) -> dict[str, Any]:
         """``{"name": "square", "library": "art", ...}`` with every parameter."""
@@ -391,7 +364,7 @@ class ArtPGD(_ArtAttack):
             batch_size=len(x),
             verbose=False,
         )
-        return attack.generate(x, y)
+        return np.asarray(attack.generate(x, y))
 
     def spec(self) -> dict[str, Any]:
         """``{"name": "art-pgd", "library": "art", ...}`` with the step size resolved."""
@@ -405,7 +378,3 @@ GRADIENT_FREE = frozenset({"square"})
 
 #: The registered names of the attacks in this module (they need ART installed).
 ART_ATTACKS = frozenset({"apgd", "square", "art-pgd"})
-
-ATTACKS.register("apgd")(ArtAPGD)
-ATTACKS.register("square")(ArtSquare)
-ATTACKS.register("art-pgd")(ArtPGD)

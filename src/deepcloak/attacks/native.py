@@ -9,62 +9,33 @@ model's ``.grad`` fields are never touched.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcloak.errors import DeepCloakError
-from deepcloak.registry import Registry
-from deepcloak.validation import check_epsilon, check_inputs, check_labels
+from deepcloak.attacks.base import (
+    Attack,
+    Norm,
+    attack_batch,
+    check_iterative,
+    l2_norms,
+    parse_norm,
+    project,
+    step_size_or_default,
+)
+from deepcloak.models.outputs import check_finite_logits, select_logits
+from deepcloak.models.runtime import eval_mode
+from deepcloak.validation import check_epsilon, check_labels
 
-__all__ = [
-    "ATTACKS",
-    "FGSM",
-    "PGD",
-    "Attack",
-    "Norm",
-    "check_batch",
-    "check_iterative",
-    "create_attack",
-    "eval_mode",
-    "parse_norm",
-    "step_size_or_default",
-]
+if TYPE_CHECKING:  # at run time, see __getattr__ at the end (deepcloak.attacks imports this)
+    from deepcloak.attacks import ATTACKS, create_attack
 
-
-class Norm(str, Enum):
-    """The norm that bounds a perturbation."""
-
-    LINF = "linf"
-    L2 = "l2"
-
-
-class Attack(Protocol):
-    """Anything that maps ``(model, x, y)`` to adversarial inputs of the same shape in [0, 1]."""
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
-
-    def spec(self) -> dict[str, Any]:
-        """The attack's name and parameters, JSON-able, for reports and saved masks."""
-        ...
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every module of ``model`` in eval mode; restore each module's own mode on exit."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes.items():
-            m.training = training
+__all__ = ["FGSM", "PGD"]
+# Re-exported for callers that import them from here; their home is given in each import above.
+__all__ += ["ATTACKS", "Attack", "Norm", "create_attack", "eval_mode", "parse_norm"]
 
 
 def _input_gradient(
@@ -73,41 +44,18 @@ def _input_gradient(
     """Gradient of the summed cross-entropy w.r.t. ``x``, and the per-sample losses.
 
     The sum (not mean) makes each sample's gradient independent of the batch size.
-    ``validate`` checks the labels against the logits; attacks do it on their first step only,
-    as each check waits for the device.
+    ``validate`` checks the labels and the logits; attacks do it on their first step only, as
+    each check waits for the device.
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)  # (B, K)
+        logits = select_logits(model(x))  # (B, K)
         if validate:
             check_labels(y, logits.shape[-1])
+            check_finite_logits(logits)
         losses = F.cross_entropy(logits, y, reduction="none")  # (B,)
         (grad,) = torch.autograd.grad(losses.sum(), x)
     return grad, losses.detach()
-
-
-def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Check a batch before an attack: inputs in [0, 1] and one label per input."""
-    check_inputs(x)
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise DeepCloakError(
-            f"expected one label per input: inputs {tuple(x.shape)}, labels {tuple(y.shape)}"
-        )
-
-
-def check_iterative(steps: int, restarts: int, step_size: float | None) -> None:
-    """Check the settings shared by iterative attacks (PGD and its ART twin)."""
-    if steps < 1 or restarts < 1:
-        raise DeepCloakError(
-            f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}"
-        )
-    if step_size is not None and not step_size > 0:
-        raise DeepCloakError(f"step_size must be > 0, got {step_size}")
-
-
-def step_size_or_default(step_size: float | None, eps: float, steps: int) -> float:
-    """``step_size``, or Madry et al.'s rule ``2.5 * eps / steps`` when it is ``None``."""
-    return step_size if step_size is not None else 2.5 * eps / steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,7 +77,7 @@ class FGSM:
         check_epsilon(self.eps)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_batch(x, y)
+        x, y = attack_batch(model, x, y)
         with eval_mode(model):
             grad, _ = _input_gradient(model, x, y)
         return (x + self.eps * grad.sign()).clamp_(0.0, 1.0).detach()
@@ -177,8 +125,7 @@ class PGD:
         return step_size_or_default(self.step_size, self.eps, self.steps)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_batch(x, y)
-        x = x.detach()
+        x, y = attack_batch(model, x, y)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         best = x.clone()
         best_loss = torch.full((x.shape[0],), -torch.inf, device=x.device)
@@ -187,7 +134,7 @@ class PGD:
             for _ in range(self.restarts):
                 x_adv = self._run(model, x, y, gen)
                 with torch.no_grad():
-                    logits = model(x_adv)
+                    logits = select_logits(model(x_adv))
                     loss = F.cross_entropy(logits, y, reduction="none")
                     wrong = logits.argmax(-1) != y
                 # Misclassified beats correct; among equals, higher loss wins.
@@ -208,8 +155,7 @@ class PGD:
             grad, _ = _input_gradient(model, x_adv, y, validate=step == 0)
             with torch.no_grad():
                 x_adv = x_adv + self.alpha * self._ascent_direction(grad)
-                x_adv = x + self._project(x_adv - x)
-                x_adv = x_adv.clamp_(0.0, 1.0)
+                x_adv = project(x_adv, x, self.eps, self.norm)
         return x_adv.detach()
 
     def _random_delta(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -219,20 +165,14 @@ class PGD:
         # Uniform in the L2 ball: a uniform direction times radius eps * U^(1/d).
         d = x[0].numel()
         direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        direction = direction / _l2(direction)
+        direction = direction / l2_norms(direction)
         r = torch.rand((x.shape[0],), generator=gen, device=x.device, dtype=x.dtype) ** (1 / d)
         return direction * (self.eps * r).view(-1, *([1] * (x.ndim - 1)))
 
     def _ascent_direction(self, grad: torch.Tensor) -> torch.Tensor:
         if self.norm is Norm.LINF:
             return grad.sign()
-        return grad / _l2(grad).clamp_min(1e-12)
-
-    def _project(self, delta: torch.Tensor) -> torch.Tensor:
-        if self.norm is Norm.LINF:
-            return delta.clamp(-self.eps, self.eps)
-        norms = _l2(delta)  # (B, 1, ..., 1)
-        return delta * torch.clamp(self.eps / norms.clamp_min(1e-12), max=1.0)
+        return grad / l2_norms(grad).clamp_min(1e-12)
 
     def spec(self) -> dict[str, Any]:
         """The name ``"pgd"`` and every parameter, with the step size resolved."""
@@ -242,24 +182,11 @@ class PGD:
         return {"name": "pgd", **d}
 
 
-def _l2(t: torch.Tensor) -> torch.Tensor:
-    """Per-sample L2 norm, shaped to broadcast against ``t``: ``(B, 1, ..., 1)``."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+def __getattr__(name: str) -> Any:
+    # Moved to deepcloak.attacks (which registers native and ART attacks in one place); kept
+    # importable from here for older callers. Resolved lazily: deepcloak.attacks imports this.
+    if name in ("ATTACKS", "create_attack"):
+        import deepcloak.attacks
 
-
-def parse_norm(value: Norm | str) -> Norm:
-    """A :class:`Norm` from its name; a clear error for anything else."""
-    try:
-        return Norm(value)
-    except ValueError:
-        raise DeepCloakError(f"norm must be 'linf' or 'l2', got {value!r}") from None
-
-
-ATTACKS: Registry[Attack] = Registry("attack")
-ATTACKS.register("fgsm")(FGSM)
-ATTACKS.register("pgd")(PGD)
-
-
-def create_attack(name: str, **params: Any) -> Attack:
-    """Build a native attack by name (``"fgsm"`` or ``"pgd"``) with its parameters."""
-    return ATTACKS.create(name, **params)
+        return getattr(deepcloak.attacks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,40 +17,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcloak.attacks.native import FGSM, Attack, eval_mode
-from deepcloak.cloak.mask import FeatureMask, fold_mask, insert_mask, keep_mask, removal_count
-from deepcloak.cloak.scores import create_scorer, rank_features
-from deepcloak.cloak.taps import LayerRef, Side, resolve_layer, tap
-from deepcloak.errors import DataFormatError, DeepCloakError
-from deepcloak.io import load_tensors, save_tensors
+from deepcloak.attacks.base import Attack
+from deepcloak.attacks.native import FGSM
+from deepcloak.batches import unpack_batch
+from deepcloak.cloak.mask import (
+    FeatureMask,
+    fold_mask,
+    insert_mask,
+    keep_mask,
+    rank_features,
+    removal_count,
+)
+from deepcloak.cloak.maskfile import FORMAT, read_mask_file, write_mask_file
+from deepcloak.cloak.scores import FeatureScore, create_scorer
+from deepcloak.cloak.taps import LayerRef, Side, reaches_logits, resolve_layer, tap
+from deepcloak.errors import DeepCloakError
+from deepcloak.models.outputs import check_finite_logits, select_logits
+from deepcloak.models.runtime import eval_mode, model_device, model_dtype
 from deepcloak.progress import ProgressFn, no_progress
-from deepcloak.validation import check_inputs, check_labels, check_ratio
+from deepcloak.validation import check_labels, check_ratio
 
-__all__ = ["Cloak", "fit", "layer_features", "model_device", "unpack_batch"]
+__all__ = ["Cloak", "fit", "layer_features"]
+# Re-exported for callers that import them from here (their home: deepcloak.batches and
+# deepcloak.models.runtime).
+__all__ += ["model_device", "unpack_batch"]
 
 #: The paper's default budget in the [0, 1] scale: 8/255.
 DEFAULT_EPS = 8 / 255
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a stateless model)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def unpack_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` from a DataLoader batch, moved to ``device``, with x checked to lie in [0, 1]."""
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise DeepCloakError(
-            f"each batch must be an (inputs, labels) pair, got {type(batch).__name__}"
-        )
-    x, y = batch[0], batch[1]
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise DeepCloakError("each batch must hold tensors: (inputs, labels)")
-    x, y = x.to(device), y.to(device)
-    check_inputs(x)
-    return x, y
 
 
 @dataclass
@@ -115,7 +109,7 @@ class Cloak:
         from deepcloak._version import __version__
 
         meta: dict[str, Any] = {
-            "format": "deepcloak-mask/1",
+            "format": FORMAT,
             "layer": self.layer.to_json(),
             "feature_shape": list(self.feature_shape),
             "score": self.score_name,
@@ -132,43 +126,33 @@ class Cloak:
     def save(self, path: str | os.PathLike[str], ratio: float) -> None:
         """Write the mask at ``ratio`` and all scores to a safetensors file, atomically."""
         keep = keep_mask(self.ranking, check_ratio(ratio), self.feature_shape)
-        save_tensors(
-            path,
-            {"mask": keep.to(torch.uint8), "scores": self.scores},
-            self.metadata(ratio),
-        )
+        write_mask_file(path, self.scores, keep, self.metadata(ratio))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> tuple[Cloak, float]:
-        """Read a file written by :meth:`save`; returns the cloak and the saved ratio."""
-        tensors, meta = load_tensors(path)
-        try:
-            cloak = cls(
-                layer=LayerRef.from_json(meta["layer"]),
-                scores=tensors["scores"],
-                score_name=meta["score"],
-                attack=meta["attack"],
-                n_samples=int(meta["n_samples"]),
-                seed=int(meta["seed"]),
-            )
-            ratio = float(meta["ratio"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise DataFormatError(
-                f"{path}: not a deepcloak mask file (missing or bad {e})"
-            ) from None
-        if list(cloak.feature_shape) != meta["feature_shape"]:
-            raise DataFormatError(f"{path}: scores do not match the recorded feature shape")
-        return cloak, ratio
+        """Read a file written by :meth:`save`; returns the cloak and the saved ratio.
+
+        Raises:
+            DataFormatError: the file is missing or malformed; the message names the field.
+        """
+        f = read_mask_file(path)
+        cloak = cls(f.layer, f.scores, f.score_name, f.attack, f.n_samples, f.seed)
+        return cloak, f.ratio
 
 
 @torch.no_grad()
 def layer_features(model: nn.Module, ref: LayerRef, *inputs: torch.Tensor) -> list[torch.Tensor]:
-    """Features at ``ref`` for each input batch, then the logits, from one forward pass."""
+    """Features at ``ref`` for each input batch, then the logits, from one forward pass.
+
+    Raises:
+        DeepCloakError: the model returns no single tensor, or NaN/inf logits.
+    """
     with tap(model, ref) as t:
-        logits = model(torch.cat(inputs))
+        logits = select_logits(model(torch.cat(inputs)))
         feats = t.take()
+    check_finite_logits(logits)
     sizes = [x.shape[0] for x in inputs]
-    return [*feats.split(sizes), logits]
+    return [*torch.split(feats, sizes), logits]
 
 
 def fit(
@@ -186,13 +170,15 @@ def fit(
     """Fit DeepCloak: score every feature of layer L by how much ``attack`` moves it.
 
     The attack runs against the model as given (unmasked), as in the paper. The model is used in
-    eval mode and its modes are restored afterwards; it is never modified.
+    eval mode and left as it came in: same parameters and buffers, every module's own mode.
 
     Args:
-        model: a trained classifier taking inputs in [0, 1].
+        model: a trained classifier taking inputs in [0, 1] (for one that returns a tuple or
+            dict, wrap it in :class:`~deepcloak.models.outputs.SelectOutput`).
         loader: yields ``(x, y)`` batches, x in [0, 1] on any device (moved to the model's).
         attack: crafts the adversarial samples; default ``FGSM(eps=8/255)`` (the paper's).
-        layer: module name of layer L; default: the input of the final ``nn.Linear``.
+        layer: module name of layer L; default: the input of the ``nn.Linear`` that produces
+            the logits (see :func:`~deepcloak.cloak.taps.resolve_layer`).
         side: ``"input"`` or ``"output"`` of ``layer`` (see :func:`~deepcloak.resolve_layer`).
         score: scorer name: ``"deepcloak"`` (the paper's), ``"random"`` or ``"activation"``.
         max_samples: stop after this many samples (``None``: the whole loader).
@@ -204,36 +190,17 @@ def fit(
 
     Raises:
         DeepCloakError: empty loader, inputs outside [0, 1], labels outside the model's classes,
-            NaN/inf features, unknown score name, or a layer that does not exist.
+            NaN/inf logits or features, unknown score name, or a layer that does not exist.
+
+    Warns:
+        UserWarning: the named layer does not reach the logits, so no mask there can matter.
     """
     attack = attack if attack is not None else FGSM(eps=DEFAULT_EPS)
     scorer = create_scorer(score, seed=seed)
-    device = model_device(model)
-    report = progress or no_progress
-    total = max_samples if max_samples is not None else _dataset_size(loader)
-    ref: LayerRef | None = None
-    done = 0
     with eval_mode(model):
-        for batch in loader:
-            x, y = unpack_batch(batch, device)
-            if max_samples is not None:
-                x, y = x[: max_samples - done], y[: max_samples - done]
-            if ref is None:
-                ref = resolve_layer(model, layer, side, example=x[:1])
-            if scorer.needs_adversarial:
-                x_adv = attack(model, x, y)
-                clean, adv, logits = layer_features(model, ref, x, x_adv)
-            else:
-                clean, logits = layer_features(model, ref, x)
-                adv = clean
-            check_labels(y, logits.shape[-1])
-            scorer.update(clean, adv)
-            done += x.shape[0]
-            report("fit", done, total)
-            if max_samples is not None and done >= max_samples:
-                break
-    if ref is None or done == 0:
-        raise DeepCloakError("the data loader yielded no samples; expected at least one batch")
+        ref = _score_batches(
+            model, loader, attack, scorer, layer, side, max_samples, progress or no_progress
+        )
     scorer.all_reduce()
     return Cloak(
         layer=ref,
@@ -245,9 +212,62 @@ def fit(
     )
 
 
+def _score_batches(
+    model: nn.Module,
+    loader: Iterable[Any],
+    attack: Attack,
+    scorer: FeatureScore,
+    layer: str | None,
+    side: Side | str | None,
+    max_samples: int | None,
+    report: ProgressFn,
+) -> LayerRef:
+    """Feed every batch (up to ``max_samples``) to ``scorer``; return the layer scored."""
+    device, dtype = model_device(model), model_dtype(model)
+    total = max_samples if max_samples is not None else _dataset_size(loader)
+    ref: LayerRef | None = None
+    done = 0
+    for batch in loader:
+        x, y = unpack_batch(batch, device, dtype)
+        if max_samples is not None:
+            x, y = x[: max_samples - done], y[: max_samples - done]
+        if ref is None:
+            ref = _resolve_and_check(model, layer, side, x[:1])
+        if scorer.needs_adversarial:
+            clean, adv, logits = layer_features(model, ref, x, attack(model, x, y))
+        else:
+            clean, logits = layer_features(model, ref, x)
+            adv = clean
+        check_labels(y, logits.shape[-1])
+        scorer.update(clean, adv)
+        done += x.shape[0]
+        report("fit", done, total)
+        if max_samples is not None and done >= max_samples:
+            break
+    if ref is None or done == 0:
+        raise DeepCloakError("the data loader yielded no samples; expected at least one batch")
+    return ref
+
+
+def _resolve_and_check(
+    model: nn.Module, layer: str | None, side: Side | str | None, example: torch.Tensor
+) -> LayerRef:
+    """Resolve layer L on ``example``; warn if a named layer does not reach the logits."""
+    ref = resolve_layer(model, layer, side, example=example)
+    if layer is not None and not reaches_logits(model, ref, example):
+        warnings.warn(
+            f"the model's logits do not depend on the {ref}: a mask there leaves every "
+            "prediction unchanged. Pick a layer on the path to the output (omit layer= for "
+            "the one that produces the logits)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return ref
+
+
 def _dataset_size(loader: Iterable[Any]) -> int | None:
     dataset = getattr(loader, "dataset", None)
     try:
-        return len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+        return len(dataset) if dataset is not None else None
     except TypeError:
         return None

@@ -1,6 +1,8 @@
-"""The mask layer: a fixed 0/1 buffer over the features of layer L.
+"""Masks: from scores to a ranking, from a ratio to a 0/1 mask, and the mask layer itself.
 
-A :class:`FeatureMask` multiplies features (``(N, *feature_shape)``) by a constant 0/1 tensor.
+:func:`rank_features` orders features by score, :func:`removal_count` says how many a ratio
+removes, :func:`keep_mask` and :func:`random_keep_mask` build the boolean masks. A
+:class:`FeatureMask` multiplies features (``(N, *feature_shape)``) by a constant 0/1 tensor.
 :func:`insert_mask` puts it before or after a named module of an existing model, in place and
 without copying or retraining; :func:`remove_mask` restores the original module object;
 :func:`fold_mask` merges it into an ``nn.Linear`` so the cloaked model costs nothing extra.
@@ -9,6 +11,7 @@ without copying or retraining; :func:`remove_mask` restores the original module 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +21,8 @@ from torch import nn
 
 from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.errors import DeepCloakError, LayerError
-from deepcloak.validation import check_ratio
+from deepcloak.models.runtime import model_device
+from deepcloak.validation import check_finite, check_ratio
 
 __all__ = [
     "FeatureMask",
@@ -28,9 +32,31 @@ __all__ = [
     "insert_mask",
     "keep_mask",
     "masked",
+    "random_keep_mask",
+    "rank_features",
     "removal_count",
     "remove_mask",
 ]
+
+log = logging.getLogger(__name__)
+
+
+def rank_features(scores: torch.Tensor) -> torch.Tensor:
+    """Flat feature indices from highest to lowest score; ties go to the lower index.
+
+    Args:
+        scores: one score per feature, any shape ``F``.
+
+    Returns:
+        ``int64`` tensor of length ``prod(F)``: the order in which features are removed.
+
+    Raises:
+        DeepCloakError: a score is NaN or inf.
+    """
+    flat = scores.detach().flatten().double().cpu()
+    check_finite(flat, "feature scores")
+    # A stable sort keeps equal scores in index order, so the ranking is fully deterministic.
+    return torch.sort(flat, descending=True, stable=True).indices
 
 
 def removal_count(ratio: float, n_features: int) -> int:
@@ -43,10 +69,44 @@ def removal_count(ratio: float, n_features: int) -> int:
 
 
 def keep_mask(ranking: torch.Tensor, ratio: float, shape: tuple[int, ...]) -> torch.Tensor:
-    """Boolean mask of ``shape`` keeping all but the first ``round(ratio * n)`` ranked features."""
+    """Boolean mask of ``shape`` keeping all but the first ``round(ratio * n)`` ranked features.
+
+    Logs a warning when a ratio above 0 removes nothing (1% of 32 features rounds to 0): such a
+    "cloak" is the unmasked model.
+    """
     n = ranking.numel()
+    n_removed = removal_count(ratio, n)
+    if ratio > 0 and n_removed == 0:
+        log.warning(
+            "ratio %g of %d features rounds to 0 removed features: this mask changes nothing "
+            "(the smallest ratio that removes one is %.3g)",
+            ratio,
+            n,
+            0.5 / n,
+        )
     keep = torch.ones(n, dtype=torch.bool)
-    keep[ranking[: removal_count(ratio, n)]] = False
+    keep[ranking[:n_removed]] = False
+    return keep.view(shape)
+
+
+def random_keep_mask(
+    shape: tuple[int, ...], n_removed: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Boolean mask of ``shape`` removing ``n_removed`` features drawn uniformly at random.
+
+    The baseline every score must beat. The features removed are the first ``n_removed`` of a
+    random permutation drawn from ``generator`` (on the CPU), so the same generator state gives
+    the same mask, and ``random_keep_mask(shape, removal_count(ratio, n), gen)`` equals
+    ``keep_mask(torch.randperm(n, generator=gen), ratio, shape)``.
+
+    Raises:
+        DeepCloakError: ``n_removed`` is not between 0 and the number of features.
+    """
+    n = math.prod(shape)
+    if isinstance(n_removed, bool) or not isinstance(n_removed, int) or not 0 <= n_removed <= n:
+        raise DeepCloakError(f"n_removed must be an integer in [0, {n}], got {n_removed!r}")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[torch.randperm(n, generator=generator)[:n_removed]] = False
     return keep.view(shape)
 
 
@@ -146,7 +206,7 @@ def insert_mask(model: nn.Module, ref: LayerRef, mask: FeatureMask) -> nn.Module
     target = _get(model, ref.name)
     if isinstance(target, MaskedLayer):
         raise LayerError(f"layer {ref.name!r} is already masked; remove_mask() it first")
-    mask = mask.to(_device_of(target))
+    mask = mask.to(model_device(target))
     parent, attr = _parent_and_attr(model, ref.name)
     setattr(parent, attr, MaskedLayer(target, mask, ref.side))
     return model
@@ -232,9 +292,3 @@ def fold_mask(model: nn.Module, name: str) -> nn.Module:
     parent, attr = _parent_and_attr(model, name)
     setattr(parent, attr, folded)
     return model
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for t in (*module.parameters(), *module.buffers()):
-        return t.device
-    return torch.device("cpu")

@@ -9,6 +9,9 @@ whatever the size of the data.
 Scorers:
     ``deepcloak``: the paper's ``s_j = sum_samples |f_j(x_adv) - f_j(x)|``.
     ``random``: a seeded random score, the baseline a useful score must beat.
+    ``activation``: activation-magnitude pruning (fine-pruning), a baseline that runs no attack.
+
+Turning scores into a ranking and masks is :mod:`deepcloak.cloak.mask`'s job.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from deepcloak.validation import check_finite
 
 __all__ = [
     "SCORERS",
+    "ActivationScore",
     "DeepCloakScore",
     "FeatureScore",
     "RandomScore",
     "create_scorer",
     "deepcloak_score",
-    "rank_features",
 ]
 
 
@@ -152,33 +155,6 @@ class RandomScore(FeatureScore):
         return torch.rand(total.shape, generator=gen, dtype=torch.float64).to(total.device)
 
 
-SCORERS: Registry[FeatureScore] = Registry("scorer")
-SCORERS.register("deepcloak")(DeepCloakScore)
-SCORERS.register("random")(RandomScore)
-
-
-def create_scorer(name: str, *, seed: int = 0) -> FeatureScore:
-    """Build a scorer by name; ``seed`` is used by scorers that draw random numbers."""
-    factory = SCORERS.get(name)
-    takes_seed = "seed" in inspect.signature(factory).parameters
-    return factory(seed=seed) if takes_seed else factory()
-
-
-def rank_features(scores: torch.Tensor) -> torch.Tensor:
-    """Flat feature indices from highest to lowest score; ties go to the lower index.
-
-    Args:
-        scores: one score per feature, any shape ``F``.
-
-    Returns:
-        ``int64`` tensor of length ``prod(F)``: the order in which features are removed.
-    """
-    flat = scores.detach().flatten().double().cpu()
-    check_finite(flat, "feature scores")
-    # A stable sort keeps equal scores in index order, so the ranking is fully deterministic.
-    return torch.sort(flat, descending=True, stable=True).indices
-
-
 class ActivationScore(FeatureScore):
     """Activation-magnitude pruning (fine-pruning, Liu et al. 2018, arXiv 1805.12185).
 
@@ -198,5 +174,14 @@ class ActivationScore(FeatureScore):
         return super().compute() / self.count
 
 
+SCORERS: Registry[FeatureScore] = Registry("scorer")
+SCORERS.register("deepcloak")(DeepCloakScore)
+SCORERS.register("random")(RandomScore)
 SCORERS.register("activation")(ActivationScore)
-__all__ += ["ActivationScore"]
+
+
+def create_scorer(name: str, *, seed: int = 0) -> FeatureScore:
+    """Build a scorer by name; ``seed`` is used by scorers that draw random numbers."""
+    factory = SCORERS.get(name)
+    takes_seed = "seed" in inspect.signature(factory).parameters
+    return factory(seed=seed) if takes_seed else factory()

@@ -1,8 +1,10 @@
 """Find the layer L to cloak and capture its features with forward hooks.
 
 A :class:`LayerRef` names a module and a side: its *input* or its *output*. The default L is the
-input of the model's final classification layer (the last ``nn.Linear`` to run, or timm's
-``get_classifier()``), i.e. the pooled features the paper masks.
+input of the model's classification layer (timm's ``get_classifier()``, else the ``nn.Linear``
+that produces the logits, found on a batch: the last one to run whose output the logits depend
+on), i.e. the pooled features the paper masks. An auxiliary head that runs after the main one
+but does not reach the output is never chosen.
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ import torch
 from torch import nn
 
 from deepcloak.errors import LayerError
+from deepcloak.models.outputs import select_logits
+from deepcloak.models.runtime import eval_mode
 
-__all__ = ["FeatureTap", "LayerRef", "Side", "module_names", "resolve_layer", "tap"]
+__all__ = [
+    "FeatureTap",
+    "LayerRef",
+    "Side",
+    "module_names",
+    "reaches_logits",
+    "resolve_layer",
+    "tap",
+]
 
 
 class Side(str, Enum):
@@ -60,20 +72,68 @@ def _candidates_hint(model: nn.Module, limit: int = 40) -> str:
     return f"candidates: {shown}{more}" if names else "the model has no submodules"
 
 
-def _last_linear_by_execution(model: nn.Module, example: torch.Tensor) -> str | None:
-    """Name of the last ``nn.Linear`` that runs in a forward pass on ``example``."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    order: list[str] = []
-    handles = [
-        m.register_forward_pre_hook(lambda mod, _inp: order.append(names[mod])) for m in names
-    ]
+def _connected(
+    model: nn.Module, example: torch.Tensor, hooks: dict[nn.Module, str]
+) -> tuple[list[str], list[str]]:
+    """Run ``model`` on ``example``: the names of the hooked modules in the order they ran, and
+    of those whose output the logits depend on (autograd reaches it from the logits). When the
+    logits are not differentiable (e.g. computed under ``no_grad``), every module that ran
+    counts as connected: the dependence cannot be told."""
+    seen: list[tuple[str, torch.Tensor]] = []
+
+    def record(module: nn.Module, _args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            seen.append((hooks[module], out))
+
+    handles = [m.register_forward_hook(record) for m in hooks]
     try:
-        with torch.no_grad():
-            model(example)
+        # The input requires grad, so every tensor computed from it is in the autograd graph.
+        x = example.detach().clone().requires_grad_(True)
+        with eval_mode(model), torch.enable_grad():
+            logits = select_logits(model(x))
+            ran = [name for name, _ in seen]
+            if not logits.requires_grad:
+                return ran, ran
+            tracked = [(name, t) for name, t in seen if t.requires_grad]
+            grads = (
+                torch.autograd.grad(logits.sum(), [t for _, t in tracked], allow_unused=True)
+                if tracked
+                else ()
+            )
     finally:
         for h in handles:
             h.remove()
-    return order[-1] if order else None
+    return ran, [name for (name, _), g in zip(tracked, grads, strict=True) if g is not None]
+
+
+def reaches_logits(model: nn.Module, ref: LayerRef, example: torch.Tensor) -> bool:
+    """Whether a mask at ``ref`` can change the model's logits (checked on ``example``).
+
+    A mask on either side of a module changes only what that module outputs, so this asks
+    whether the logits depend on the module's output. (The input of an auxiliary head is often
+    the main head's input too, yet a mask in front of the auxiliary head changes nothing.)
+    """
+    ran, connected = _connected(model, example, {model.get_submodule(ref.name): ref.name})
+    return bool(connected) or not ran  # a module that did not run: the tap will say so
+
+
+def _logits_linear(model: nn.Module, example: torch.Tensor) -> str | None:
+    """The last ``nn.Linear`` to run on ``example`` whose output the logits depend on."""
+    hooks: dict[nn.Module, str] = {
+        m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+    }
+    if not hooks:
+        return None
+    ran, producers = _connected(model, example, hooks)
+    if not ran:
+        return None  # none ran on the example: fall back to the last registered nn.Linear
+    if not producers:
+        raise LayerError(
+            "no nn.Linear of this model produces its logits (none is connected to the output), "
+            f"so the default layer cannot be found; name the layer to cloak (layer=... / "
+            f"--layer ...); {_candidates_hint(model)}"
+        )
+    return producers[-1]
 
 
 def resolve_layer(
@@ -88,19 +148,20 @@ def resolve_layer(
     Args:
         model: the classifier.
         layer: a module name from ``model.named_modules()``, or ``None`` for the default: the
-            input of the final classification layer (timm's ``get_classifier()`` when the model
-            has it, else the last ``nn.Linear``: the last to run on ``example`` if one is given,
-            else the last registered).
+            input of the classification layer (timm's ``get_classifier()`` when the model has
+            it, else the ``nn.Linear`` that produces the logits on ``example`` if one is given,
+            else the last registered ``nn.Linear``).
         side: ``"input"`` or ``"output"`` of that module. Default: ``"input"`` for an
             ``nn.Linear`` (the features it classifies), ``"output"`` for any other module.
-        example: an input batch used to find the last ``nn.Linear`` in execution order.
+        example: an input batch used to find the ``nn.Linear`` that produces the logits (run
+            once, forward and backward, in eval mode).
 
     Returns:
         The resolved :class:`LayerRef`.
 
     Raises:
         LayerError: ``layer`` is not a module of ``model`` (the message lists the candidates), or
-            no layer was named and the model has no ``nn.Linear``.
+            no layer was named and no ``nn.Linear`` produces the logits.
     """
     if isinstance(model, torch.jit.ScriptModule):
         raise LayerError(
@@ -129,10 +190,10 @@ def _default_layer_name(
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):  # timm's seam for the pre-logits features
         head = get_classifier()
-        for name, m in modules.items():
-            if m is head and name:
-                return name
-    name = _last_linear_by_execution(model, example) if example is not None else None
+        for head_name, m in modules.items():
+            if m is head and head_name:
+                return head_name
+    name = _logits_linear(model, example) if example is not None else None
     if name is None:
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         name = linears[-1] if linears else None

@@ -19,8 +19,9 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +29,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from deepcloak.errors import DeepCloakError
+from deepcloak.models.outputs import correct
+from deepcloak.models.runtime import model_device
 from deepcloak.progress import ProgressFn
 
-__all__ = ["OptimizerName", "Schedule", "TrainResult", "accuracy", "augment_batch", "train_model"]
+__all__ = [
+    "OptimizerName",
+    "Schedule",
+    "TrainResult",
+    "TrainSettings",
+    "accuracy",
+    "augment_batch",
+    "train_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +89,8 @@ class TrainResult:
     losses: tuple[float, ...]
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def _batches(
-    data: Dataset | DataLoader | Iterable[Batch],
+    data: Dataset[Batch] | DataLoader[Batch] | Iterable[Batch],
     *,
     batch_size: int,
     generator: torch.Generator | None = None,
@@ -157,37 +163,15 @@ def _lr_factor(schedule: Schedule, step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_model(
-    model: nn.Module,
-    train_set: Dataset,
-    *,
-    epochs: int,
-    batch_size: int = 128,
-    lr: float | None = None,
-    weight_decay: float = 5e-4,
-    optimizer: OptimizerName | str = OptimizerName.SGD,
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    schedule: Schedule | str = Schedule.ONECYCLE,
-    label_smoothing: float = 0.0,
-    augment: bool = False,
-    crop_padding: int | None = None,
-    hflip: bool = True,
-    channels_last: bool = False,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: ProgressFn | None = None,
-    test_set: Dataset | None = None,
-) -> TrainResult:
-    """Train ``model`` in place with cross-entropy; return what happened.
+@dataclass(frozen=True)
+class TrainSettings:
+    """How :func:`train_model` trains; every field has a default except ``epochs``.
 
-    Args:
-        model: a classifier taking ``(N, C, H, W)`` inputs in [0, 1], returning logits.
-        train_set: ``(x, y)`` samples; a ``TensorDataset`` is fastest.
-        epochs: passes over ``train_set``, each in a new random order; the last incomplete
+    Attributes:
+        epochs: passes over the training set, each in a new random order; the last incomplete
             batch of an epoch is dropped (a batch of one would break batch norm).
         batch_size: samples per step; 128 to 256 keeps 2 CPU cores busy.
-        lr: peak learning rate; default 0.1 for SGD, 1e-3 for Adam.
+        lr: peak learning rate; ``None`` for 0.1 with SGD, 1e-3 with Adam.
         weight_decay: L2 penalty (SGD) or decoupled decay (Adam, i.e. AdamW).
         optimizer: ``"sgd"`` (with ``momentum``, ``nesterov``) or ``"adam"``.
         momentum: SGD momentum.
@@ -195,14 +179,71 @@ def train_model(
         schedule: ``"onecycle"``, ``"cosine"`` or ``"constant"`` (see :class:`Schedule`).
         label_smoothing: cross-entropy label smoothing.
         augment: random crop with zero padding and (with ``hflip``) horizontal flips.
-        crop_padding: padding for the random crop; default ``max(1, round(H / 8))``.
+        crop_padding: padding for the random crop; ``None`` for ``max(1, round(H / 8))``.
         hflip: flip horizontally when augmenting (turn off for digits and text).
         channels_last: train in NHWC memory layout, about 1.5x faster for conv nets on CPU
             (oneDNN); the model is returned in the default layout.
         seed: seeds shuffling, augmentation and dropout.
-        device: where to train; default the model's device. The model is moved there.
-        progress: ``progress("train", samples_done, samples_total)`` after each step.
+        device: where to train; ``None`` for the model's device. The model is moved there.
+    """
+
+    epochs: int
+    batch_size: int = 128
+    lr: float | None = None
+    weight_decay: float = 5e-4
+    optimizer: OptimizerName | str = OptimizerName.SGD
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: Schedule | str = Schedule.ONECYCLE
+    label_smoothing: float = 0.0
+    augment: bool = False
+    crop_padding: int | None = None
+    hflip: bool = True
+    channels_last: bool = False
+    seed: int = 0
+    device: torch.device | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise DeepCloakError(
+                f"need epochs >= 1 and batch_size >= 1; got {self.epochs}, {self.batch_size}"
+            )
+        try:
+            object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
+            object.__setattr__(self, "schedule", Schedule(self.schedule))
+        except ValueError:
+            raise DeepCloakError(
+                f"unknown optimizer {self.optimizer!r} or schedule {self.schedule!r}; expected "
+                f"optimizer in {[o.value for o in OptimizerName]}, schedule in "
+                f"{[s.value for s in Schedule]}"
+            ) from None
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr``, or the optimiser's default."""
+        if self.lr is not None:
+            return self.lr
+        return 0.1 if self.optimizer is OptimizerName.SGD else 1e-3
+
+
+def train_model(
+    model: nn.Module,
+    train_set: Dataset[Batch],
+    settings: TrainSettings | None = None,
+    *,
+    test_set: Dataset[Batch] | None = None,
+    progress: ProgressFn | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Train ``model`` in place with cross-entropy; return what happened.
+
+    Args:
+        model: a classifier taking ``(N, C, H, W)`` inputs in [0, 1], returning logits.
+        train_set: ``(x, y)`` samples; a ``TensorDataset`` is fastest.
+        settings: how to train; or give its fields as keywords (``epochs=5, lr=0.05``).
         test_set: if given, accuracy on it after training goes into the result.
+        progress: ``progress("train", samples_done, samples_total)`` after each step.
+        **options: fields of :class:`TrainSettings`, when ``settings`` is not given.
 
     Returns:
         A :class:`TrainResult`. The model is left in eval mode.
@@ -210,89 +251,33 @@ def train_model(
     Raises:
         DeepCloakError: bad options, an empty data set, or a loss that became NaN or infinite.
     """
-    if epochs < 1 or batch_size < 1:
-        raise DeepCloakError(f"need epochs >= 1 and batch_size >= 1; got {epochs}, {batch_size}")
-    try:
-        opt_name, sched = OptimizerName(optimizer), Schedule(schedule)
-    except ValueError:
-        raise DeepCloakError(
-            f"unknown optimizer {optimizer!r} or schedule {schedule!r}; expected optimizer in "
-            f"{[o.value for o in OptimizerName]}, schedule in {[s.value for s in Schedule]}"
-        ) from None
+    cfg = _settings(settings, options)
     n = len(train_set)  # type: ignore[arg-type]
     if n == 0:
         raise DeepCloakError("train_set is empty")
-    dev = torch.device(device) if device is not None else _device_of(model)
+    dev = torch.device(cfg.device) if cfg.device is not None else model_device(model)
     model.to(dev)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        model.to(memory_format=layout)  # type: ignore[call-overload]  # missing from stubs
-    if lr is None:
-        lr = 0.1 if opt_name is OptimizerName.SGD else 1e-3
-    opt: torch.optim.Optimizer
-    if opt_name is OptimizerName.SGD:
-        opt = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-            weight_decay=weight_decay,
-        )  # fmt: skip
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = n // batch_size if n >= batch_size else 1
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: _lr_factor(sched, step, epochs * steps)
-    )
-    gen = torch.Generator().manual_seed(seed)
-    pad = crop_padding if crop_padding is not None else 0
-    if augment and crop_padding is None:
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    steps = n // cfg.batch_size if n >= cfg.batch_size else 1
+    loop = _Loop(model, cfg, _optimizer(model, cfg), dev, epochs_steps=cfg.epochs * steps)
+    pad = cfg.crop_padding if cfg.crop_padding is not None else 0
+    if cfg.augment and cfg.crop_padding is None:
         pad = max(1, round(train_set[0][0].shape[-1] / 8))  # 4 for 28 and 32, 1 for 8
-    total, done, losses = epochs * steps * min(batch_size, n), 0, []
+    total, losses, train_acc = cfg.epochs * steps * min(cfg.batch_size, n), [], 0.0
     start = time.perf_counter()
     # fork_rng: seed dropout reproducibly without changing the caller's global random state.
-    fork_devices = [dev] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        for epoch in range(epochs):
-            model.train()
-            loss_sum = torch.zeros((), device=dev)
-            correct = torch.zeros((), dtype=torch.long, device=dev)
-            seen = 0
-            for x, y in _batches(train_set, batch_size=batch_size, generator=gen, drop_last=True):
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # (B, C, H, W)
-                if augment:
-                    x = augment_batch(x, padding=pad, hflip=hflip, generator=gen)
-                x = x.contiguous(memory_format=layout)
-                logits = model(x)  # (B, K)
-                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                scheduler.step()
-                # Accumulate on the device: no host sync per step.
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
-                done += len(y)
-                if progress is not None:
-                    progress("train", done, total)
-            epoch_loss = loss_sum.item() / seen
-            # Weights too: the last step of an epoch can overflow after its loss was recorded.
-            finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
-            if not (math.isfinite(epoch_loss) and finite):
-                raise DeepCloakError(
-                    f"training diverged in epoch {epoch + 1} (mean loss {epoch_loss}, finite "
-                    f"weights: {finite}); try a lower lr (was {lr})"
-                )
-            losses.append(epoch_loss)
-            train_acc = correct.item() / seen
-            log.info(
-                "epoch %d/%d: loss %.4f, train acc %.4f", epoch + 1, epochs, epoch_loss, train_acc
-            )
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        for epoch in range(cfg.epochs):
+            loss, train_acc = loop.epoch(train_set, pad, epoch, progress, total)
+            losses.append(loss)
     model.eval()
-    if channels_last:
+    if cfg.channels_last:
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     test_acc = accuracy(model, test_set, device=dev) if test_set is not None else None
     return TrainResult(
-        epochs=epochs,
+        epochs=cfg.epochs,
         train_loss=losses[-1],
         train_accuracy=train_acc,
         test_accuracy=test_acc,
@@ -301,10 +286,111 @@ def train_model(
     )
 
 
+def _settings(settings: TrainSettings | None, options: dict[str, Any]) -> TrainSettings:
+    """``settings``, or :class:`TrainSettings` built from keyword ``options`` (not both)."""
+    if settings is not None:
+        if options:
+            raise DeepCloakError(
+                f"give either settings= or keyword options, not both (got {sorted(options)})"
+            )
+        return settings
+    known = {f.name for f in fields(TrainSettings)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise DeepCloakError(
+            f"unknown training option(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join(sorted(known))}"
+        )
+    if "epochs" not in options:
+        raise DeepCloakError("train_model needs epochs=... (or settings=TrainSettings(...))")
+    return TrainSettings(**options)
+
+
+def _optimizer(model: nn.Module, cfg: TrainSettings) -> torch.optim.Optimizer:
+    """SGD (with momentum, maybe Nesterov) or AdamW, at the peak learning rate."""
+    if cfg.optimizer is OptimizerName.SGD:
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
+        )  # fmt: skip
+    return torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
+
+
+class _Loop:
+    """The training steps: one optimiser, one schedule, one generator for order and noise."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainSettings,
+        opt: torch.optim.Optimizer,
+        device: torch.device,
+        *,
+        epochs_steps: int,
+    ) -> None:
+        self.model, self.cfg, self.opt, self.device = model, cfg, opt, device
+        schedule = Schedule(cfg.schedule)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: _lr_factor(schedule, step, epochs_steps)
+        )
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.done = 0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on a batch; returns the batch's summed loss and correct count."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.cfg.augment:
+            x = augment_batch(x, padding=pad, hflip=self.cfg.hflip, generator=self.gen)
+        logits = self.model(x.contiguous(memory_format=self.layout))  # (B, K)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.opt.step()
+        self.scheduler.step()
+        return loss.detach() * len(y), (logits.detach().argmax(1) == y).sum()
+
+    def epoch(
+        self, data: Dataset[Batch], pad: int, epoch: int, progress: ProgressFn | None, total: int
+    ) -> tuple[float, float]:
+        """One pass over ``data``; returns its mean loss and training accuracy.
+
+        Raises:
+            DeepCloakError: the loss or the weights became NaN or infinite.
+        """
+        self.model.train()
+        # Accumulate on the device: no host sync per step.
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
+        for x, y in _batches(data, batch_size=self.cfg.batch_size, generator=self.gen,
+                             drop_last=True):  # fmt: skip
+            batch_loss, batch_correct = self.step(x, y, pad)
+            loss_sum += batch_loss
+            correct += batch_correct
+            seen += len(y)
+            self.done += len(y)
+            if progress is not None:
+                progress("train", self.done, total)
+        mean_loss = loss_sum.item() / seen
+        # Weights too: the last step of an epoch can overflow after its loss was recorded.
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if not (math.isfinite(mean_loss) and finite):
+            raise DeepCloakError(
+                f"training diverged in epoch {epoch + 1} (mean loss {mean_loss}, finite "
+                f"weights: {finite}); try a lower lr (was {self.cfg.peak_lr})"
+            )
+        acc = correct.item() / seen
+        log.info(
+            "epoch %d/%d: loss %.4f, train acc %.4f", epoch + 1, self.cfg.epochs, mean_loss, acc
+        )
+        return mean_loss, acc
+
+
 @torch.no_grad()
 def accuracy(
     model: nn.Module,
-    data: Dataset | DataLoader | Iterable[Batch],
+    data: Dataset[Batch] | DataLoader[Batch] | Iterable[Batch],
     *,
     batch_size: int = 512,
     device: torch.device | str | None = None,
@@ -323,20 +409,11 @@ def accuracy(
     Raises:
         DeepCloakError: ``data`` holds no samples.
     """
-    dev = torch.device(device) if device is not None else _device_of(model)
-    # Restore each module's own mode afterwards, not just the top one: a caller may have
-    # frozen some batch norms in eval mode inside a model that is training.
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    correct, seen = 0, 0
-    try:
-        for x, y in _batches(data, batch_size=batch_size):
-            logits = model(x.to(dev))  # (B, K)
-            correct += int((logits.argmax(1) == y.to(dev)).sum())
-            seen += len(y)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    dev = torch.device(device) if device is not None else model_device(model)
+    n_correct, seen = 0, 0
+    for x, y in _batches(data, batch_size=batch_size):
+        n_correct += int(correct(model, x.to(dev), y.to(dev)).sum())
+        seen += len(y)
     if seen == 0:
         raise DeepCloakError("accuracy needs at least one sample; the data set is empty")
-    return correct / seen
+    return n_correct / seen

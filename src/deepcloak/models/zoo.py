@@ -101,7 +101,8 @@ class ZooModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, ``(N, C, h, w)``."""
-        return self.features(self.normalize(x))
+        out: torch.Tensor = self.features(self.normalize(x))
+        return out
 
     def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         """Logits from ``forward_features`` output, or the final linear layer's input."""
@@ -110,7 +111,10 @@ class ZooModel(nn.Module):
         if classifier is None:
             return x if pre_logits else self.fc(x)
         # The whole Sequential is called for logits, so hooks on it fire as users expect.
-        return classifier[:-1](x) if pre_logits else classifier(x)  # (N, hidden) or (N, K)
+        out: torch.Tensor = (
+            classifier[:-1](x) if pre_logits else classifier(x)
+        )  # (N, hidden) or (N, K)
+        return out
 
     def get_classifier(self) -> nn.Linear:
         """The final ``nn.Linear`` (``classifier[-1]`` or ``fc``)."""
@@ -262,8 +266,9 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, c_in, H, W) -> (N, c_out, H/s, W/s)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        h = self.relu(self.bn1(self.conv1(x)))
+        out: torch.Tensor = self.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
+        return out
 
 
 def _residual_stages(
@@ -326,7 +331,8 @@ class ResNet(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(self.normalize(x))  # (N, w, S, S)
-        return self.layer3(self.layer2(self.layer1(x)))  # (N, 4w, S/4, S/4)
+        out: torch.Tensor = self.layer3(self.layer2(self.layer1(x)))  # (N, 4w, S/4, S/4)
+        return out
 
 
 class PreActBlock(nn.Module):
@@ -349,7 +355,8 @@ class PreActBlock(nn.Module):
         # As in the reference WRN code, a projection shortcut takes the pre-activated input.
         skip = x if self.shortcut is None else self.shortcut(o)
         o = self.dropout(self.relu(self.bn2(self.conv1(o))))
-        return self.conv2(o) + skip
+        out: torch.Tensor = self.conv2(o) + skip
+        return out
 
 
 class WideResNet(ZooModel):
@@ -400,7 +407,8 @@ class WideResNet(ZooModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(self.normalize(x))  # (N, w, S, S)
         x = self.layer3(self.layer2(self.layer1(x)))  # (N, 4wk, S/4, S/4)
-        return self.relu(self.bn(x))
+        out: torch.Tensor = self.relu(self.bn(x))
+        return out
 
 
 for _cls in (CNN, VGG, ResNet, WideResNet):

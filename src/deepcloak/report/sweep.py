@@ -11,13 +11,15 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.table import Table
 
 from deepcloak.evaluation.sweep import SweepResult, SweepRow
 from deepcloak.io import write_bytes_atomic
+
+if TYPE_CHECKING:  # rich is loaded when a table is drawn: `import deepcloak` must not load it
+    from rich.table import Table
 
 __all__ = [
     "SUMMARY_RATIOS",
@@ -104,6 +106,8 @@ def sweep_table(result: SweepResult, rows: Sequence[SweepRow] | None = None) -> 
     """A ``rich`` table of the sweep (default: the :data:`SUMMARY_RATIOS` rows)."""
     rows = summary_rows(result) if rows is None else rows
     with_whitebox = any(r.whitebox_accuracy is not None for r in rows)
+    from rich.table import Table
+
     table = Table(
         title=f"DeepCloak sweep: {result.score} score, {result.layer} "
         f"({result.n_features} features), {result.n_samples} test samples",
