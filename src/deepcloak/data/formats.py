@@ -34,7 +34,7 @@ IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (N,)
 #: Deflate (gzip) expands a byte to at most about 1032 bytes; a gzipped IDX file declaring more
 #: data than that is refused before anything is decompressed.
 GZIP_MAX_RATIO = 1032
-_CHUNK = 1 << 20  # gzipped data is decompressed this many bytes at a time
+_CHUNK = 1 << 16  # gzipped data is decompressed this many bytes at a time
 
 CIFAR_PIXELS = 3 * 32 * 32
 CIFAR10_CLASSES = (

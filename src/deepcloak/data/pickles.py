@@ -88,12 +88,21 @@ def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     return text.encode("latin-1")
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``, which Python 3 writes to pickle an empty ``bytes`` at protocol 2."""
+    if args:
+        raise pickle.UnpicklingError("bytes called with arguments")
+    return b""
+
+
 def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     """The globals a pickled numpy array may name, under numpy 1.x and 2.x module names."""
     allowed: dict[tuple[str, str], Callable[..., Any]] = {
         ("numpy", "ndarray"): _NdarrayToken,
         ("numpy", "dtype"): _dtype,
         ("_codecs", "encode"): _latin1_encode,
+        ("__builtin__", "bytes"): _empty_bytes,
+        ("builtins", "bytes"): _empty_bytes,
     }
     for module in ("numpy.core", "numpy._core"):
         allowed[(f"{module}.multiarray", "_reconstruct")] = _reconstruct
