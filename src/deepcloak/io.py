@@ -176,10 +176,9 @@ def _tensor_spec(entry: Any, name: str, data_size: int, path: Path) -> TensorSpe
     if not isinstance(entry, dict):
         raise DataFormatError(f"{where}: expected an object with dtype, shape, data_offsets")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in _DTYPE_BYTES:
-        raise DataFormatError(
-            f"{where}: 'dtype' is {dtype!r}, expected one of {sorted(_DTYPE_BYTES)}"
-        )
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
+        known = ", ".join(sorted(_DTYPE_BYTES))
+        raise DataFormatError(f"{where}: 'dtype' is {dtype!r}, expected one of {known}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise DataFormatError(f"{where}: 'shape' is {shape!r}, expected a list of sizes >= 0")
     if not (
