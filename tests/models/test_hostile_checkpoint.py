@@ -105,7 +105,11 @@ def test_a_small_checkpoint_never_costs_hundreds_of_mb(good: Path, tmp_path: Pat
 def test_layer_counts_are_bounded_by_the_tensors_stored(good: Path, tmp_path: Path) -> None:
     deep = with_kwargs(good, depth=6 * 10**6 + 2)
     evil = rewrite(good, tmp_path / "deep.safetensors", arch_kwargs=deep)
-    with pytest.raises(DataFormatError, match=r"'arch_kwargs'.depth is 6000002, but the file"):
+    with pytest.raises(DataFormatError, match=r"\{'depth': 6000002\} ask for more layers"):
+        load_model(evil)
+    vgg = {"in_channels": 1, "num_classes": 3, "input_size": 8, "stages": 9, "convs_per_stage": 9}
+    evil = rewrite(good, tmp_path / "vgg.safetensors", arch="vgg", arch_kwargs=vgg)
+    with pytest.raises(DataFormatError, match=r"ask for more layers than the \d+ tensors"):
         load_model(evil)
 
 

@@ -120,8 +120,8 @@ def read_idx(path: Path, *, magic: int) -> np.ndarray:
             else:
                 found = file_size - 4 - 4 * len(dims)
                 _check_idx_size(path, dims, expected, found)
-                data = bytearray(f.read(expected))
-                _check_idx_size(path, dims, expected, len(data))
+                data = bytearray(expected)  # the file holds exactly this much: checked above
+                _check_idx_size(path, dims, expected, f.readinto(data))
     except (OSError, EOFError, zlib.error) as e:
         raise DataFormatError(f"{path}: cannot read ({e}); the file may be truncated") from None
     return np.frombuffer(data, dtype=np.uint8).reshape(dims)

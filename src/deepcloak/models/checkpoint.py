@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -272,9 +273,9 @@ def _checked_arch(
 ) -> tuple[str, dict[str, Any]]:
     """``(arch, arch_kwargs)`` from a checkpoint's metadata, each field checked.
 
-    Counts that set how many layers a model has (``depth``, ``stages``, ...) may not exceed
-    the number of tensors stored, since every layer stores at least one: otherwise even the
-    meta-device build of a 6 KB file could take minutes.
+    Counts that set how many layers a model has (``depth``, ``stages`` x ``convs_per_stage``,
+    ...) may not exceed the number of tensors stored, since every layer stores at least one:
+    otherwise even the meta-device build of a 6 KB file could take minutes.
     """
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise DataFormatError(
@@ -302,11 +303,12 @@ def _checked_arch(
                 f"{path}: 'arch_kwargs'.{key} is {value!r}, expected a number, string, bool, "
                 "null or a short list of numbers"
             )
-        if key in _LAYER_COUNTS and type(value) is int and value > len(tensors):
-            raise DataFormatError(
-                f"{path}: 'arch_kwargs'.{key} is {value}, but the file stores only "
-                f"{len(tensors)} tensors; the file is corrupt or crafted"
-            )
+    counts = {k: v for k, v in kwargs.items() if k in _LAYER_COUNTS and type(v) is int}
+    if math.prod(counts.values()) > len(tensors):
+        raise DataFormatError(
+            f"{path}: 'arch_kwargs' {counts} ask for more layers than the {len(tensors)} "
+            "tensors the file stores; the file is corrupt or crafted"
+        )
     return arch, dict(kwargs)
 
 
