@@ -145,8 +145,9 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             length = int.from_bytes(f.read(8), "little") if size >= 8 else -1
             if not 0 < length <= min(size - 8, MAX_HEADER_BYTES):
                 raise DataFormatError(
-                    f"{path}: not a readable safetensors file (its first 8 bytes declare a {length}-byte "
-                    f"header in a {size}-byte file); expected a file written by deepcloak"
+                    f"{path}: not a readable safetensors file (its first 8 bytes declare a "
+                    f"{length}-byte header in a {size}-byte file); expected a file written by "
+                    "deepcloak"
                 )
             raw = f.read(length)
     except OSError as e:
