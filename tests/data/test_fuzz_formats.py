@@ -82,6 +82,19 @@ def test_fuzz_idx_gzip(tmp_path: Path, data: bytes) -> None:
 
 
 @fuzz_settings()
+@given(content=mutated(IDX_IMAGES, header=16))
+def test_fuzz_idx_gzip_content(tmp_path: Path, content: bytes) -> None:
+    """A valid gzip stream of a mutated IDX file: the header's claims, not the stream, lie."""
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    read = lambda: formats.read_idx(path, magic=formats.IDX_IMAGES_MAGIC)  # noqa: E731
+    images_read = read_bounded(
+        path, gzip.compress(content), read, limit=2 * len(content) + 256 * KIB
+    )
+    if images_read is not None:
+        assert 16 + images_read.size == len(content)
+
+
+@fuzz_settings()
 @given(data=mutated(IDX_LABELS, header=8))
 def test_fuzz_idx_labels(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "t10k-labels-idx1-ubyte"

@@ -72,6 +72,17 @@ def test_gzipped_idx_is_streamed_up_to_its_declared_size(tmp_path: Path) -> None
         formats.read_idx(path, magic=0x803)
 
 
+def test_gzip_bomb_after_the_declared_data_is_never_decompressed(tmp_path: Path) -> None:
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    # 3 labels declared, then 64 MB of zeros that deflate packs into about 64 KB.
+    stream = gzip.compress(idx_header(0x801, 3) + bytes(3 + 64 * MB), 9)
+    path.write_bytes(stream)
+    read = lambda: formats.read_idx(path, magic=0x801)  # noqa: E731
+    assert len(stream) < MB and peak_bytes(read) < MB
+    with pytest.raises(DataFormatError, match=r"declares data of shape \(3,\).*holds more"):
+        read()
+
+
 def test_corrupt_gzip_stream_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "labels.gz"
     raw = bytearray(gzip.compress(idx_header(0x801, 100) + bytes(range(100))))
