@@ -18,6 +18,7 @@ from deepcloak.harden import HardenConfig, check_model_fits_data, harden
 from deepcloak.io import load_tensors
 from deepcloak.models.checkpoint import load_model, save_checkpoint
 from deepcloak.models.zoo import create_model
+from tests.realdata import FASHION_MNIST_MARKS
 
 runner = CliRunner()
 LIMITS = ["--fit-samples", "64", "--test-samples", "48", "--random-masks", "2"]
@@ -74,7 +75,11 @@ def test_harden_a_factory_model_saves_a_folded_state_dict(tmp_path: Path, monkey
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--data", "fashion-mnist"], "trained on inputs of shape (1, 8, 8)"),
+        pytest.param(
+            ["--data", "fashion-mnist"],
+            "trained on inputs of shape (1, 8, 8)",
+            marks=FASHION_MNIST_MARKS,
+        ),
         (["--attack", "cw"], "unknown attack 'cw'"),
         (["--ratio", "1"], "ratio must be in [0, 1)"),
         (["--eps", "2"], "eps must be <= 1"),
@@ -183,7 +188,11 @@ def test_evaluate_command_writes_json_and_plots(checkpoint: Path, tmp_path: Path
     [
         (["--attacks", "fgsm,deepfool"], "unknown attack 'deepfool'"),
         (["--eps", "3"], "eps must be <= 1"),
-        (["--data", "fashion-mnist"], "trained on inputs of shape (1, 8, 8)"),
+        pytest.param(
+            ["--data", "fashion-mnist"],
+            "trained on inputs of shape (1, 8, 8)",
+            marks=FASHION_MNIST_MARKS,
+        ),
     ],
 )
 def test_evaluate_bad_input_writes_nothing(

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load_bytes
+from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save_bytes
 
 from deepcloak.errors import DataFormatError
 
 __all__ = [
+    "SafetensorsHeader",
+    "TensorSpec",
     "atomic_write",
     "load_tensors",
+    "read_header",
     "save_tensors",
     "write_bytes_atomic",
     "write_json_atomic",
@@ -83,31 +88,162 @@ def save_tensors(
     write_bytes_atomic(path, data)
 
 
-def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load a safetensors file written by :func:`save_tensors`.
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor as a safetensors header declares it: dtype name (``"F32"``, ...) and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """What a safetensors file declares, read and checked without loading any tensor.
+
+    Attributes:
+        tensors: each tensor's dtype and shape, by name.
+        metadata: deepcloak's JSON metadata (a dict), or ``None`` when the file has none.
+    """
+
+    tensors: dict[str, TensorSpec]
+    metadata: dict[str, Any] | None
+
+
+#: Bytes an element of each safetensors dtype takes (the dtypes torch can load).
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1,
+    "F8_E5M2FNUZ": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4,
+    "U64": 8, "I64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+#: The largest header read (the safetensors library's own limit).
+MAX_HEADER_BYTES = 100_000_000
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Read and check a safetensors file's header, without loading any tensor.
+
+    Every declared tensor must have a known dtype, a shape of non-negative ints, and a byte
+    range inside the file whose length is exactly its shape's (computed with Python ints), so
+    that loading the file can never allocate more than the file holds.
+
+    Args:
+        path: the file.
 
     Returns:
-        ``(tensors, metadata)``.
+        The :class:`SafetensorsHeader`.
 
     Raises:
-        DataFormatError: the file is missing, not a safetensors file, or has no deepcloak metadata.
+        DataFormatError: the file is missing or unreadable, or a field of its header is
+            malformed; the message names the file and the field.
     """
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file")
-    raw = path.read_bytes()
     try:
-        tensors = st_load_bytes(raw)
-        header_len = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8 : 8 + header_len])
-    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            length = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+            if not 0 < length <= min(size - 8, MAX_HEADER_BYTES):
+                raise DataFormatError(
+                    f"{path}: not a readable safetensors file (its first 8 bytes declare a "
+                    f"{length}-byte header in a {size}-byte file); expected a file written by "
+                    "deepcloak"
+                )
+            raw = f.read(length)
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read ({e})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
         raise DataFormatError(
-            f"{path}: not a readable safetensors file ({e}); expected a file written by deepcloak"
+            f"{path}: not a readable safetensors file (its header is not JSON: {e})"
         ) from None
-    meta_json = header.get("__metadata__", {}).get(METADATA_KEY)
-    if meta_json is None:
+    if not isinstance(header, dict):
+        raise DataFormatError(
+            f"{path}: not a readable safetensors file (its header is not a JSON object)"
+        )
+    data_size = size - 8 - length
+    tensors = {
+        name: _tensor_spec(entry, name, data_size, path)
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
+    return SafetensorsHeader(tensors, _deepcloak_metadata(header.get("__metadata__"), path))
+
+
+def _tensor_spec(entry: Any, name: str, data_size: int, path: Path) -> TensorSpec:
+    """One header entry, checked: known dtype, shape, and a byte range that fits it exactly."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise DataFormatError(f"{where}: expected an object with dtype, shape, data_offsets")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
+        known = ", ".join(sorted(_DTYPE_BYTES))
+        raise DataFormatError(f"{where}: 'dtype' is {dtype!r}, expected one of {known}")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise DataFormatError(f"{where}: 'shape' is {shape!r}, expected a list of sizes >= 0")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(o) is int for o in offsets)
+        and 0 <= offsets[0] <= offsets[1] <= data_size
+    ):
+        raise DataFormatError(
+            f"{where}: 'data_offsets' is {offsets!r}, expected [begin, end] within the "
+            f"{data_size} bytes of data"
+        )
+    nbytes = math.prod(shape) * _DTYPE_BYTES[dtype]
+    if offsets[1] - offsets[0] != nbytes:
+        raise DataFormatError(
+            f"{where}: 'shape' {shape} of {dtype} needs {nbytes} bytes, 'data_offsets' give "
+            f"{offsets[1] - offsets[0]}"
+        )
+    return TensorSpec(dtype, tuple(shape))
+
+
+def _deepcloak_metadata(metadata: Any, path: Path) -> dict[str, Any] | None:
+    """deepcloak's JSON document from the header's ``__metadata__`` (``None`` if absent)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise DataFormatError(f"{path}: '__metadata__' is not a map of strings to strings")
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise DataFormatError(f"{path}: metadata {METADATA_KEY!r} is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise DataFormatError(
+            f"{path}: metadata {METADATA_KEY!r} is a JSON {type(meta).__name__}, expected an object"
+        )
+    return meta
+
+
+def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a safetensors file written by :func:`save_tensors`.
+
+    The header is checked first (:func:`read_header`), so the tensors loaded never take more
+    memory than the file's size.
+
+    Returns:
+        ``(tensors, metadata)``; ``metadata`` is always a dict.
+
+    Raises:
+        DataFormatError: the file is missing, not a safetensors file, malformed, or has no
+            deepcloak metadata.
+    """
+    header = read_header(path)
+    if header.metadata is None:
         raise DataFormatError(
             f"{path}: safetensors file has no {METADATA_KEY!r} metadata; "
             "expected a file written by deepcloak"
         )
-    return tensors, json.loads(meta_json)
+    try:
+        tensors = st_load_file(os.fspath(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DataFormatError(
+            f"{path}: not a readable safetensors file ({e}); expected a file written by deepcloak"
+        ) from None
+    return tensors, header.metadata

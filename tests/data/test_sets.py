@@ -20,8 +20,9 @@ from PIL import Image
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
-from deepcloak.data.sets import DATASETS, FASHION_MNIST_ROOT, ImageDataset, load_dataset
+from deepcloak.data.sets import DATA_ROOT_ENV, DATASETS, ImageDataset, load_dataset
 from deepcloak.errors import DataFormatError, DeepCloakError
+from tests.realdata import skip_without_fashion_mnist
 
 RNG = np.random.default_rng(1234)
 
@@ -162,7 +163,7 @@ def test_dataloader_batches_are_float_and_int64() -> None:
 
 # ------------------------------------------------------------------------------ fashion-mnist
 @pytest.mark.realdata
-@pytest.mark.skipif(not FASHION_MNIST_ROOT.is_dir(), reason="Fashion-MNIST is not installed")
+@skip_without_fashion_mnist
 def test_real_fashion_mnist_test_split() -> None:
     data = load_dataset("fashion-mnist", split="test", limit=200)
     x, y = data.tensors()
@@ -190,6 +191,19 @@ def test_fashion_mnist_with_root(tmp_path: Path) -> None:
     write_mnist(tmp_path, gz=True)
     data = load_dataset("fashion-mnist", root=tmp_path)
     assert len(data) == 7 and data.name == "fashion-mnist" and data.classes[1] == "Trouser"
+
+
+def test_fashion_mnist_default_root_follows_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_mnist(tmp_path / "fashion-mnist", gz=False)
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
+    assert len(load_dataset("fashion-mnist", split="test")) == 5
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "empty"))
+    with pytest.raises(
+        DataFormatError, match=r"empty/fashion-mnist: no such folder.*DEEPCLOAK_DATA_ROOT"
+    ):
+        load_dataset("fashion-mnist")
 
 
 def test_truncated_idx_names_the_file(tmp_path: Path) -> None:

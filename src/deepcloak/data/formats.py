@@ -1,39 +1,76 @@
-"""Readers for the on-disk image formats behind :mod:`deepcloak.data.sets`.
+"""Readers for the IDX and CIFAR-10 files behind :mod:`deepcloak.data.sets`.
 
 Each reader returns plain numpy arrays (images ``uint8`` ``(N, C, H, W)``, labels ``int64``
 ``(N,)``) and checks the file against what the format declares, so that a truncated download is
 a :class:`~deepcloak.errors.DataFormatError` naming the file instead of a shape error later on.
-Nothing here runs code from a data file: CIFAR-10's pickles go through an unpickler that only
-knows how to rebuild numpy arrays.
+
+A file may come from a stranger (see ``docs/security.md``), so each reader checks what a header
+declares against what the file can hold *before* allocating for it: a raw IDX file's declared
+size must equal its real one, a gzipped one is decompressed as a stream that stops at the
+declared size (and may not declare more than deflate can expand its bytes to), and CIFAR-10's
+pickles go through :func:`deepcloak.data.pickles.safe_unpickle`, which runs no code and bounds
+the memory a pickle can claim. Image folders are read by :mod:`deepcloak.data.images`.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import pickle
+import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
+from deepcloak.data.pickles import safe_unpickle
 from deepcloak.errors import DataFormatError
 
 log = logging.getLogger(__name__)
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions (N, H, W)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (N,)
+#: Deflate (gzip) expands a byte to at most about 1032 bytes; a gzipped IDX file declaring more
+#: data than that is refused before anything is decompressed.
+GZIP_MAX_RATIO = 1032
+_CHUNK = 1 << 16  # gzipped data is decompressed this many bytes at a time
 
 CIFAR_PIXELS = 3 * 32 * 32
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-# Modes that hold one grey channel; a folder of only these loads as one channel ("L").
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+# ------------------------------------------------------------------------------------- checks
+def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
+    """Raise :class:`DataFormatError` naming ``path`` and the first label outside the classes."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataFormatError(
+            f"{path}: label {labels[bad[0]]} at record {bad[0]} is outside 0..{num_classes - 1}"
+        )
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``.
+
+    Raises:
+        DataFormatError: the file cannot be read or is not UTF-8 (the message gives the offset).
+    """
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            "expected one class name a line, in UTF-8"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------- IDX
@@ -52,53 +89,101 @@ def find_file(folder: Path, base: str, expected: Sequence[str]) -> Path:
     )
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The bytes of ``path``, decompressed when its name ends in ``.gz``."""
-    try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if path.suffix == ".gz" else raw
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataFormatError(f"{path}: cannot read ({e}); the file may be truncated") from None
-
-
 def read_idx(path: Path, *, magic: int) -> np.ndarray:
     """Parse an IDX file of unsigned bytes (the MNIST format) into an array.
 
     The header is a big-endian 32-bit magic number (``0x0000 08 nd``: unsigned bytes, ``nd``
-    dimensions) followed by ``nd`` big-endian 32-bit sizes; the data fills the rest.
+    dimensions) followed by ``nd`` big-endian 32-bit sizes; the data fills the rest. The data is
+    read only after its declared size has been checked against the file (a raw file) or against
+    what the compressed bytes can hold (a gzipped one, then read as a stream up to that size),
+    so memory never exceeds what the file really holds.
 
     Args:
         path: the file, gzipped when its name ends in ``.gz``.
         magic: the magic number expected (:data:`IDX_IMAGES_MAGIC` or :data:`IDX_LABELS_MAGIC`).
 
     Returns:
-        A writable ``uint8`` array with the declared dimensions.
+        A writable ``uint8`` array with the declared dimensions (the first one at least 1).
 
     Raises:
-        DataFormatError: wrong magic number, or a size that does not match the data.
+        DataFormatError: wrong magic number, an empty data set, or a declared size that does
+            not match the data; the message names the file and the field.
     """
-    raw = _read_bytes(path)
+    gzipped = path.suffix == ".gz"
+    try:
+        file_size = path.stat().st_size
+        with gzip.open(path, "rb") if gzipped else path.open("rb") as f:
+            dims = _read_idx_header(f, path, magic)
+            expected = math.prod(dims)  # Python ints: no overflow, however large the header
+            if gzipped:
+                data = _read_gzip_data(f, path, dims, expected, file_size)
+            else:
+                found = file_size - 4 - 4 * len(dims)
+                _check_idx_size(path, dims, expected, found)
+                data = bytearray(expected)  # the file holds exactly this much: checked above
+                _check_idx_size(path, dims, expected, f.readinto(data))
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataFormatError(f"{path}: cannot read ({e}); the file may be truncated") from None
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _read_idx_header(f: _Readable, path: Path, magic: int) -> tuple[int, ...]:
+    """The dimensions an IDX header declares, checked: magic number, and no empty dimension."""
     kind = "images" if magic == IDX_IMAGES_MAGIC else "labels"
-    if len(raw) < 4:
-        raise DataFormatError(f"{path}: {len(raw)} bytes, too short for an IDX header")
-    found = int.from_bytes(raw[:4], "big")
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataFormatError(f"{path}: {len(head)} bytes, too short for an IDX header")
+    found = int.from_bytes(head, "big")
     if found != magic:
         raise DataFormatError(
             f"{path}: magic number 0x{found:08x}, expected 0x{magic:08x} (IDX {kind} file); "
             "is this the right file?"
         )
     ndim = magic & 0xFF
-    start = 4 + 4 * ndim
-    if len(raw) < start:
-        raise DataFormatError(f"{path}: header truncated ({len(raw)} of {start} bytes)")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims))
-    if len(raw) - start != expected:
+    sizes = f.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
         raise DataFormatError(
-            f"{path}: header declares {kind} of shape {dims}, i.e. {expected} bytes of data, "
-            f"found {len(raw) - start}; the file is truncated or corrupt"
+            f"{path}: header truncated ({4 + len(sizes)} of {4 + 4 * ndim} bytes)"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims).copy()
+    dims = tuple(int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    if dims[0] == 0:
+        raise DataFormatError(f"{path}: the header declares 0 {kind}; expected at least one")
+    if 0 in dims:
+        raise DataFormatError(f"{path}: the header declares {kind} of shape {dims}, with a 0")
+    return dims
+
+
+def _check_idx_size(path: Path, dims: tuple[int, ...], expected: int, found: int) -> None:
+    if found != expected:
+        raise DataFormatError(
+            f"{path}: header declares data of shape {dims}, i.e. {expected} bytes, found "
+            f"{found}; the file is truncated or corrupt"
+        )
+
+
+def _read_gzip_data(
+    f: _Readable, path: Path, dims: tuple[int, ...], expected: int, file_size: int
+) -> bytearray:
+    """Decompress at most ``expected`` bytes (plus one, to see that the data ends there)."""
+    if expected > GZIP_MAX_RATIO * file_size:
+        raise DataFormatError(
+            f"{path}: header declares data of shape {dims}, i.e. {expected} bytes, more than "
+            f"a {file_size}-byte gzip file can hold (deflate expands at most "
+            f"{GZIP_MAX_RATIO}x); the file is corrupt"
+        )
+    data = bytearray()
+    while len(data) < expected:
+        chunk = f.read(min(_CHUNK, expected - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    _check_idx_size(path, dims, expected, len(data))
+    if f.read(1):  # also makes gzip check the stream's CRC and length
+        raise DataFormatError(
+            f"{path}: header declares data of shape {dims}, i.e. {expected} bytes, but the "
+            "file holds more; the file is corrupt"
+        )
+    return data
 
 
 def read_idx_pair(
@@ -119,16 +204,8 @@ def read_idx_pair(
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
             "labels; expected the same number (files from different sets?)"
         )
-    _check_labels(labels, num_classes, labels_path)
+    check_labels(labels, num_classes, labels_path)
     return images[:, None], labels
-
-
-def _check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        raise DataFormatError(
-            f"{path}: label {labels[bad[0]]} at record {bad[0]} is outside 0..{num_classes - 1}"
-        )
 
 
 # ------------------------------------------------------------------------------------ CIFAR-10
@@ -160,30 +237,39 @@ def read_cifar_bin(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
         ``(images, labels)``: ``uint8`` ``(N, 3, 32, 32)`` and ``int64`` ``(N,)``.
 
     Raises:
-        DataFormatError: a file is missing, not a whole number of records, or has a bad label.
+        DataFormatError: a file is missing, empty, not a whole number of records, or has a
+            label outside the classes.
     """
     images, labels = [], []
     record = 1 + CIFAR_PIXELS
     for path in paths:
-        raw = _read_bytes(_existing(path))
+        try:
+            raw = _existing(path).read_bytes()
+        except OSError as e:
+            raise DataFormatError(f"{path}: cannot read ({e})") from None
         if not raw or len(raw) % record:
             raise DataFormatError(
-                f"{path}: {len(raw)} bytes is not a whole number of {record}-byte records "
-                "(1 label byte + 3072 pixel bytes); the file is truncated or corrupt"
+                f"{path}: {len(raw)} bytes is not a whole, non-zero number of {record}-byte "
+                "records (1 label byte + 3072 pixel bytes); the file is truncated or corrupt"
             )
         rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)  # (n, 3073)
-        _check_labels(rows[:, 0].astype(np.int64), len(CIFAR10_CLASSES), path)
+        check_labels(rows[:, 0].astype(np.int64), len(CIFAR10_CLASSES), path)
         labels.append(rows[:, 0].astype(np.int64))
         images.append(rows[:, 1:].reshape(-1, 3, 32, 32))
     return np.concatenate(images), np.concatenate(labels)
 
 
 def read_cifar_bin_classes(folder: Path) -> list[str]:
-    """Class names from ``batches.meta.txt`` (one a line), or CIFAR-10's own when it is absent."""
+    """Class names from ``batches.meta.txt`` (one a line, UTF-8), or CIFAR-10's own when it is
+    absent.
+
+    Raises:
+        DataFormatError: the file is not UTF-8 or does not name 10 classes.
+    """
     path = folder / "batches.meta.txt"
     if not path.is_file():
         return list(CIFAR10_CLASSES)
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in read_text(path).splitlines()]
     return _check_cifar_classes([n for n in names if n], path)
 
 
@@ -194,7 +280,8 @@ def read_cifar_py(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
         ``(images, labels)``: ``uint8`` ``(N, 3, 32, 32)`` and ``int64`` ``(N,)``.
 
     Raises:
-        DataFormatError: a file is missing or malformed, or holds an object that is not allowed.
+        DataFormatError: a file is missing or malformed, holds an object that is not allowed,
+            or a field has the wrong type or size; the message names the file and the field.
     """
     images, labels = [], []
     for path in paths:
@@ -205,31 +292,60 @@ def read_cifar_py(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
             and data.dtype == np.uint8
             and data.ndim == 2
             and data.shape[1] == CIFAR_PIXELS
+            and len(data) > 0
         ):
             shape = getattr(data, "shape", type(data).__name__)
             raise DataFormatError(
-                f"{path}: 'data' is {shape}, expected a uint8 array of shape (N, {CIFAR_PIXELS})"
+                f"{path}: 'data' is {shape}, expected a uint8 array of shape (N, {CIFAR_PIXELS}) "
+                "with N >= 1"
             )
-        if not isinstance(batch_labels, list) or len(batch_labels) != len(data):
-            raise DataFormatError(
-                f"{path}: expected 'labels' to be a list of {len(data)} ints, one per image"
-            )
-        array = np.asarray(batch_labels, dtype=np.int64)
-        _check_labels(array, len(CIFAR10_CLASSES), path)
+        array = _int_labels(batch_labels, len(data), path)
+        check_labels(array, len(CIFAR10_CLASSES), path)
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(array)
     return np.concatenate(images), np.concatenate(labels)
 
 
+def _int_labels(values: Any, n: int, path: Path) -> np.ndarray:
+    """``values`` (a list of ints, or an integer array) as ``int64``; floats and bools are
+    refused, never truncated."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind not in "iu" or values.shape != (n,):
+            raise DataFormatError(
+                f"{path}: 'labels' is a {values.dtype} array of shape {values.shape}, expected "
+                f"{n} integers, one per image"
+            )
+        return values.astype(np.int64)
+    if not isinstance(values, list) or len(values) != n:
+        size = len(values) if isinstance(values, list) else type(values).__name__
+        raise DataFormatError(
+            f"{path}: 'labels' is {size}, expected a list of {n} ints, one per image"
+        )
+    for i, v in enumerate(values):
+        if type(v) is not int:
+            raise DataFormatError(
+                f"{path}: 'labels'[{i}] is {v!r} ({type(v).__name__}), expected an int class index"
+            )
+    return np.array(values, dtype=np.int64)
+
+
 def read_cifar_py_classes(folder: Path) -> list[str]:
-    """Class names from the pickled ``batches.meta``, or CIFAR-10's own when it is absent."""
+    """Class names from the pickled ``batches.meta``, or CIFAR-10's own when it is absent.
+
+    Raises:
+        DataFormatError: the file is malformed, or ``label_names`` is not 10 UTF-8 strings.
+    """
     path = folder / "batches.meta"
     if not path.is_file():
         return list(CIFAR10_CLASSES)
     names = _key(safe_unpickle(path), "label_names", path)
     if not isinstance(names, list) or not all(isinstance(n, bytes | str) for n in names):
         raise DataFormatError(f"{path}: expected 'label_names' to be a list of strings")
-    return _check_cifar_classes([n.decode() if isinstance(n, bytes) else n for n in names], path)
+    try:
+        decoded = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: 'label_names' holds a name not in UTF-8 ({e})") from None
+    return _check_cifar_classes(decoded, path)
 
 
 def _check_cifar_classes(names: list[str], path: Path) -> list[str]:
@@ -248,129 +364,11 @@ def _existing(path: Path) -> Path:
 
 def _key(batch: Any, key: str, path: Path) -> Any:
     """``batch[key]`` for a dict with ``bytes`` (Python 2) or ``str`` keys."""
-    if isinstance(batch, dict):
-        for k in (key.encode(), key):
-            if k in batch:
-                return batch[k]
-    raise DataFormatError(f"{path}: expected a dict with the key {key!r}")
-
-
-def _numpy_rebuilders() -> dict[tuple[str, str], Callable[..., Any]]:
-    """The globals a pickled numpy array needs, under numpy 1.x and 2.x module names."""
-    try:
-        from numpy._core import multiarray, numeric  # numpy >= 2
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    allowed: dict[tuple[str, str], Callable[..., Any]] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-    for module in ("numpy.core", "numpy._core"):
-        allowed[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        # Protocol-5 pickles of contiguous arrays rebuild through frombuffer + reshape.
-        allowed[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer
-    return allowed
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds builtin containers and numpy arrays, and refuses any other
-    global, so that a crafted file cannot call ``os.system`` or any other function."""
-
-    def __init__(self, file: Any, path: Path) -> None:
-        super().__init__(file, encoding="bytes")  # CIFAR's pickles come from Python 2
-        self._path = path
-        self._allowed = _numpy_rebuilders()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise DataFormatError(
-                f"{self._path}: the pickle holds an object that is not allowed "
-                f"({module}.{name}); only numpy arrays, dicts, lists, bytes, str and numbers "
-                "are loaded. The file is not a CIFAR-10 batch, or has been tampered with"
-            ) from None
-
-
-def safe_unpickle(path: Path) -> Any:
-    """Unpickle ``path`` allowing only builtin values and numpy arrays.
-
-    Raises:
-        DataFormatError: the file is not a valid pickle or holds any other object.
-    """
-    with path.open("rb") as f:
-        try:
-            return _NumpyOnlyUnpickler(f, path).load()
-        except DataFormatError:
-            raise
-        except Exception as e:  # a corrupt pickle can fail in many ways; all mean "bad file"
-            raise DataFormatError(f"{path}: not a readable pickle ({e!r})") from None
-
-
-# --------------------------------------------------------------------------------- imagefolder
-def list_image_folder(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Classes (sub-folder names, sorted) and ``(file, class index)`` pairs under ``folder``.
-
-    Raises:
-        DataFormatError: ``folder`` has no class sub-folders, or a class folder has no images.
-    """
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    if not isinstance(batch, dict):
         raise DataFormatError(
-            f"{folder}: no class folders; expected one sub-folder per class holding images "
-            f"({', '.join(IMAGE_SUFFIXES)})"
+            f"{path}: holds a {type(batch).__name__}, expected a dict with the key {key!r}"
         )
-    samples = []
-    for index, name in enumerate(classes):
-        files = sorted(
-            p
-            for p in (folder / name).iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
-        if not files:
-            raise DataFormatError(
-                f"{folder / name}: no images; expected files ending in {', '.join(IMAGE_SUFFIXES)}"
-            )
-        samples += [(p, index) for p in files]
-    return classes, samples
-
-
-def image_mode_and_size(paths: Sequence[Path]) -> tuple[str, tuple[int, int] | None]:
-    """``("L" or "RGB", the common (width, height) or None when sizes differ)``.
-
-    Only headers are read. Raises :class:`DataFormatError` naming a file Pillow cannot open.
-    """
-    modes, sizes = set(), set()
-    for path in paths:
-        with _open_image(path) as img:
-            modes.add(img.mode)
-            sizes.add(img.size)
-    return ("L" if modes <= _GREY_MODES else "RGB"), (sizes.pop() if len(sizes) == 1 else None)
-
-
-def read_images(paths: Sequence[Path], *, mode: str, size: tuple[int, int]) -> np.ndarray:
-    """Load ``paths`` as ``uint8`` ``(N, C, H, W)`` in ``mode``, resized to ``size`` if needed.
-
-    Raises:
-        DataFormatError: a file cannot be decoded; the message names it.
-    """
-    channels = 1 if mode == "L" else 3
-    out = np.empty((len(paths), channels, size[1], size[0]), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        with _open_image(path) as img:
-            try:
-                img = img.convert(mode)
-                if img.size != size:
-                    img = img.resize(size, Image.Resampling.BILINEAR)
-                pixels = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, C)
-            except (OSError, ValueError, SyntaxError) as e:
-                raise DataFormatError(f"{path}: cannot decode image ({e})") from None
-        out[i] = pixels.reshape(size[1], size[0], channels).transpose(2, 0, 1)
-    return out
-
-
-def _open_image(path: Path) -> Image.Image:
-    try:
-        return Image.open(path)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataFormatError(f"{path}: not a readable image ({e})") from None
+    for k in (key.encode(), key):
+        if k in batch:
+            return batch[k]
+    raise DataFormatError(f"{path}: expected a dict with the key {key!r}; it is missing")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
@@ -26,15 +27,30 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from deepcloak.data import formats as _formats
+from deepcloak.data import images as _images
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.registry import Registry
 
-__all__ = ["DATASETS", "FASHION_MNIST_ROOT", "ImageDataset", "Split", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "DATA_ROOT_ENV",
+    "FASHION_MNIST_ROOT",
+    "ImageDataset",
+    "Split",
+    "data_root",
+    "fashion_mnist_root",
+    "load_dataset",
+]
 
 log = logging.getLogger(__name__)
 
+#: The environment variable naming the folder that holds the built-in data sets' folders
+#: (``fashion-mnist/``); unset or empty means :data:`DEFAULT_DATA_ROOT`.
+DATA_ROOT_ENV = "DEEPCLOAK_DATA_ROOT"
+#: Where Debian's ``dataset-*`` packages install data sets.
+DEFAULT_DATA_ROOT = Path("/usr/share/datasets")
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
-FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_ROOT = DEFAULT_DATA_ROOT / "fashion-mnist"
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -172,6 +188,19 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
 DATASETS: Registry[ImageDataset] = Registry("data set")
 
 
+def data_root() -> Path:
+    """The folder holding the built-in data sets: ``$DEEPCLOAK_DATA_ROOT``, else
+    :data:`DEFAULT_DATA_ROOT` (read at each call, so tests and CI can point it elsewhere)."""
+    value = os.environ.get(DATA_ROOT_ENV, "")
+    return Path(value).expanduser() if value else DEFAULT_DATA_ROOT
+
+
+def fashion_mnist_root() -> Path:
+    """Where ``fashion-mnist`` is read from when no root is given: ``data_root() /
+    "fashion-mnist"`` (Debian's ``/usr/share/datasets/fashion-mnist`` by default)."""
+    return data_root() / "fashion-mnist"
+
+
 def load_dataset(
     name: str,
     *,
@@ -188,7 +217,7 @@ def load_dataset(
             ``imagefolder``, ``mnist``.
         split: ``"train"`` or ``"test"``.
         root: the folder holding the files. Needed for ``mnist``, ``cifar10`` and
-            ``imagefolder``; ``fashion-mnist`` defaults to :data:`FASHION_MNIST_ROOT`;
+            ``imagefolder``; ``fashion-mnist`` defaults to :func:`fashion_mnist_root`;
             ``digits`` ignores it.
         limit: keep a random subset of this many samples (in their original order), chosen
             reproducibly from ``seed``; ``None`` or a number above the set's size keeps all.
@@ -272,13 +301,16 @@ def _idx_dataset(name: str, folder: Path, split: Split, classes: Sequence[str]) 
 
 @DATASETS.register("fashion-mnist")
 def _fashion_mnist(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
-    """Fashion-MNIST (28x28 grey, 10 classes) from IDX files; root defaults to Debian's copy."""
-    if root is None and not FASHION_MNIST_ROOT.is_dir():
+    """Fashion-MNIST (28x28 grey, 10 classes) from IDX files; root defaults to
+    :func:`fashion_mnist_root` (Debian's copy, or under ``$DEEPCLOAK_DATA_ROOT``)."""
+    default = fashion_mnist_root()
+    if root is None and not default.is_dir():
         raise DataFormatError(
-            f"{FASHION_MNIST_ROOT}: no such folder; install Debian's dataset-fashion-mnist "
-            "package, or pass root= the folder holding Fashion-MNIST's IDX files"
+            f"{default}: no such folder; install Debian's dataset-fashion-mnist package, set "
+            f"{DATA_ROOT_ENV} to the folder holding fashion-mnist/, or pass root= (CLI: --root) "
+            "the folder holding Fashion-MNIST's IDX files"
         )
-    folder = FASHION_MNIST_ROOT if root is None else root
+    folder = default if root is None else root
     folder = _require_root(folder, "fashion-mnist", "Fashion-MNIST's IDX files")
     return _idx_dataset("fashion-mnist", folder, split, FASHION_MNIST_CLASSES)
 
@@ -314,8 +346,8 @@ def _image_folder(*, split: Split, root: Path | None, image_size: int | None) ->
     """
     folder = _require_root(root, "imagefolder", "one sub-folder of images per class")
     if (folder / "train").is_dir() and (folder / "test").is_dir():
-        classes, train = _formats.list_image_folder(folder / "train")
-        test_classes, test = _formats.list_image_folder(folder / "test")
+        classes, train = _images.list_image_folder(folder / "train")
+        test_classes, test = _images.list_image_folder(folder / "test")
         if not set(test_classes) <= set(classes):
             extra = sorted(set(test_classes) - set(classes))
             raise DataFormatError(
@@ -325,10 +357,10 @@ def _image_folder(*, split: Split, root: Path | None, image_size: int | None) ->
         remap = [classes.index(c) for c in test_classes]
         test = [(p, remap[i]) for p, i in test]
     else:
-        classes, samples = _formats.list_image_folder(folder)
+        classes, samples = _images.list_image_folder(folder)
         train, test = _split_per_class(samples)
     # Mode and size come from both splits, so that train and test always share a shape.
-    mode, size = _formats.image_mode_and_size([p for p, _ in train + test])
+    mode, size = _images.image_mode_and_size([p for p, _ in train + test])
     if image_size is not None:
         size = (image_size, image_size)
     elif size is None:
@@ -338,7 +370,7 @@ def _image_folder(*, split: Split, root: Path | None, image_size: int | None) ->
     chosen = train if split is Split.TRAIN else test
     if not chosen:
         raise DataFormatError(f"{folder}: no images in the {split.value} split")
-    images = _formats.read_images([p for p, _ in chosen], mode=mode, size=size)
+    images = _images.read_images([p for p, _ in chosen], mode=mode, size=size)
     labels = np.array([i for _, i in chosen])
     return _from_numpy(images, labels, name="imagefolder", classes=classes)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -23,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file as st_load_file
 from torch import nn
 
 from deepcloak._version import __version__
 from deepcloak.errors import DataFormatError, DeepCloakError
-from deepcloak.io import METADATA_KEY, load_tensors, save_tensors
+from deepcloak.io import METADATA_KEY, TensorSpec, load_tensors, read_header, save_tensors
 from deepcloak.models.zoo import MODELS, create_model
 
 __all__ = ["CHECKPOINT_FORMAT", "load_model", "save_checkpoint"]
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 #: Value of the ``format`` metadata key that marks a deepcloak model checkpoint.
 CHECKPOINT_FORMAT = "deepcloak.model"
+#: The newest checkpoint layout this version reads (and the one it writes).
+CHECKPOINT_VERSION = 1
+# arch_kwargs that set how many layers a zoo model builds (each layer stores a tensor or more).
+_LAYER_COUNTS = frozenset({"depth", "stages", "blocks", "convs_per_stage"})
 _RESERVED = (
     "format",
     "format_version",
@@ -98,7 +103,7 @@ def save_checkpoint(
         raise DeepCloakError(f"metadata keys {clash} are reserved for the checkpoint format")
     meta = {
         "format": CHECKPOINT_FORMAT,
-        "format_version": 1,
+        "format_version": CHECKPOINT_VERSION,
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs),
         "deepcloak_version": __version__,
@@ -116,7 +121,8 @@ def save_checkpoint(
     # weights fit it now, rather than writing a checkpoint that cannot be loaded.
     with torch.device("meta"):
         skeleton = create_model(arch, **dict(arch_kwargs))
-    _check_fits(skeleton, state, source=f"model for arch {arch!r} with {dict(arch_kwargs)}")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    _check_fits(skeleton, shapes, source=f"model for arch {arch!r} with {dict(arch_kwargs)}")
     save_tensors(path, state, meta)
 
 
@@ -188,7 +194,7 @@ def load_model(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
-                model = torch.jit.load(str(path), map_location=map_location)
+                model = torch.jit.load(str(path), map_location=map_location)  # type: ignore[no-untyped-call]
             except RuntimeError as e:
                 raise DataFormatError(f"{path}: corrupt TorchScript archive: {e}") from None
         meta = {"source": "torchscript"}
@@ -228,37 +234,93 @@ def _sniff(path: Path) -> str:
 
 
 def _load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    try:
-        state, meta = load_tensors(path)
-    except DataFormatError as e:
-        if not _is_bare_safetensors(path):
-            raise
+    """Rebuild a zoo model from a checkpoint, checking the file before believing it.
+
+    The header's metadata is checked field by field, the architecture is built on the meta
+    device (no memory) and its parameter and buffer shapes compared with the tensors the file
+    declares; only then is the model built for real and the tensors loaded. So a small file
+    whose ``arch_kwargs`` ask for a huge model fails at no cost.
+    """
+    header = read_header(path)
+    if header.metadata is None:
         raise DataFormatError(
-            f"{e}. This safetensors file holds only weights; load it with a "
-            f"'package.module:factory' spec that builds the architecture, and weights={str(path)!r}"
-        ) from None
-    if meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta:
-        raise DataFormatError(
-            f"{path}: a deepcloak file, but not a model checkpoint (format "
-            f"{meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})"
+            f"{path}: safetensors file has no {METADATA_KEY!r} metadata, so it holds only "
+            "weights; load it with a 'package.module:factory' spec that builds the "
+            f"architecture, and weights={str(path)!r}"
         )
+    meta = header.metadata
+    arch, kwargs = _checked_arch(meta, header.tensors, path)
     try:
-        model = create_model(meta["arch"], **meta.get("arch_kwargs", {}))
-    except DeepCloakError as e:
-        raise DataFormatError(f"{path}: cannot rebuild the model: {e}") from None
-    _load_state(model, state, source=str(path))
+        with torch.device("meta"):
+            skeleton = create_model(arch, **kwargs)
+    except Exception as e:  # DeepCloakError, or a constructor failing on odd values
+        raise DataFormatError(
+            f"{path}: cannot rebuild the model from 'arch' {arch!r} and 'arch_kwargs' {kwargs}: {e}"
+        ) from None
+    shapes = {name: spec.shape for name, spec in header.tensors.items()}
+    _check_fits(skeleton, shapes, source=f"model for arch {arch!r} with {kwargs} ({path})")
+    del skeleton
+    model = create_model(arch, **kwargs)  # the same shapes as the file's tensors: bounded
+    state, _ = load_tensors(path)
+    model.load_state_dict(state, strict=True)
     if meta.get("deepcloak_version") != __version__:
         log.info("%s was saved by deepcloak %s", path, meta.get("deepcloak_version"))
     return model, {"source": "checkpoint", **meta}
 
 
-def _is_bare_safetensors(path: Path) -> bool:
-    """True for a readable safetensors file without deepcloak's metadata."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            return METADATA_KEY not in (f.metadata() or {})
-    except (SafetensorError, OSError):
-        return False
+def _checked_arch(
+    meta: Mapping[str, Any], tensors: Mapping[str, TensorSpec], path: Path
+) -> tuple[str, dict[str, Any]]:
+    """``(arch, arch_kwargs)`` from a checkpoint's metadata, each field checked.
+
+    Counts that set how many layers a model has (``depth``, ``stages`` x ``convs_per_stage``,
+    ...) may not exceed the number of tensors stored, since every layer stores at least one:
+    otherwise even the meta-device build of a 6 KB file could take minutes.
+    """
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise DataFormatError(
+            f"{path}: a deepcloak file, but not a model checkpoint ('format' is "
+            f"{meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
+    version = meta.get("format_version", 1)
+    if type(version) is not int or version > CHECKPOINT_VERSION:
+        raise DataFormatError(
+            f"{path}: 'format_version' is {version!r}, expected an int <= {CHECKPOINT_VERSION}; "
+            "the file was written by a newer deepcloak, upgrade to read it"
+        )
+    arch, kwargs = meta.get("arch"), meta.get("arch_kwargs")
+    if not isinstance(arch, str) or arch not in MODELS:
+        raise DataFormatError(
+            f"{path}: 'arch' is {arch!r}, expected one of: {', '.join(MODELS.names())}"
+        )
+    if not isinstance(kwargs, dict):
+        raise DataFormatError(
+            f"{path}: 'arch_kwargs' is {kwargs!r}, expected an object of the model's options"
+        )
+    for key, value in kwargs.items():
+        if not _plain_value(value):
+            raise DataFormatError(
+                f"{path}: 'arch_kwargs'.{key} is {value!r}, expected a number, string, bool, "
+                "null or a short list of numbers"
+            )
+    counts = {k: v for k, v in kwargs.items() if k in _LAYER_COUNTS and type(v) is int}
+    if math.prod(counts.values()) > len(tensors):
+        raise DataFormatError(
+            f"{path}: 'arch_kwargs' {counts} ask for more layers than the {len(tensors)} "
+            "tensors the file stores; the file is corrupt or crafted"
+        )
+    return arch, dict(kwargs)
+
+
+def _plain_value(value: Any) -> bool:
+    """A JSON scalar, or a list of at most 64 numbers (such as normalisation means)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    return (
+        isinstance(value, list)
+        and len(value) <= 64
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _load_pickled_model(
@@ -365,20 +427,23 @@ def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """Raise DataFormatError naming a few missing, unexpected or mis-shaped keys, if any."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+def _check_fits(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], *, source: str) -> None:
+    """Raise DataFormatError naming a few missing, unexpected or mis-shaped keys, if any.
+
+    ``shapes`` are the stored tensors' shapes by name (``model`` may live on the meta device).
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    mismatched = [
+        f"{k} {tuple(shapes[k])} vs {v}"
         for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
+        if k in shapes and tuple(shapes[k]) != v
     ]
     problems = [
         f"{len(items)} {what} (e.g. {', '.join(items[:4])})"
         for what, items in (("missing", missing), ("unexpected", unexpected),
-                            ("with another shape (file vs model)", shapes))
+                            ("with another shape (file vs model)", mismatched))
         if items
     ]  # fmt: skip
     if problems:
@@ -386,5 +451,6 @@ def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: 
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    _check_fits(model, state, source=f"{type(model).__name__} ({source})")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    _check_fits(model, shapes, source=f"{type(model).__name__} ({source})")
     model.load_state_dict(state, strict=True)
