@@ -124,7 +124,9 @@ def test_each_malformed_tensor_is_named(
         Cloak.load(_write(tmp_path / "bad.safetensors", tensors, meta))
 
 
-@pytest.mark.parametrize(("raw", "problem"), [("{not json", "metadata"), ("[1, 2]", "expected an object")])
+@pytest.mark.parametrize(
+    ("raw", "problem"), [("{not json", "metadata"), ("[1, 2]", "metadata.*object")]
+)
 def test_metadata_that_is_not_a_json_object(tmp_path: Path, raw: str, problem: str) -> None:
     tensors, _ = _parts()
     with pytest.raises(DataFormatError, match=rf"bad\.safetensors.*{problem}"):

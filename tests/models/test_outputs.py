@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -112,3 +114,13 @@ def test_model_device_and_dtype() -> None:
     assert model_device(nn.ReLU()) == torch.device("cpu")
     assert model_dtype(nn.ReLU()) is torch.float32
     assert model_dtype(nn.Linear(2, 2).double()) is torch.float64
+
+
+def test_a_copied_wrapper_shares_state_with_its_own_copy_of_the_model() -> None:
+    wrapped = SelectOutput(TwoHeads(), 0)
+    twin = copy.deepcopy(wrapped)  # as harden() copies the model it writes
+    assert twin.fc is twin.wrapped.fc and twin.fc is not wrapped.fc
+    assert twin.state_dict().keys() == wrapped.state_dict().keys()
+    x = _data()[0]
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), wrapped(x))

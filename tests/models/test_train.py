@@ -159,7 +159,9 @@ def test_augment_batch_crops_windows_and_flips() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"epochs": 0}, "epochs >= 1"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"epochs": 1, "batch_size": 0}, "batch_size must be >= 1"),
+        ({"epochs": 1, "momentum_": 0.5}, "unknown training option"),
         ({"epochs": 1, "optimizer": "lbfgs"}, "unknown optimizer"),
         ({"epochs": 1, "schedule": "step"}, "schedule"),
         ({"epochs": 1, "lr": 1e30, "schedule": "constant"}, "diverged"),
@@ -169,4 +171,4 @@ def test_bad_options_and_divergence(digits: Digits, kwargs: dict, match: str) ->
     # No batch norm, so that a huge learning rate really blows the logits up.
     linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(DeepCloakError, match=match):
-        train_model(linear, TensorDataset(*digits[0][:64]), batch_size=32, **kwargs)
+        train_model(linear, TensorDataset(*digits[0][:64]), **{"batch_size": 32, **kwargs})

@@ -17,7 +17,7 @@ from torch import nn
 from deepcloak.data.sets import load_dataset
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.checkpoint import save_checkpoint
-from deepcloak.models.train import TrainResult, train_model
+from deepcloak.models.train import TrainResult, TrainSettings, train_model
 from deepcloak.models.zoo import create_model
 from deepcloak.progress import ProgressFn
 
@@ -99,8 +99,11 @@ def train_checkpoint(
     Raises:
         DeepCloakError: unknown model or data set, bad options, or bad settings.
     """
-    if job.epochs < 1:
-        raise DeepCloakError(f"epochs must be >= 1, got {job.epochs}")
+    settings = TrainSettings(  # checks the settings before any data is read
+        epochs=job.epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer,
+        augment=job.augment, hflip=job.data not in ("digits", "mnist"), seed=job.seed,
+        channels_last=True,
+    )  # fmt: skip
     train_set = load_dataset(job.data, split="train", root=job.root, limit=job.limit, seed=job.seed)
     test_set = load_dataset(job.data, split="test", root=job.root)
     channels, height, width = train_set.input_shape
@@ -110,11 +113,7 @@ def train_checkpoint(
                    "input_size": height, **job.arch_kwargs}  # fmt: skip
     torch.manual_seed(job.seed)
     model = create_model(job.model, **arch_kwargs)
-    result = train_model(
-        model, train_set, epochs=job.epochs, lr=job.lr, batch_size=job.batch_size,
-        optimizer=job.optimizer, augment=job.augment, hflip=job.data not in ("digits", "mnist"),
-        seed=job.seed, test_set=test_set, channels_last=True, progress=progress,
-    )  # fmt: skip
+    result = train_model(model, train_set, settings, test_set=test_set, progress=progress)
     metadata = {
         "data": job.data,
         "input_shape": list(train_set.input_shape),

@@ -204,10 +204,10 @@ class TrainSettings:
     device: torch.device | str | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise DeepCloakError(
-                f"need epochs >= 1 and batch_size >= 1; got {self.epochs}, {self.batch_size}"
-            )
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DeepCloakError(f"{name} must be >= 1 (an integer), got {value!r}")
         try:
             object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
             object.__setattr__(self, "schedule", Schedule(self.schedule))
