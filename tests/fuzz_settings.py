@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-_QUIET = {
-    "deadline": None,  # the tests check their own time bound, looser on a loaded machine
-    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-}
-settings.register_profile("fuzz-small", max_examples=30, derandomize=True, database=None, **_QUIET)
-settings.register_profile("fuzz-large", max_examples=2000, **_QUIET)
+# The tests check their own time bound (quickly()), looser than Hypothesis' on a loaded machine.
+_HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile(
+    "fuzz-small",
+    max_examples=30,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=_HEALTH,
+)
+settings.register_profile(
+    "fuzz-large", max_examples=2000, deadline=None, suppress_health_check=_HEALTH
+)
 
 
 def fuzz_settings() -> settings:
@@ -35,7 +42,7 @@ def fuzz_settings() -> settings:
         chosen = None
     if chosen is None or name == "default":
         return settings.get_profile("fuzz-small")
-    return settings(chosen, **_QUIET)
+    return settings(chosen, deadline=None, suppress_health_check=_HEALTH)
 
 
 #: Seconds one example may take: reading a few KB must never take long.
@@ -52,7 +59,7 @@ def quickly(limit: float = SECONDS_PER_EXAMPLE) -> Iterator[None]:
 
 
 @st.composite
-def mutated(draw: Callable[..., object], valid: bytes, *, header: int = 64) -> bytes:
+def mutated(draw: st.DrawFn, valid: bytes, *, header: int = 64) -> bytes:
     """``valid`` with 1 to 4 random edits: a byte flipped or set, a range deleted, duplicated
     or inserted, or the tail cut off. Half of the edits land in the first ``header`` bytes,
     where formats declare the sizes a reader must not believe blindly."""
