@@ -154,7 +154,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         raise DataFormatError(f"{path}: cannot read ({e})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise DataFormatError(
             f"{path}: not a readable safetensors file (its header is not JSON: {e})"
         ) from None
@@ -212,7 +212,7 @@ def _deepcloak_metadata(metadata: Any, path: Path) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise DataFormatError(f"{path}: metadata {METADATA_KEY!r} is not JSON ({e})") from None
     if not isinstance(meta, dict):
         raise DataFormatError(

@@ -156,6 +156,7 @@ def first_tensor(header: dict[str, Any]) -> str:
         (lambda h, k: h.update({"__metadata__": {"deepcloak": "[1, 2]"}}), r"a JSON list"),
         (lambda h, k: h.update({"__metadata__": {"deepcloak": "{nope"}}), r"is not JSON"),
         (lambda h, k: h.update({"__metadata__": {"deepcloak": 3}}), r"map of strings"),
+        (lambda h, k: h.update({"__metadata__": {"deepcloak": "[" * 10**5}}), r"is not JSON"),
         (lambda h, k: h[k].update(dtype="F128"), r"'dtype' is 'F128'"),
         (lambda h, k: h[k].update(dtype=["F32"]), r"'dtype' is \['F32'\]"),
         (lambda h, k: h[k].update(shape=[-1]), r"'shape' is \[-1\]"),
@@ -184,6 +185,7 @@ def test_every_header_field_is_checked(
         (struct.pack("<Q", 10**9) + b"{}", r"declare a 1000000000-byte header"),
         (struct.pack("<Q", 4) + b"[1,]", r"header is not JSON"),
         (struct.pack("<Q", 2) + b"[]", r"header is not a JSON object"),
+        (struct.pack("<Q", 10**5) + b"[" * 10**5, r"header is not JSON.*recursion"),
         (struct.pack("<Q", 2) + b"\xff\xfe", r"header is not JSON"),
     ],
 )

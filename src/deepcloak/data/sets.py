@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from deepcloak.data import formats as _formats
 from deepcloak.data import images as _images
+from deepcloak.data.loader import TensorLoader
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.registry import Registry
 
@@ -162,6 +163,20 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
             name=self.name,
             classes=self.classes,
             scale=self.scale,
+        )
+
+    def loader(
+        self,
+        *,
+        batch_size: int = 256,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> TensorLoader:
+        """Batches sliced from the held tensors: the values ``DataLoader(self, batch_size)``
+        gives, without one ``__getitem__`` call per sample (see :class:`TensorLoader`)."""
+        return TensorLoader(
+            self, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
         )
 
     def split_off(self, n: int, *, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
