@@ -23,6 +23,7 @@ from deepcloak.errors import DataFormatError
 
 __all__ = [
     "atomic_write",
+    "current_umask",
     "load_tensors",
     "save_tensors",
     "write_bytes_atomic",
@@ -46,6 +47,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp made it 0600
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -54,6 +56,18 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask, read without changing it where the OS allows."""
+    with (
+        contextlib.suppress(OSError, ValueError, StopIteration),
+        open("/proc/self/status", encoding="ascii") as status,  # Linux: thread-safe
+    ):
+        return int(next(ln for ln in status if ln.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore (a brief race with other threads)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
