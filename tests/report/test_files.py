@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deepcloak.errors import DeepCloakError
-from deepcloak.io import write_text_atomic
+from deepcloak.io import atomic_write, write_text_atomic
 from deepcloak.report import files
 from deepcloak.report.files import (
     MARKER,
@@ -231,3 +231,31 @@ def test_read_only_folder_is_refused(tmp_path: Path) -> None:
             check_output_folder(ro / "run")
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_temporary_file_of_a_killed_write_is_removed_by_the_next_check(tmp_path: Path) -> None:
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old model")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        try:
+            with atomic_write(target) as f:
+                f.write(b"half a new model")
+                f.flush()
+                os.write(write, b"r")
+                time.sleep(60)
+        finally:
+            os._exit(1)
+    os.read(read, 1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(read)
+    os.close(write)
+    assert len(siblings(target)) == 1  # the killed write's temporary file
+    live = tmp_path / f".model.safetensors.{os.getppid()}-writing.tmp"  # a live writer's: kept
+    live.write_bytes(b"in progress")
+    check_output_file(target)
+    assert siblings(target) == [live.name]
+    assert target.read_bytes() == b"old model"

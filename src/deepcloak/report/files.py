@@ -63,6 +63,8 @@ _WORK = re.compile(r"^\.(?P<name>.+)\.deepcloak-(?P<kind>new|old)-(?P<pid>\d+)-[
 def check_output_folder(path: str | os.PathLike[str]) -> Path:
     """Check that ``path`` can be (re)written as an output folder, before any work.
 
+    What killed runs left beside ``path`` is cleaned up first (see :func:`clean_stale`).
+
     Args:
         path: the ``--out`` folder; it may not exist yet.
 
@@ -74,6 +76,7 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
             replaced whole), or neither it nor its parent can be written.
     """
     path = Path(path)
+    clean_stale(path)
     if path.exists() and not path.is_dir():
         raise DeepCloakError(
             f"--out {path} is a file, but this command writes a folder of outputs; "
@@ -99,10 +102,14 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
 def check_output_file(path: str | os.PathLike[str]) -> Path:
     """Check that ``path`` can be (re)written as one output file, before any work.
 
+    Temporary files that killed runs left beside ``path`` (from
+    :func:`~deepcloak.io.atomic_write`) are removed first.
+
     Raises:
         DeepCloakError: ``path`` is a folder, or the folder it goes into cannot be written.
     """
     path = Path(path)
+    _clean_stale_files(path)
     if path.is_dir():
         raise DeepCloakError(
             f"--out {path} is a folder, but this command writes one file; "
@@ -167,8 +174,7 @@ def replace_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
         DeepCloakError: ``out`` is not a valid output folder (see :func:`check_output_folder`).
     """
     out = Path(os.path.realpath(out))
-    clean_stale(out)
-    check_output_folder(out)
+    check_output_folder(out)  # also cleans up after killed runs
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _work_folder(out, "new")
     try:
@@ -220,6 +226,18 @@ def clean_stale(out: str | os.PathLike[str]) -> list[Path]:
             shutil.rmtree(entry, ignore_errors=True)
             log.info("removed %s, left by a killed run", entry)
     return [entry for _, entry in stale]
+
+
+def _clean_stale_files(path: Path) -> None:
+    """Remove the temporary files of dead processes beside ``path`` (``.<name>.<pid>-*.tmp``)."""
+    if not path.parent.is_dir():
+        return
+    stale = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[^/]*\.tmp$")
+    for entry in path.parent.iterdir():
+        match = stale.match(entry.name)
+        if match and entry.is_file() and not _alive(int(match[1])):
+            entry.unlink(missing_ok=True)
+            log.info("removed %s, left by a killed run", entry)
 
 
 def _alive(pid: int) -> bool:
