@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,20 @@ def test_training_with_the_same_seed_is_identical() -> None:
     assert not all(torch.equal(first[k], other[k]) for k in first)  # the seed does matter
 
 
-def numbers(report: dict[str, Any]) -> dict[str, Any]:
+CLOCK_KEYS = {"seconds", "environment", "time", "timings"}
+
+
+def numbers(report: Any) -> Any:
     """The report without what may change between identical runs (timings, clock time)."""
-    return {k: v for k, v in report.items() if k not in ("seconds", "environment")}
+    if isinstance(report, dict):
+        return {
+            k: numbers(v)
+            for k, v in report.items()
+            if k not in CLOCK_KEYS and not k.endswith("_seconds")
+        }
+    if isinstance(report, list):
+        return [numbers(v) for v in report]
+    return report
 
 
 def test_harden_twice_gives_identical_masks_and_numbers(checkpoint: Path, tmp_path: Path) -> None:
@@ -72,7 +84,8 @@ def test_harden_twice_gives_identical_masks_and_numbers(checkpoint: Path, tmp_pa
     report_a = json.loads((a / "report.json").read_text())
     report_b = json.loads((b / "report.json").read_text())
     assert numbers(report_a) == numbers(report_b)
-    assert report_a["sweep"]["rows"][25]["graybox_accuracy"] is not None  # numbers, not blanks
+    accuracies = re.findall(r"accuracy\": (0\.\d+)", json.dumps(numbers(report_a)))
+    assert len(accuracies) > 100  # a sweep of numbers was compared, not blanks
 
 
 def test_environment_records_threads_device_and_versions() -> None:
