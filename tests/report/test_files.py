@@ -210,6 +210,16 @@ def test_folder_of_other_files_is_not_replaced(tmp_path: Path) -> None:
     assert check_output_folder(old_run) == old_run
 
 
+def test_folder_holding_the_working_directory_is_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for out in (Path("."), tmp_path):  # empty, or holding only the working directory
+        with pytest.raises(DeepCloakError, match="holds the working directory"):
+            check_output_folder(out)
+
+
 def test_unwritable_location_is_refused_quickly() -> None:
     start = time.perf_counter()
     with pytest.raises(DeepCloakError, match="is not writable"):

@@ -72,8 +72,8 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        DeepCloakError: ``path`` is a file, holds files deepcloak did not write (it would be
-            replaced whole), or neither it nor its parent can be written.
+        DeepCloakError: ``path`` is a file, holds the working directory or files deepcloak did
+            not write (it would be replaced whole), or neither it nor its parent can be written.
     """
     path = Path(path)
     clean_stale(path)
@@ -83,6 +83,11 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
             "give a folder path (it is created if missing)"
         )
     if path.is_dir():
+        if Path.cwd().resolve().is_relative_to(path.resolve()):
+            raise DeepCloakError(
+                f"--out {path} holds the working directory, and would be replaced as a whole; "
+                "give a folder of its own, such as runs/harden"
+            )
         foreign = _foreign_entries(path)
         if foreign:
             raise DeepCloakError(
