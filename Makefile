@@ -18,8 +18,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# Ratios measured in one run, written to docs/performance.md; e.g. BENCH_ARGS="--device cuda".
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

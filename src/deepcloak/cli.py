@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -27,6 +28,7 @@ from rich.progress import (
 )
 
 from deepcloak.errors import DeepCloakError
+from deepcloak.report.files import check_output_file, check_output_folder
 
 app = typer.Typer(
     help="Harden a trained image classifier with DeepCloak (arXiv 1702.06763), and measure "
@@ -119,6 +121,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of training, attacks and random masks.")] = 0,
 ) -> None:
     """Train a small ResNet on scikit-learn's digits, cloak it, and sweep mask ratios."""
+    check_output_folder(out_dir)
     from deepcloak.demo import DemoConfig, run_demo, write_demo
     from deepcloak.report.sweep import sweep_table
 
@@ -153,6 +156,7 @@ def train(
     out_path: Annotated[Path | None, typer.Option("--out", help="Checkpoint file (default: runs/<model>-<data>.safetensors).")] = None,
 ) -> None:  # fmt: skip
     """Train a zoo model on a data set and save a checkpoint (safetensors + JSON metadata)."""
+    check_output_file(out_path or Path("runs") / f"{model}-{data}.safetensors")
     from deepcloak.models.recipes import recipe, train_checkpoint
 
     arch_kwargs = {"width": width, "depth": depth, **_key_values(option or [])}
@@ -248,6 +252,7 @@ def harden(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/harden"),
 ) -> None:  # fmt: skip
     """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
+    check_output_folder(out_dir)
     from deepcloak.data.sets import load_dataset
     from deepcloak.harden import HardenConfig, trained_input_shape, write_harden
     from deepcloak.harden import harden as run_harden
@@ -309,6 +314,7 @@ def evaluate(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/evaluate"),
 ) -> None:  # fmt: skip
     """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
+    check_output_folder(out_dir)
     from torch.utils.data import DataLoader
 
     from deepcloak.cloak.fit import Cloak
@@ -356,9 +362,30 @@ def evaluate(
     out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised past click (which would turn ``KeyboardInterrupt`` into "Aborted!", exit 1)."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # DataLoader workers share the terminal's Ctrl-C; torch expects KeyboardInterrupt there.
+    raise Interrupted if os.getpid() == _MAIN_PID else KeyboardInterrupt
+
+
 def main() -> None:
-    """Entry point of the ``deepcloak`` command."""
-    app()
+    """Entry point of the ``deepcloak`` command; Ctrl-C stops it with one line and status 130."""
+    import signal
+    import sys
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if SIGINT is ignored
+        signal.signal(signal.SIGINT, _interrupt)
+    try:
+        app()
+    except Interrupted:
+        console.print("[bold red]interrupted[/] (Ctrl-C)", highlight=False)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
