@@ -23,6 +23,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
     "MAX_PIXELS_PER_BYTE",
+    "decode_image",
     "image_mode_and_size",
     "list_image_folder",
     "read_images",
@@ -74,12 +75,13 @@ def image_mode_and_size(paths: Sequence[Path]) -> tuple[str, tuple[int, int] | N
         DataFormatError: Pillow cannot open a file, or it declares too many pixels; the message
             names the file.
     """
-    modes, sizes = set(), set()
+    grey, size, same = True, None, True  # not a set of sizes: memory stays flat in N
     for path in paths:
         with _open_image(path) as img:
-            modes.add(img.mode)
-            sizes.add(img.size)
-    return ("L" if modes <= _GREY_MODES else "RGB"), (sizes.pop() if len(sizes) == 1 else None)
+            grey = grey and img.mode in _GREY_MODES
+            size = img.size if size is None else size
+            same = same and img.size == size
+    return ("L" if grey else "RGB"), (size if same else None)
 
 
 def read_images(paths: Sequence[Path], *, mode: str, size: tuple[int, int]) -> np.ndarray:
@@ -92,16 +94,30 @@ def read_images(paths: Sequence[Path], *, mode: str, size: tuple[int, int]) -> n
     channels = 1 if mode == "L" else 3
     out = np.empty((len(paths), channels, size[1], size[0]), dtype=np.uint8)
     for i, path in enumerate(paths):
-        with _open_image(path) as img:
-            try:
-                img = img.convert(mode)
-                if img.size != size:
-                    img = img.resize(size, Image.Resampling.BILINEAR)
-                pixels = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, C)
-            except Exception as e:  # a corrupt file fails inside Pillow in many ways
-                raise DataFormatError(f"{path}: cannot decode image ({e})") from None
-        out[i] = pixels.reshape(size[1], size[0], channels).transpose(2, 0, 1)
+        out[i] = decode_image(path, mode=mode, size=size)
     return out
+
+
+def decode_image(path: Path | str, *, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """One image as ``uint8`` ``(C, H, W)``: converted to ``mode`` (``"L"`` or ``"RGB"``), then
+    resized bilinearly to ``size`` = ``(width, height)`` if it differs.
+
+    Raises:
+        DataFormatError: the file cannot be decoded or declares too many pixels; the message
+            names it.
+    """
+    path = Path(path)
+    channels = 1 if mode == "L" else 3
+    with _open_image(path) as img:
+        try:
+            img = img.convert(mode)
+            if img.size != size:
+                img = img.resize(size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, C)
+        except Exception as e:  # a corrupt file fails inside Pillow in many ways
+            raise DataFormatError(f"{path}: cannot decode image ({e})") from None
+    chw: np.ndarray = pixels.reshape(size[1], size[0], channels).transpose(2, 0, 1)
+    return chw
 
 
 def _open_image(path: Path) -> Image.Image:
