@@ -129,7 +129,7 @@ class ImageFolderDataset(ImageSet):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         pixels = _images.decode_image(self._paths[index], mode=self.mode, size=self.size)
         # The same operation as ImageDataset.__getitem__ (uint8 -> float, / 255): equal values.
-        return torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255, self.labels[index]
+        return torch.from_numpy(pixels).float() / 255, self.labels[index]
 
     def tensors(self) -> tuple[Tensor, Tensor]:
         """Every image decoded at once, for small sets (memory grows with the number of images).

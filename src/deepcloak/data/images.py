@@ -116,7 +116,8 @@ def decode_image(path: Path | str, *, mode: str, size: tuple[int, int]) -> np.nd
             pixels = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, C)
         except Exception as e:  # a corrupt file fails inside Pillow in many ways
             raise DataFormatError(f"{path}: cannot decode image ({e})") from None
-    chw: np.ndarray = pixels.reshape(size[1], size[0], channels).transpose(2, 0, 1)
+    # A copy: Pillow's array is read-only and (H, W, C); torch wants writable (C, H, W).
+    chw: np.ndarray = np.array(pixels.reshape(size[1], size[0], channels).transpose(2, 0, 1))
     return chw
 
 
