@@ -112,7 +112,9 @@ def make_loader(
         raise DeepCloakError(
             f"make_loader needs a data set with a length, got {type(dataset).__name__}"
         )
-    on_cuda = device is not None and torch.device(device).type == "cuda"
+    on_cuda = (
+        device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available()
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,
