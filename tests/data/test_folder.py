@@ -90,6 +90,8 @@ def test_streaming_equals_the_in_memory_reader(tmp_path: Path, limit: int | None
         x_ref, y_ref = reference.tensors()
         assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
         assert all(torch.equal(data[i][0], reference[i][0]) for i in range(len(data)))
+        held = data.to_memory()
+        assert torch.equal(held.images, reference.images) and torch.equal(held.labels, y_ref)
     train = load_dataset("imagefolder", root=tmp_path, image_size=16)
     test = load_dataset("imagefolder", split="test", root=tmp_path, image_size=16)
     assert (len(train), len(test)) == (15, 6)  # 2 of each class's 7 held out (20 %, rounded up)
