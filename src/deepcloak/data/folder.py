@@ -141,7 +141,7 @@ class ImageFolderDataset(ImageSet):
             ``(x, y)``: ``x`` float32 ``(N, C, H, W)`` in ``[0, 1]``, ``y`` int64 ``(N,)``.
         """
         paths = [self._paths[i] for i in range(len(self))]
-        pixels = _images.read_images([Path(p) for p in paths], mode=self.mode, size=self.size)
+        pixels = _images.read_images(paths, mode=self.mode, size=self.size)
         return torch.from_numpy(pixels).float() / 255, self.labels.clone()
 
     def to_memory(self) -> ImageDataset:
@@ -152,7 +152,7 @@ class ImageFolderDataset(ImageSet):
         """
         from deepcloak.data.sets import ImageDataset  # sets imports this module
 
-        paths = [Path(self._paths[i]) for i in range(len(self))]
+        paths = [self._paths[i] for i in range(len(self))]
         pixels = _images.read_images(paths, mode=self.mode, size=self.size)
         return ImageDataset(
             torch.from_numpy(pixels), self.labels.clone(), name=self.name, classes=self.classes
@@ -237,16 +237,16 @@ def read_image_folder(
 
 
 def _split_per_class(
-    samples: list[tuple[Path, int]],
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    samples: list[tuple[str, int]],
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """Hold out ``TEST_FRACTION`` of each class (rounded up, none of a single image) by a fixed
     shuffle, so the split does not change between runs or machines."""
     rng = np.random.default_rng(0)
-    by_class: dict[int, list[tuple[Path, int]]] = {}
+    by_class: dict[int, list[tuple[str, int]]] = {}
     for sample in samples:  # one pass: a thousand classes must not mean a thousand scans
         by_class.setdefault(sample[1], []).append(sample)
-    train: list[tuple[Path, int]] = []
-    test: list[tuple[Path, int]] = []
+    train: list[tuple[str, int]] = []
+    test: list[tuple[str, int]] = []
     for label in sorted(by_class):
         members = by_class[label]
         n_test = math.ceil(TEST_FRACTION * len(members)) if len(members) > 1 else 0

@@ -10,6 +10,7 @@ raises on a corrupt file becomes a :class:`~deepcloak.errors.DataFormatError` na
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,8 +40,13 @@ MAX_PIXELS_PER_BYTE = 8 * 1032
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
-def list_image_folder(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Classes (sub-folder names, sorted) and ``(file, class index)`` pairs under ``folder``.
+def list_image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sub-folder names, sorted) and ``(file, class index)`` pairs under ``folder``,
+    files sorted by name within each class.
+
+    Files are listed with ``os.scandir`` and kept as ``str``: a million ``Path`` objects would
+    take several times the memory, and ``scandir`` tells files from folders without a ``stat``
+    per file on most file systems.
 
     Raises:
         DataFormatError: ``folder`` has no class sub-folders, or a class folder has no images.
@@ -51,22 +57,25 @@ def list_image_folder(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
             f"{folder}: no class folders; expected one sub-folder per class holding images "
             f"({', '.join(IMAGE_SUFFIXES)})"
         )
-    samples = []
+    samples: list[tuple[str, int]] = []
     for index, name in enumerate(classes):
-        files = sorted(
-            p
-            for p in (folder / name).iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
+        with os.scandir(folder / name) as entries:
+            files = sorted(
+                (e.name, e.path)
+                for e in entries
+                if not e.name.startswith(".")
+                and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                and e.is_file()
+            )
         if not files:
             raise DataFormatError(
                 f"{folder / name}: no images; expected files ending in {', '.join(IMAGE_SUFFIXES)}"
             )
-        samples += [(p, index) for p in files]
+        samples += [(path, index) for _, path in files]
     return classes, samples
 
 
-def image_mode_and_size(paths: Sequence[Path]) -> tuple[str, tuple[int, int] | None]:
+def image_mode_and_size(paths: Sequence[str | Path]) -> tuple[str, tuple[int, int] | None]:
     """``("L" or "RGB", the common (width, height) or None when sizes differ)``.
 
     Only headers are read.
@@ -84,7 +93,7 @@ def image_mode_and_size(paths: Sequence[Path]) -> tuple[str, tuple[int, int] | N
     return ("L" if grey else "RGB"), (size if same else None)
 
 
-def read_images(paths: Sequence[Path], *, mode: str, size: tuple[int, int]) -> np.ndarray:
+def read_images(paths: Sequence[str | Path], *, mode: str, size: tuple[int, int]) -> np.ndarray:
     """Load ``paths`` as ``uint8`` ``(N, C, H, W)`` in ``mode``, resized to ``size`` if needed.
 
     Raises:
@@ -121,8 +130,9 @@ def decode_image(path: Path | str, *, mode: str, size: tuple[int, int]) -> np.nd
     return chw
 
 
-def _open_image(path: Path) -> Image.Image:
+def _open_image(path: str | Path) -> Image.Image:
     """Open ``path`` (header only) and check its declared size before anything is decoded."""
+    path = Path(path)
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb guard only warns below twice its limit; ours is an error.
