@@ -99,13 +99,11 @@ def make_loader(
     _check_int("workers", workers, low=0)
     if generator is None and shuffle:
         generator = torch.Generator().manual_seed(seed)
-    in_memory = isinstance(dataset, ImageDataset) or (
+    if isinstance(dataset, ImageDataset) or (
         isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2
-    )
-    if in_memory:
+    ):  # held in memory: slice it
         return TensorLoader(
-            dataset,  # type: ignore[arg-type]  # narrowed just above
-            batch_size=batch_size, shuffle=shuffle, generator=generator,
+            dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
             drop_last=drop_last, shard=shard,
         )  # fmt: skip
     if not isinstance(dataset, Sized):
