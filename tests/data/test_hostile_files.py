@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from deepcloak.cli import app
 from deepcloak.data import formats, images, pickles
+from deepcloak.data.loader import make_loader
 from deepcloak.data.sets import load_dataset
 from deepcloak.errors import DataFormatError
 from tests.data.test_sets import write_cifar_py, write_idx, write_mnist
@@ -239,5 +240,11 @@ def test_truncated_image_names_the_file(tmp_path: Path) -> None:
         Image.fromarray(noise).save(path)
     broken = tmp_path / "b" / "x.png"
     broken.write_bytes(broken.read_bytes()[:200])
-    with pytest.raises(DataFormatError, match=r"b/x.png: (cannot decode|not a readable) image"):
-        load_dataset("imagefolder", root=tmp_path)
+    # Headers are read when the folder is listed; pixels only when a sample is used, from
+    # this process or from a DataLoader worker (whose error comes back as the same type).
+    data = load_dataset("imagefolder", root=tmp_path)
+    message = r"b/x.png: (cannot decode|not a readable) image"
+    with pytest.raises(DataFormatError, match=message):
+        data[1]
+    with pytest.raises(DataFormatError, match=message):
+        list(make_loader(data, batch_size=2, workers=1))

@@ -1,13 +1,21 @@
-"""TensorLoader serves the same batches as a DataLoader, by slicing tensors."""
+"""make_loader: sliced tensors and DataLoaders serve the same batches, sharded alike."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from deepcloak.data.loader import TensorLoader
-from deepcloak.data.sets import load_dataset
+from deepcloak.data import images
+from deepcloak.data.folder import ImageFolderDataset, read_image_folder
+from deepcloak.data.loader import TensorLoader, make_loader
+from deepcloak.data.sets import ImageDataset, load_dataset
+from deepcloak.distributed import Distributed, ShardSampler
 from deepcloak.errors import DeepCloakError
 
 
@@ -45,3 +53,136 @@ def test_shuffled_passes_cover_every_sample_once_reproducibly() -> None:
 def test_bad_batch_size(batch_size: object) -> None:
     with pytest.raises(DeepCloakError, match="batch_size must be a positive int"):
         TensorLoader(load_dataset("digits", limit=4), batch_size=batch_size)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ make_loader
+def folder_and_copy(tmp_path: Path, n: int = 23) -> tuple[ImageFolderDataset, ImageDataset]:
+    """A streaming folder of ``n`` small RGB images and the same samples held in memory."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        path = tmp_path / f"c{i % 3}" / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(path)
+    folder = read_image_folder(tmp_path, split="train", image_size=None)
+    pixels = images.read_images(
+        [folder.path(i) for i in range(len(folder))], mode="RGB", size=(5, 4)
+    )
+    held = ImageDataset(torch.from_numpy(pixels), folder.labels, name="t", classes=folder.classes)
+    return folder, held
+
+
+def concat(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_path_serves_the_same_batches(tmp_path: Path, shuffle: bool) -> None:
+    folder, held = folder_and_copy(tmp_path)
+    tensors = TensorDataset(*held.tensors())
+    kw = {"batch_size": 4, "shuffle": shuffle, "seed": 5}
+    ref = list(make_loader(held, **kw))
+    assert len(ref) == 5  # 17 training samples of 23: 4 + 4 + 4 + 4 + 1
+    assert isinstance(make_loader(held, **kw), TensorLoader)
+    assert isinstance(make_loader(folder, **kw), DataLoader)
+    others = [make_loader(folder, **kw), make_loader(folder, workers=2, **kw),
+              make_loader(tensors, **kw)]  # fmt: skip
+    if not shuffle:
+        others.append(DataLoader(held, batch_size=4))
+    for other in others:
+        batches = list(other)
+        assert len(batches) == len(other) == len(ref)
+        for (x, y), (x_ref, y_ref) in zip(batches, ref, strict=True):
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    x_all, _ = concat(ref)  # each sample once
+    assert sorted(x_all.flatten(1).tolist()) == sorted(held.tensors()[0].flatten(1).tolist())
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_together_are_the_unsharded_pass(tmp_path: Path, shuffle: bool, world: int) -> None:
+    folder, held = folder_and_copy(tmp_path)
+    for data in (folder, held):
+        x_ref, y_ref = concat(list(make_loader(data, batch_size=4, shuffle=shuffle, seed=2)))
+        x_out, y_out = torch.empty_like(x_ref), torch.empty_like(y_ref)
+        for rank in range(world):
+            shard = Distributed(rank=rank, world_size=world)
+            loader = make_loader(data, batch_size=4, shuffle=shuffle, seed=2, shard=shard)
+            x, y = concat(list(loader))
+            assert len(y) == len(ShardSampler(len(data), shard))  # not padded
+            assert len(loader) == -(-len(y) // 4)
+            x_out[rank::world], y_out[rank::world] = (
+                x,
+                y,
+            )  # position p of the pass is on rank p % world
+        assert torch.equal(x_out, x_ref) and torch.equal(y_out, y_ref)
+
+
+def test_a_shared_generator_moves_as_under_a_dataloader() -> None:
+    """Training draws its augmentation from the generator that orders its batches: both paths
+    must draw from it exactly what ``DataLoader(shuffle=True)`` drew, so weights stay the same."""
+    data = load_dataset("digits", split="test")  # 360 samples
+    trace = {}
+    for name in ("dataloader", "tensorloader", "stream"):
+        gen = torch.Generator().manual_seed(9)
+        if name == "dataloader":
+            loader = DataLoader(data, batch_size=64, shuffle=True, generator=gen, drop_last=True)
+        else:
+            sub = data if name == "tensorloader" else ListDataset(data)
+            loader = make_loader(sub, batch_size=64, shuffle=True, generator=gen, drop_last=True)
+        labels, noise = [], []
+        for _ in range(2):  # two passes, a draw after every batch as augmentation does
+            for _, y in loader:
+                labels.append(y)
+                noise.append(torch.rand(3, generator=gen))
+        trace[name] = (torch.cat(labels), torch.cat(noise), gen.get_state())
+    for name in ("tensorloader", "stream"):
+        assert all(torch.equal(a, b) for a, b in zip(trace[name], trace["dataloader"], strict=True))
+
+
+class ListDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A plain map-style data set (no tensors to slice): served through a DataLoader."""
+
+    def __init__(self, data: ImageDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data[i]
+
+
+def test_loader_settings_and_fresh_batches() -> None:
+    stream = make_loader(ListDataset(load_dataset("digits", limit=8)), batch_size=4, workers=2)
+    assert isinstance(stream, DataLoader)
+    assert (stream.num_workers, stream.persistent_workers) == (2, True)
+    assert stream.pin_memory is False  # no device named: nothing to pin for
+    cuda = make_loader(ListDataset(load_dataset("digits", limit=8)), batch_size=4, device="cuda")
+    assert isinstance(cuda, DataLoader) and cuda.pin_memory is torch.cuda.is_available()
+    x = torch.arange(6.0).reshape(6, 1)
+    for xb, _ in make_loader(TensorDataset(x, torch.zeros(6, dtype=torch.int64)), batch_size=4):
+        xb += 100  # a batch is a new tensor: the data set stays as it was
+    assert torch.equal(x, torch.arange(6.0).reshape(6, 1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"workers": -1}, "workers must be a non-negative int"),
+        ({"workers": 1.5}, "workers must be a non-negative int"),
+    ],
+)
+def test_bad_loader_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(DeepCloakError, match=match):
+        make_loader(load_dataset("digits", limit=4), **kwargs)
+
+
+def test_a_dataset_without_length_is_refused() -> None:
+    class Endless(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+        def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            while True:
+                yield torch.zeros(1), torch.zeros((), dtype=torch.int64)
+
+    with pytest.raises(DeepCloakError, match="needs a data set with a length"):
+        make_loader(Endless(), batch_size=2)  # type: ignore[arg-type]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from deepcloak.data.folder import read_image_folder
+from deepcloak.data.images import read_images
+from deepcloak.data.sets import ImageDataset
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.train import Schedule, _lr_factor, accuracy, augment_batch, train_model
 from deepcloak.models.zoo import create_model
@@ -172,3 +179,26 @@ def test_bad_options_and_divergence(digits: Digits, kwargs: dict, match: str) ->
     linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(DeepCloakError, match=match):
         train_model(linear, TensorDataset(*digits[0][:64]), **{"batch_size": 32, **kwargs})
+
+
+def test_a_streamed_folder_trains_the_weights_of_its_in_memory_copy(tmp_path: Path) -> None:
+    """Whichever path batches the data (sliced tensors, a DataLoader decoding files, a
+    TensorDataset), seeded training with shuffling and augmentation gives the same weights."""
+    bunch = load_digits()
+    for i, (pixels, label) in enumerate(zip(bunch.images[:120], bunch.target[:120], strict=True)):
+        path = tmp_path / str(label) / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((pixels * 15).astype(np.uint8)).save(path)  # 0..16 -> 0..240
+    folder = read_image_folder(tmp_path, split="train", image_size=None)
+    pixels = torch.from_numpy(read_images([folder.path(i) for i in range(len(folder))],
+                                          mode="L", size=(8, 8)))  # fmt: skip
+    held = ImageDataset(pixels, folder.labels, name="d", classes=folder.classes)
+
+    def weights(data: Dataset[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        model = small_cnn()
+        train_model(model, data, epochs=2, batch_size=16, augment=True, hflip=True, seed=4)
+        return model.state_dict()
+
+    reference = weights(held)
+    for data in (folder, TensorDataset(*held.tensors())):
+        assert all(torch.equal(v, reference[k]) for k, v in weights(data).items())

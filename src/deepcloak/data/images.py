@@ -10,6 +10,7 @@ raises on a corrupt file becomes a :class:`~deepcloak.errors.DataFormatError` na
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
     "MAX_PIXELS_PER_BYTE",
+    "decode_image",
     "image_mode_and_size",
     "list_image_folder",
     "read_images",
@@ -38,8 +40,13 @@ MAX_PIXELS_PER_BYTE = 8 * 1032
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
-def list_image_folder(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Classes (sub-folder names, sorted) and ``(file, class index)`` pairs under ``folder``.
+def list_image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sub-folder names, sorted) and ``(file, class index)`` pairs under ``folder``,
+    files sorted by name within each class.
+
+    Files are listed with ``os.scandir`` and kept as ``str``: a million ``Path`` objects would
+    take several times the memory, and ``scandir`` tells files from folders without a ``stat``
+    per file on most file systems.
 
     Raises:
         DataFormatError: ``folder`` has no class sub-folders, or a class folder has no images.
@@ -50,22 +57,25 @@ def list_image_folder(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
             f"{folder}: no class folders; expected one sub-folder per class holding images "
             f"({', '.join(IMAGE_SUFFIXES)})"
         )
-    samples = []
+    samples: list[tuple[str, int]] = []
     for index, name in enumerate(classes):
-        files = sorted(
-            p
-            for p in (folder / name).iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
+        with os.scandir(folder / name) as entries:
+            files = sorted(
+                (e.name, e.path)
+                for e in entries
+                if not e.name.startswith(".")
+                and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                and e.is_file()
+            )
         if not files:
             raise DataFormatError(
                 f"{folder / name}: no images; expected files ending in {', '.join(IMAGE_SUFFIXES)}"
             )
-        samples += [(p, index) for p in files]
+        samples += [(path, index) for _, path in files]
     return classes, samples
 
 
-def image_mode_and_size(paths: Sequence[Path]) -> tuple[str, tuple[int, int] | None]:
+def image_mode_and_size(paths: Sequence[str | Path]) -> tuple[str, tuple[int, int] | None]:
     """``("L" or "RGB", the common (width, height) or None when sizes differ)``.
 
     Only headers are read.
@@ -74,15 +84,16 @@ def image_mode_and_size(paths: Sequence[Path]) -> tuple[str, tuple[int, int] | N
         DataFormatError: Pillow cannot open a file, or it declares too many pixels; the message
             names the file.
     """
-    modes, sizes = set(), set()
+    grey, size, same = True, None, True  # not a set of sizes: memory stays flat in N
     for path in paths:
         with _open_image(path) as img:
-            modes.add(img.mode)
-            sizes.add(img.size)
-    return ("L" if modes <= _GREY_MODES else "RGB"), (sizes.pop() if len(sizes) == 1 else None)
+            grey = grey and img.mode in _GREY_MODES
+            size = img.size if size is None else size
+            same = same and img.size == size
+    return ("L" if grey else "RGB"), (size if same else None)
 
 
-def read_images(paths: Sequence[Path], *, mode: str, size: tuple[int, int]) -> np.ndarray:
+def read_images(paths: Sequence[str | Path], *, mode: str, size: tuple[int, int]) -> np.ndarray:
     """Load ``paths`` as ``uint8`` ``(N, C, H, W)`` in ``mode``, resized to ``size`` if needed.
 
     Raises:
@@ -92,20 +103,36 @@ def read_images(paths: Sequence[Path], *, mode: str, size: tuple[int, int]) -> n
     channels = 1 if mode == "L" else 3
     out = np.empty((len(paths), channels, size[1], size[0]), dtype=np.uint8)
     for i, path in enumerate(paths):
-        with _open_image(path) as img:
-            try:
-                img = img.convert(mode)
-                if img.size != size:
-                    img = img.resize(size, Image.Resampling.BILINEAR)
-                pixels = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, C)
-            except Exception as e:  # a corrupt file fails inside Pillow in many ways
-                raise DataFormatError(f"{path}: cannot decode image ({e})") from None
-        out[i] = pixels.reshape(size[1], size[0], channels).transpose(2, 0, 1)
+        out[i] = decode_image(path, mode=mode, size=size)
     return out
 
 
-def _open_image(path: Path) -> Image.Image:
+def decode_image(path: Path | str, *, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """One image as ``uint8`` ``(C, H, W)``: converted to ``mode`` (``"L"`` or ``"RGB"``), then
+    resized bilinearly to ``size`` = ``(width, height)`` if it differs.
+
+    Raises:
+        DataFormatError: the file cannot be decoded or declares too many pixels; the message
+            names it.
+    """
+    path = Path(path)
+    channels = 1 if mode == "L" else 3
+    with _open_image(path) as img:
+        try:
+            img = img.convert(mode)
+            if img.size != size:
+                img = img.resize(size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, C)
+        except Exception as e:  # a corrupt file fails inside Pillow in many ways
+            raise DataFormatError(f"{path}: cannot decode image ({e})") from None
+    # A copy: Pillow's array is read-only and (H, W, C); torch wants writable (C, H, W).
+    chw: np.ndarray = np.array(pixels.reshape(size[1], size[0], channels).transpose(2, 0, 1))
+    return chw
+
+
+def _open_image(path: str | Path) -> Image.Image:
     """Open ``path`` (header only) and check its declared size before anything is decoded."""
+    path = Path(path)
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb guard only warns below twice its limit; ours is an error.

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from enum import Enum
@@ -24,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from deepcloak.data import formats as _formats
-from deepcloak.data import images as _images
+from deepcloak.data.base import ImageSet
+from deepcloak.data.folder import TEST_FRACTION, read_image_folder
 from deepcloak.data.loader import TensorLoader
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.registry import Registry
@@ -37,6 +36,7 @@ __all__ = [
     "DATA_ROOT_ENV",
     "FASHION_MNIST_ROOT",
     "ImageDataset",
+    "ImageSet",
     "Split",
     "data_root",
     "fashion_mnist_root",
@@ -57,7 +57,6 @@ FASHION_MNIST_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
-TEST_FRACTION = 0.2  # held-out share for sets that come without a test split
 
 
 class Split(str, Enum):
@@ -80,7 +79,7 @@ class Split(str, Enum):
             raise DeepCloakError(f"unknown split {value!r}; expected one of: {choices}") from None
 
 
-class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
+class ImageDataset(ImageSet):
     """Images held as ``uint8`` and served as ``float32`` in ``[0, 1]``.
 
     Holding bytes keeps memory four times lower than floats (it matters for CIFAR-10). Pixels
@@ -135,14 +134,6 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
         c, h, w = images.shape[1:]
         self.input_shape: tuple[int, int, int] = (int(c), int(h), int(w))
 
-    @property
-    def num_classes(self) -> int:
-        """The number of classes (labels are ``0..num_classes - 1``)."""
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.images[index].float() / self.scale, self.labels[index]
 
@@ -179,19 +170,6 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
             self, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
         )
 
-    def split_off(self, n: int, *, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
-        """Hold out ``n`` random samples (seeded): returns ``(rest, held_out)``, disjoint.
-
-        Used to carve a validation split out of the training split, so that choices made on
-        it (such as the mask ratio) never see the test data.
-        """
-        if not 0 < n < len(self):
-            raise DeepCloakError(
-                f"cannot hold out {n} of {len(self)} samples; expected 0 < n < {len(self)}"
-            )
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        return self.subset(order[n:].sort().values), self.subset(order[:n].sort().values)
-
     def __repr__(self) -> str:
         return (
             f"ImageDataset(name={self.name!r}, samples={len(self)}, "
@@ -199,8 +177,8 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
         )
 
 
-#: Loaders by name: ``loader(*, split, root, image_size) -> ImageDataset``.
-DATASETS: Registry[ImageDataset] = Registry("data set")
+#: Loaders by name: ``loader(*, split, root, image_size) -> ImageSet``.
+DATASETS: Registry[ImageSet] = Registry("data set")
 
 
 def data_root() -> Path:
@@ -224,7 +202,7 @@ def load_dataset(
     limit: int | None = None,
     seed: int = 0,
     image_size: int | None = None,
-) -> ImageDataset:
+) -> ImageSet:
     """Load the data set registered as ``name``.
 
     Args:
@@ -241,7 +219,10 @@ def load_dataset(
             Without it, all images must share one size.
 
     Returns:
-        The :class:`ImageDataset`.
+        An in-memory :class:`ImageDataset`, or for ``imagefolder`` an
+        :class:`~deepcloak.data.folder.ImageFolderDataset` that reads each image from disk when
+        it is used (memory flat in the number of images). Batch either with
+        :func:`deepcloak.data.loader.make_loader`.
 
     Raises:
         DeepCloakError: unknown name or split, a bad ``limit`` or ``image_size``, or no root.
@@ -353,54 +334,12 @@ def _cifar10(*, split: Split, root: Path | None, image_size: int | None) -> Imag
 
 
 @DATASETS.register("imagefolder")
-def _image_folder(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
-    """Images in ``root/<split>/<class>/`` or, without split folders, ``root/<class>/``.
+def _image_folder(*, split: Split, root: Path | None, image_size: int | None) -> ImageSet:
+    """Images in ``root/<split>/<class>/`` or, without split folders, ``root/<class>/``, read
+    from disk as they are used (see :mod:`deepcloak.data.folder`).
 
     Without ``train``/``test`` folders, each class is split 80/20 by a fixed shuffle. Images
     load as one grey channel when all of them are grey, else as RGB.
     """
     folder = _require_root(root, "imagefolder", "one sub-folder of images per class")
-    if (folder / "train").is_dir() and (folder / "test").is_dir():
-        classes, train = _images.list_image_folder(folder / "train")
-        test_classes, test = _images.list_image_folder(folder / "test")
-        if not set(test_classes) <= set(classes):
-            extra = sorted(set(test_classes) - set(classes))
-            raise DataFormatError(
-                f"{folder / 'test'}: classes {extra} have no folder in {folder / 'train'}; "
-                "expected the same class folders in both"
-            )
-        remap = [classes.index(c) for c in test_classes]
-        test = [(p, remap[i]) for p, i in test]
-    else:
-        classes, samples = _images.list_image_folder(folder)
-        train, test = _split_per_class(samples)
-    # Mode and size come from both splits, so that train and test always share a shape.
-    mode, size = _images.image_mode_and_size([p for p, _ in train + test])
-    if image_size is not None:
-        size = (image_size, image_size)
-    elif size is None:
-        raise DataFormatError(
-            f"{folder}: images differ in size; pass image_size to resize them all to one size"
-        )
-    chosen = train if split is Split.TRAIN else test
-    if not chosen:
-        raise DataFormatError(f"{folder}: no images in the {split.value} split")
-    images = _images.read_images([p for p, _ in chosen], mode=mode, size=size)
-    labels = np.array([i for _, i in chosen])
-    return _from_numpy(images, labels, name="imagefolder", classes=classes)
-
-
-def _split_per_class(
-    samples: list[tuple[Path, int]],
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    """Hold out ``TEST_FRACTION`` of each class (rounded up, none of a single image) by a fixed
-    shuffle, so the split does not change between runs or machines."""
-    rng = np.random.default_rng(0)
-    train, test = [], []
-    for label in sorted({i for _, i in samples}):
-        members = [s for s in samples if s[1] == label]
-        n_test = math.ceil(TEST_FRACTION * len(members)) if len(members) > 1 else 0
-        held = set(rng.permutation(len(members))[:n_test].tolist())
-        test += [s for j, s in enumerate(members) if j in held]
-        train += [s for j, s in enumerate(members) if j not in held]
-    return train, test
+    return read_image_folder(folder, split=split.value, image_size=image_size)

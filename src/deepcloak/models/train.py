@@ -1,8 +1,9 @@
 """Training loop for the zoo models: SGD or Adam, one-cycle or cosine schedule, tensor augmentation.
 
 Data sets are torch ``Dataset``s of ``(x, y)`` with ``x`` a float ``(C, H, W)`` tensor in [0, 1]
-and ``y`` an int64 class. A ``TensorDataset`` is batched by slicing its tensors (much faster than
-a ``DataLoader`` on few CPU cores); any other data set goes through a ``DataLoader``.
+and ``y`` an int64 class, batched by :func:`deepcloak.data.loader.make_loader`: in-memory sets
+(``ImageDataset``, ``TensorDataset``) by slicing their tensors (much faster than a ``DataLoader``
+on few CPU cores), any other data set (an image folder read from disk) through a ``DataLoader``.
 
 Training is deterministic on CPU for a given ``seed``: one seeded ``torch.Generator`` draws the
 shuffling and augmentation, and the global RNG (dropout) is seeded inside ``fork_rng`` so that the
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
@@ -26,8 +27,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
+from deepcloak.data.loader import make_loader
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.outputs import correct
 from deepcloak.models.runtime import model_device
@@ -95,29 +97,18 @@ def _batches(
     batch_size: int,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
-) -> Iterator[Batch]:
-    """Batches of ``data``, shuffled when ``generator`` is given."""
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        x, y = data.tensors
-        n = len(x)
-        order = torch.randperm(n, generator=generator) if generator is not None else None
-        stop = n - n % batch_size if drop_last and n >= batch_size else n
-        for i in range(0, stop, batch_size):
-            if order is None:
-                yield x[i : i + batch_size], y[i : i + batch_size]
-            else:
-                idx = order[i : i + batch_size]
-                yield x[idx], y[idx]
-    elif isinstance(data, Dataset):
-        yield from DataLoader(
+) -> Iterable[Batch]:
+    """Batches of ``data``, shuffled when ``generator`` is given; a ``Dataset`` is batched by
+    :func:`~deepcloak.data.loader.make_loader`, anything else is taken as batches already."""
+    if isinstance(data, Dataset):
+        return make_loader(
             data,
             batch_size=batch_size,
             shuffle=generator is not None,
             generator=generator,
             drop_last=drop_last and len(data) >= batch_size,  # type: ignore[arg-type]
         )
-    else:
-        yield from data  # a DataLoader or any iterable of (x, y) batches
+    return data  # a DataLoader or any iterable of (x, y) batches
 
 
 def augment_batch(
