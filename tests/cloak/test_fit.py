@@ -7,10 +7,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from deepcloak.attacks.native import FGSM
-from deepcloak.cloak.fit import Cloak, fit
+from deepcloak.attacks.native import FGSM, PGD
+from deepcloak.cloak.fit import Cloak, fit, layer_features
 from deepcloak.cloak.mask import MaskedLayer
+from deepcloak.cloak.taps import first_forward, resolve_layer
 from deepcloak.errors import DataFormatError, DeepCloakError, LayerError
+from deepcloak.models.runtime import eval_mode
 from tests.conftest import DEFAULT_LAYERS
 
 
@@ -138,3 +140,59 @@ def test_nan_features_are_refused() -> None:
     x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(DeepCloakError, match="NaN or inf"):
         fit(model, DataLoader(TensorDataset(x, y), batch_size=2), attack=FGSM(eps=0.1))
+
+
+class _CountForwards(nn.Module):
+    """Counts the samples that run through ``inner`` (every forward pass, any batch size)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.samples = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.samples += x.shape[0]
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
+def _previous_path_scores(model: nn.Module, loader: DataLoader, attack: FGSM | PGD) -> torch.Tensor:
+    """The fit before the clean pass was reused: attack, then one pass over clean + adversarial."""
+    ref = resolve_layer(model, example=next(iter(loader))[0][:1])
+    total = torch.zeros(0, dtype=torch.float64)
+    with eval_mode(model):
+        for x, y in loader:
+            clean, adv, _ = layer_features(model, ref, x, attack(model, x, y))
+            batch = (adv.double() - clean.double()).abs().sum(0)
+            total = batch if total.numel() == 0 else total + batch
+    return total
+
+
+@pytest.mark.parametrize("attack", [FGSM(eps=0.1), PGD(eps=0.1, steps=2)], ids=["fgsm", "pgd"])
+def test_fit_reuses_the_attacks_clean_pass_and_scores_as_before(
+    model: nn.Module, loader: DataLoader, attack: FGSM | PGD
+) -> None:
+    counted = _CountForwards(model)
+    cloak = fit(counted, loader, attack=attack)
+    expected = _previous_path_scores(model, loader, attack)
+    torch.testing.assert_close(cloak.scores, expected, rtol=1e-6, atol=1e-6)
+    n = 40
+    # FGSM's gradient pass is the clean pass: fit = attack (1 pass) + adversarial pass. PGD with
+    # a random start never sees the clean batch, so the fit runs it (steps + 2 passes + 1 clean).
+    # Both plus the one-sample pass that finds the default layer L.
+    expected_samples = 2 * n if isinstance(attack, FGSM) else (attack.steps + 2 + 1) * n
+    assert counted.samples - 1 == expected_samples
+
+
+def test_first_forward_reuses_only_a_pass_on_the_same_inputs(model: nn.Module) -> None:
+    ref = resolve_layer(model)
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with eval_mode(model), first_forward(model, ref) as first:
+        model(x)
+        model(x + 0.5)  # a later pass is ignored
+    reused = first.reuse_for(x)
+    assert reused is not None
+    feats, logits = layer_features(model, ref, x)
+    torch.testing.assert_close(reused[0], feats)
+    torch.testing.assert_close(reused[1], logits)
+    assert first.reuse_for(x + 1e-3) is None
+    assert first.reuse_for(x[:2]) is None

@@ -30,14 +30,21 @@ from deepcloak.cloak.mask import (
 )
 from deepcloak.cloak.maskfile import FORMAT, read_mask_file, write_mask_file
 from deepcloak.cloak.scores import FeatureScore, create_scorer
-from deepcloak.cloak.taps import LayerRef, Side, reaches_logits, resolve_layer, tap
+from deepcloak.cloak.taps import (
+    LayerRef,
+    Side,
+    first_forward,
+    reaches_logits,
+    resolve_layer,
+    tap,
+)
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.outputs import check_finite_logits, select_logits
 from deepcloak.models.runtime import eval_mode, model_device, model_dtype
 from deepcloak.progress import ProgressFn, no_progress
 from deepcloak.validation import check_labels, check_ratio
 
-__all__ = ["Cloak", "fit", "layer_features"]
+__all__ = ["Cloak", "attacked_features", "fit", "layer_features"]
 # Re-exported for callers that import them from here (their home: deepcloak.batches and
 # deepcloak.models.runtime).
 __all__ += ["model_device", "unpack_batch"]
@@ -155,6 +162,31 @@ def layer_features(model: nn.Module, ref: LayerRef, *inputs: torch.Tensor) -> li
     return [*torch.split(feats, sizes), logits]
 
 
+def attacked_features(
+    model: nn.Module, ref: LayerRef, attack: Attack, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attack ``x`` and return ``(x_adv, clean features, adversarial features, logits)``.
+
+    The same as ``layer_features(model, ref, x, attack(model, x, y))`` (logits of the clean
+    batch, then of the adversarial one), at the cost of the attack plus one forward pass: when
+    the attack's first forward pass ran on ``x`` itself (FGSM's gradient pass, the ART attacks'
+    label check), its features and logits are reused instead of running ``x`` again.
+
+    Raises:
+        DeepCloakError: the model returns no single tensor, or NaN/inf logits.
+    """
+    with first_forward(model, ref) as first:
+        x_adv = attack(model, x, y)
+    reused = first.reuse_for(x)
+    if reused is None:
+        clean, adv, logits = layer_features(model, ref, x, x_adv)
+        return x_adv, clean, adv, logits
+    clean, clean_logits = reused
+    check_finite_logits(clean_logits)
+    adv, adv_logits = layer_features(model, ref, x_adv)
+    return x_adv, clean, adv, torch.cat([clean_logits, adv_logits])
+
+
 def fit(
     model: nn.Module,
     loader: Iterable[Any],
@@ -234,7 +266,7 @@ def _score_batches(
         if ref is None:
             ref = _resolve_and_check(model, layer, side, x[:1])
         if scorer.needs_adversarial:
-            clean, adv, logits = layer_features(model, ref, x, attack(model, x, y))
+            _, clean, adv, logits = attacked_features(model, ref, attack, x, y)
         else:
             clean, logits = layer_features(model, ref, x)
             adv = clean

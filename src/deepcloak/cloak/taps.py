@@ -24,8 +24,10 @@ from deepcloak.models.runtime import eval_mode
 
 __all__ = [
     "FeatureTap",
+    "FirstForward",
     "LayerRef",
     "Side",
+    "first_forward",
     "module_names",
     "reaches_logits",
     "resolve_layer",
@@ -244,3 +246,68 @@ def tap(model: nn.Module, ref: LayerRef, *, detach: bool = True) -> Iterator[Fea
         yield recorder
     finally:
         handle.remove()
+
+
+class FirstForward:
+    """What the model's first forward pass saw and produced (see :func:`first_forward`)."""
+
+    def __init__(self) -> None:
+        self.inputs: torch.Tensor | None = None
+        self.features: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+        self.running = False
+
+    def reuse_for(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The features and logits of the first pass if its input was exactly ``x``, else None.
+
+        The model is deterministic in eval mode, so a pass on the same values gives the same
+        features (up to the float rounding of a different batch composition).
+        """
+        seen, feats, logits = self.inputs, self.features, self.logits
+        if seen is None or feats is None or logits is None:
+            return None
+        if seen.shape != x.shape or seen.dtype != x.dtype or seen.device != x.device:
+            return None
+        return (feats, logits) if torch.equal(seen, x) else None
+
+
+@contextlib.contextmanager
+def first_forward(model: nn.Module, ref: LayerRef) -> Iterator[FirstForward]:
+    """Record the input, the features at ``ref`` and the logits of ``model``'s first forward pass.
+
+    Used by the fit to take the clean features from the attack's own clean forward (FGSM's
+    gradient pass, ART's label check) instead of running the model on the clean batch again.
+    Later passes are ignored; everything kept is detached, so no autograd graph is held.
+
+    Example:
+        >>> with first_forward(model, ref) as first:
+        ...     x_adv = attack(model, x, y)
+        >>> first.reuse_for(x)  # (features, logits), or None if the first pass saw other inputs
+    """
+    module = model.get_submodule(ref.name)
+    record = FirstForward()
+
+    def before(_m: nn.Module, args: Any) -> None:
+        if record.inputs is None and args and isinstance(args[0], torch.Tensor):
+            record.inputs, record.running = args[0].detach(), True
+
+    def after(_m: nn.Module, _args: Any, out: Any) -> None:
+        if record.running:
+            record.running = False
+            # Anything but one tensor of logits: not reused; the fit's own pass says what is wrong.
+            record.logits = out.detach() if isinstance(out, torch.Tensor) else None
+
+    def keep(t: Any) -> None:
+        if record.running and isinstance(t, torch.Tensor):
+            record.features = t.detach()
+
+    handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+    if ref.side is Side.INPUT:
+        handles.append(module.register_forward_pre_hook(lambda _m, args: keep(args[0])))
+    else:
+        handles.append(module.register_forward_hook(lambda _m, _args, out: keep(out)))
+    try:
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
