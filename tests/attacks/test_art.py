@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -165,3 +167,41 @@ def test_missing_art_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> Non
         require_art()
     with pytest.raises(DeepCloakError, match="Adversarial Robustness Toolbox"):
         ArtSquare(eps=0.1)(trained_mlp(), *quadrant_data(4, seed=0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _SquareOnAllSamples(ArtSquare):
+    """The adapter before it skipped broken samples and repeated queries: ART on every sample."""
+
+    _standing_only: ClassVar[bool] = False
+
+
+class _CountQueries(nn.Module):
+    """Counts the samples the wrapped model is asked about."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.samples = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.samples += x.shape[0]
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.0)])
+def test_square_queries_only_standing_new_inputs_with_the_same_result(
+    toy: tuple[nn.Module, torch.Tensor, torch.Tensor], norm: str, eps: float
+) -> None:
+    model, x, y = toy
+    y = y.clone()
+    y[:10] = (y[:10] + 1) % 4  # ten samples misclassified from the start: already adversarial
+    settings = {"eps": eps, "max_queries": 100, "norm": norm, "seed": 3}
+    before, after = _CountQueries(model), _CountQueries(model)
+    expected = _SquareOnAllSamples(**settings)(before, x, y)
+    got = ArtSquare(**settings)(after, x, y)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[:10], x[:10], rtol=0, atol=0)  # left as they were
+    assert _n_correct(model, got, y) < _n_correct(model, x, y) - 10  # the attack still bites
+    # Every query of the new path is one the old path made too, and most old ones repeated.
+    assert after.samples * 3 < before.samples, (after.samples, before.samples)

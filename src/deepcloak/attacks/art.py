@@ -20,10 +20,13 @@ Importing this module has no side effect; :mod:`deepcloak.attacks` registers the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import random
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -81,6 +84,11 @@ def art_version() -> str | None:
     return str(art.__version__)
 
 
+#: The largest batch a query attack sends through the model at once (the samples still
+#: standing, up to this many, in one batch on the model's device).
+QUERY_BATCH = 4096
+
+
 class _PlainForward(nn.Module):
     """Calls the model as a whole. ART walks the children of an ``nn.Sequential`` instead of
     calling it, which would skip a subclass's own ``forward``; this wrapper prevents that."""
@@ -120,13 +128,16 @@ def _frozen_parameters(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _numpy_seed(seed: int) -> Iterator[None]:
-    """Seed numpy's global generator (ART's source of randomness); restore it on exit."""
-    state = np.random.get_state()
+    """Seed numpy's and Python's global generators (ART draws from both: its L2 Square from
+    Python's ``random``); restore them on exit."""
+    state, py_state = np.random.get_state(), random.getstate()
     np.random.seed(seed % 2**32)
+    random.seed(seed)
     try:
         yield
     finally:
         np.random.set_state(state)
+        random.setstate(py_state)
 
 
 def art_classifier(
@@ -135,19 +146,25 @@ def art_classifier(
     nb_classes: int,
     *,
     loss: nn.Module | None = None,
+    memo_rows: int = 0,
 ) -> Any:
     """Wrap ``model`` in ART's ``PyTorchClassifier``: inputs in [0, 1], on the model's device.
 
     The loss defaults to the *summed* cross-entropy, so that gradients match the native attacks'
     exactly (a mean would scale them by ``1/batch``, which the sign step hides but float
     underflow need not).
+
+    ``memo_rows > 0`` remembers the predictions of that many recent inputs (see
+    :func:`_memo_classifier`): a query attack that asks again about an input it already asked
+    about gets the answer without running the model.
     """
     require_art()
     from art.estimators.classification import PyTorchClassifier
 
     device = model_device(model)
+    cls = _memo_classifier(PyTorchClassifier, memo_rows) if memo_rows > 0 else PyTorchClassifier
     with _on_device(device):
-        return PyTorchClassifier(
+        return cls(
             model=_PlainForward(model),
             loss=loss if loss is not None else nn.CrossEntropyLoss(reduction="sum"),
             input_shape=tuple(input_shape),
@@ -155,6 +172,40 @@ def art_classifier(
             clip_values=(0.0, 1.0),
             device_type="gpu" if device.type == "cuda" else "cpu",
         )
+
+
+def _memo_classifier(base: type[Any], capacity: int) -> type[Any]:
+    """A subclass of ART's classifier ``base`` whose ``predict`` remembers recent predictions.
+
+    ART's Square attack predicts every sample at each iteration, including the ones already
+    misclassified and unchanged, and evaluates the loss of its current point again although it
+    was the previous iteration's candidate: most of its queries repeat an earlier one. A model
+    in eval mode gives the same output for the same input, so those are answered from memory,
+    keyed by a digest of the input's bytes; only new inputs run through the model, in one batch.
+    The ``capacity`` most recently used inputs are kept (their logits only).
+    """
+
+    class MemoClassifier(base):  # type: ignore[misc]
+        def predict(
+            self, x: np.ndarray, batch_size: int = 128, training_mode: bool = False, **kw: Any
+        ) -> np.ndarray:
+            if training_mode:
+                return np.asarray(super().predict(x, batch_size, training_mode, **kw))
+            memo = self.__dict__.setdefault("_memo", OrderedDict())
+            keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
+            new = {k: i for i, k in enumerate(keys) if k not in memo}  # one query per new input
+            if new:
+                rows = list(new.values())
+                out = np.asarray(super().predict(x[rows], batch_size, training_mode, **kw))
+                memo.update(zip(new, out, strict=True))
+            result = np.stack([memo[k] for k in keys])
+            for k in keys:
+                memo.move_to_end(k)
+            while len(memo) > capacity:
+                memo.popitem(last=False)
+            return result
+
+    return MemoClassifier
 
 
 def _art_norm(norm: Norm) -> float | int:
@@ -175,6 +226,11 @@ class _ArtAttack:
     def _generate(self, classifier: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    #: Attack only the samples the model still classifies correctly (the others are already
+    #: adversarial and come back unchanged, as ART would return them), and answer repeated
+    #: queries from memory: for query attacks, whose cost is their model queries.
+    _standing_only: ClassVar[bool] = False
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = attack_batch(model, x, y)
         if self.eps == 0:
@@ -183,9 +239,21 @@ class _ArtAttack:
             logits = select_logits(model(x))  # (N, K)
         check_labels(y, logits.shape[-1])
         check_finite_logits(logits)
-        nb_classes = logits.shape[-1]
+        if not self._standing_only:
+            return self._attack(model, x, y, logits.shape[-1])
+        standing = logits.argmax(-1) == y
+        out = x.clone()
+        if bool(standing.any()):
+            out[standing] = self._attack(model, x[standing], y[standing], logits.shape[-1])
+        return out
+
+    def _attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, nb_classes: int
+    ) -> torch.Tensor:
+        """Run ART's attack on ``x`` (checked, in the model's dtype) and project the result."""
+        memo_rows = 4 * len(x) if self._standing_only else 0  # see _memo_classifier
         with eval_mode(model), _frozen_parameters(model), _numpy_seed(self.seed):
-            classifier = art_classifier(model, tuple(x.shape[1:]), nb_classes)
+            classifier = art_classifier(model, tuple(x.shape[1:]), nb_classes, memo_rows=memo_rows)
             # ART's L2 Square divides by zero-norm squares on small images (and then discards
             # them); the non-finite values it may leave are replaced below, so silence numpy.
             with _on_device(model_device(model)), np.errstate(divide="ignore", invalid="ignore"):
@@ -284,6 +352,8 @@ class ArtSquare(_ArtAttack):
     p_init: float = 0.8
     seed: int = 0
 
+    _standing_only: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         self._validate()
         check_iterative(self.max_queries, self.restarts, steps_name="max_queries")
@@ -307,7 +377,7 @@ class ArtSquare(_ArtAttack):
             eps=self.eps,
             p_init=self.p_init,
             nb_restarts=self.restarts,
-            batch_size=len(x),
+            batch_size=min(len(x), QUERY_BATCH),
             verbose=False,
         )
         return np.asarray(attack.generate(x, y))
