@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepcloak.attacks import FGSM, PGD, create_attack
+from deepcloak.attacks.native import _attack_forward, _input_gradient
 from deepcloak.errors import DeepCloakError
 
 
@@ -99,3 +100,47 @@ def test_unknown_attack_and_norm() -> None:
     with pytest.raises(DeepCloakError, match="norm"):
         PGD(eps=0.1, norm="l1")
     assert create_attack("pgd", eps=0.1, steps=4).spec()["step_size"] == pytest.approx(0.0625)
+
+
+def _rgb_convnet() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+
+
+def _plain_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The input gradient of the summed cross-entropy on the model as it is (NCHW)."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
+    return grad
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_last_fast_path_computes_the_plain_models_attack(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], channels: int
+) -> None:
+    x, y = data
+    if channels == 3:
+        model, x = (
+            _rgb_convnet(),
+            x.repeat(1, 3, 1, 1) * torch.tensor([1.0, 0.8, 0.6]).view(3, 1, 1),
+        )
+    forward, x_fast = _attack_forward(model, x)
+    has_conv = any(p.ndim == 4 for p in model.parameters())  # the MLP runs as it is
+    assert (x_fast.stride()[1] == 1) == has_conv and torch.equal(x_fast, x)  # NHWC, same values
+    with torch.no_grad():
+        torch.testing.assert_close(forward(x_fast), model(x), rtol=1e-5, atol=1e-6)
+    reference = _plain_gradient(model, x, y)
+    grad, _ = _input_gradient(forward, x_fast, y)
+    # Float rounding differs between layouts; a ReLU input at +-1e-9 may then route the gradient
+    # differently, so a few entries may differ; the rest agree to float precision.
+    close = torch.isclose(grad, reference, rtol=1e-4, atol=1e-7)
+    assert float(close.float().mean()) > 0.995
+    eps = 0.05
+    expected = (x + eps * reference.sign()).clamp(0, 1)
+    got = FGSM(eps=eps)(model, x, y)
+    assert got.is_contiguous()
+    assert float((got == expected).float().mean()) > 0.995

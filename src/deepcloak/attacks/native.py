@@ -9,12 +9,14 @@ model's ``.grad`` fields are never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from deepcloak.attacks.base import (
     Attack,
@@ -38,8 +40,45 @@ __all__ = ["FGSM", "PGD"]
 __all__ += ["ATTACKS", "Attack", "Norm", "create_attack", "eval_mode", "parse_norm"]
 
 
+Forward = Callable[[torch.Tensor], Any]
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (4-D) with channels-last strides, also when it has one channel (where
+    ``contiguous(memory_format=...)`` keeps the ambiguous NCHW strides, and convolutions with
+    them run NCHW)."""
+    _, c, h, w = t.shape
+    out = torch.empty_strided(t.shape, (c * h * w, 1, w * c, c), dtype=t.dtype, device=t.device)
+    return out.copy_(t)
+
+
+def _swappable(model: nn.Module) -> bool:
+    """Whether ``functional_call`` can run ``model`` with other weights: not a TorchScript
+    module (compiled code) nor a ``torch.compile`` wrapper (new weights would recompile it)."""
+    return not isinstance(model, torch.jit.ScriptModule) and not hasattr(model, "_orig_mod")
+
+
+def _attack_forward(model: nn.Module, x: torch.Tensor) -> tuple[Forward, torch.Tensor]:
+    """The forward pass the attack differentiates, and ``x`` laid out for it.
+
+    On CPU a conv net's forward and backward run markedly faster with inputs and
+    convolution weights in channels-last (NHWC) layout, oneDNN's own (PGD 1.2x, FGSM 1.5x on
+    bench/run.py's ResNet-8, 2 CPU cores). The weights
+    are copied in that layout and used through ``torch.func.functional_call``: the caller's model
+    and its parameters are not changed. Elsewhere (CUDA, inputs that are not images, models
+    without convolutions) the model runs as it is.
+    """
+    if x.device.type != "cpu" or x.ndim != 4 or not _swappable(model):
+        return model, x
+    weights = {n: p for n, p in model.named_parameters() if p.ndim == 4}
+    if not weights:
+        return model, x
+    nhwc = {n: p.detach().contiguous(memory_format=torch.channels_last) for n, p in weights.items()}
+    return (lambda t: functional_call(model, nhwc, (t,))), _nhwc(x)
+
+
 def _input_gradient(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, validate: bool = True
+    model: Forward, x: torch.Tensor, y: torch.Tensor, *, validate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the summed cross-entropy w.r.t. ``x``, and the per-sample losses.
 
@@ -79,8 +118,9 @@ class FGSM:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = attack_batch(model, x, y)
         with eval_mode(model):
-            grad, _ = _input_gradient(model, x, y)
-        return (x + self.eps * grad.sign()).clamp_(0.0, 1.0).detach()
+            forward, x_fast = _attack_forward(model, x)
+            grad, _ = _input_gradient(forward, x_fast, y)
+        return (x + self.eps * grad.sign()).clamp_(0.0, 1.0).detach().contiguous()
 
     def spec(self) -> dict[str, Any]:
         """``{"name": "fgsm", "eps": ...}``."""
@@ -131,10 +171,11 @@ class PGD:
         best_loss = torch.full((x.shape[0],), -torch.inf, device=x.device)
         best_wrong = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         with eval_mode(model):
+            forward, x_fast = _attack_forward(model, x)
             for _ in range(self.restarts):
-                x_adv = self._run(model, x, y, gen)
+                x_adv = self._run(forward, x_fast, y, gen)
                 with torch.no_grad():
-                    logits = select_logits(model(x_adv))
+                    logits = select_logits(forward(x_adv))
                     loss = F.cross_entropy(logits, y, reduction="none")
                     wrong = logits.argmax(-1) != y
                 # Misclassified beats correct; among equals, higher loss wins.
@@ -145,7 +186,7 @@ class PGD:
         return best
 
     def _run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+        self, model: Forward, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
     ) -> torch.Tensor:
         if self.random_start:
             x_adv = (x + self._random_delta(x, gen)).clamp_(0.0, 1.0)
