@@ -61,12 +61,12 @@ def _swappable(model: nn.Module) -> bool:
 def _attack_forward(model: nn.Module, x: torch.Tensor) -> tuple[Forward, torch.Tensor]:
     """The forward pass the attack differentiates, and ``x`` laid out for it.
 
-    On CPU a conv net's forward and backward run markedly faster with inputs and
-    convolution weights in channels-last (NHWC) layout, oneDNN's own (PGD 1.2x, FGSM 1.5x on
-    bench/run.py's ResNet-8, 2 CPU cores). The weights
-    are copied in that layout and used through ``torch.func.functional_call``: the caller's model
-    and its parameters are not changed. Elsewhere (CUDA, inputs that are not images, models
-    without convolutions) the model runs as it is.
+    On CPU a conv net's forward and backward run markedly faster with inputs and convolution
+    weights in channels-last (NHWC) layout, oneDNN's own (PGD 1.2x, FGSM 1.5x on bench/run.py's
+    ResNet-8). The weights are copied in that layout and used through
+    ``torch.func.functional_call``: the caller's model and its parameters are not changed.
+    Float rounding differs from the NCHW pass in the last bits. Elsewhere (CUDA, inputs that
+    are not images, models without convolutions) the model runs as it is.
     """
     if x.device.type != "cpu" or x.ndim != 4 or not _swappable(model):
         return model, x
