@@ -158,8 +158,14 @@ def test_sigkill_at_any_moment_leaves_a_complete_set(tmp_path: Path, swap_mode: 
     out = tmp_path / "run"
     with replace_folder(out) as tmp:
         write_set(tmp, 1)
-    seen = set()
-    for delay in (0.0, 0.001, 0.003, 0.007, 0.011, 0.017, 0.023, 0.031, 0.043, 0.06):
+    seen: set[str] = set()
+    # Fixed delays put kills in every phase; longer ones follow until a kill lands after a swap
+    # (on a loaded machine the child may not finish one swap within the first delays).
+    delays = [0.0, 0.001, 0.003, 0.007, 0.011, 0.017, 0.023, 0.031, 0.043, 0.06]
+    delays += [0.1 * 2**i for i in range(6)]
+    for i, delay in enumerate(delays):
+        if i >= 10 and len(seen) > 1:
+            break
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child never returns into pytest
