@@ -63,6 +63,8 @@ class Cloak:
         attack: the attack's name and parameters (``{"name": "fgsm", "eps": ...}``).
         n_samples: how many samples were scored.
         seed: the seed of the fit (used by random scorers).
+        selection: how a mask search chose the mask (selector, settings, validation figures),
+            recorded in the saved metadata; ``None`` for a plain fit.
     """
 
     layer: LayerRef
@@ -71,6 +73,7 @@ class Cloak:
     attack: dict[str, Any]
     n_samples: int
     seed: int = 0
+    selection: dict[str, Any] | None = None
     ranking: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +127,8 @@ class Cloak:
             "seed": self.seed,
             "deepcloak_version": __version__,
         }
+        if self.selection is not None:
+            meta["selection"] = self.selection
         if ratio is not None:
             meta["ratio"] = ratio
             meta["n_removed"] = self.n_removed(ratio)
@@ -150,6 +155,7 @@ class Cloak:
                 attack=meta["attack"],
                 n_samples=int(meta["n_samples"]),
                 seed=int(meta["seed"]),
+                selection=meta.get("selection"),
             )
             ratio = float(meta["ratio"])
         except (KeyError, ValueError, TypeError) as e:
