@@ -89,8 +89,11 @@ def train_checkpoint(
     path: str | os.PathLike[str] | None,
     *,
     progress: ProgressFn | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
     """Train ``job`` and save it (atomically) as a deepcloak checkpoint at ``path``.
+
+    ``device`` is where to train (default: the CPU, where the model is built).
 
     Returns:
         ``(model, result, metadata)``: the trained model in eval mode, what training did, and the
@@ -113,7 +116,7 @@ def train_checkpoint(
     result = train_model(
         model, train_set, epochs=job.epochs, lr=job.lr, batch_size=job.batch_size,
         optimizer=job.optimizer, augment=job.augment, hflip=job.data not in ("digits", "mnist"),
-        seed=job.seed, test_set=test_set, channels_last=True, progress=progress,
+        seed=job.seed, test_set=test_set, channels_last=True, progress=progress, device=device,
     )  # fmt: skip
     metadata = {
         "data": job.data,
