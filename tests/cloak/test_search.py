@@ -82,20 +82,22 @@ def test_incremental_logits_equal_a_full_recompute() -> None:
     torch.testing.assert_close(z, (h.clean * keep) @ h.weight.T + h.bias)
 
 
-def reference_greedy(h: HeadFeatures, fit_budget: float) -> list[tuple[int, ...]]:
+def reference_greedy(
+    h: HeadFeatures, fit_budget: float, clean_weight: float = 0.0
+) -> list[tuple[int, ...]]:
     """Greedy removal with every candidate scored by a full recompute (the brute force step)."""
-    base_clean = objective(h, set())[2]
+    adv, _, base_clean = objective(h, set())
     min_clean = base_clean - math.floor(fit_budget * h.n_samples + 1e-9)
     order: list[int] = []
     path = []
-    current = objective(h, set())[0]
+    current = adv + clean_weight * base_clean
     while len(order) < h.n_features:
         scored = []
         for j in range(h.n_features):
             if j not in order:
                 adv, margin, clean = objective(h, {*order, j})
                 if clean >= min_clean:
-                    scored.append((-adv, -margin, j))
+                    scored.append((-(adv + clean_weight * clean), -margin, j))
         if not scored or -min(scored)[0] <= current:
             break
         best = min(scored)
@@ -105,11 +107,12 @@ def reference_greedy(h: HeadFeatures, fit_budget: float) -> list[tuple[int, ...]
     return path
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_greedy_equals_brute_force_steps(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "clean_weight"), [(0, 0.0), (1, 0.0), (2, 0.0), (0, 2.0)])
+def test_greedy_equals_brute_force_steps(seed: int, clean_weight: float) -> None:
     h = toy_head(150, 7, 4, seed=seed)
-    path = create_selector("greedy", rivals=2)(h, fit_budget=0.03, max_removed=7)
-    assert path == reference_greedy(h, 0.03)
+    greedy = create_selector("greedy", rivals=2, clean_weight=clean_weight)
+    path = greedy(h, fit_budget=0.05, max_removed=7)
+    assert path == reference_greedy(h, 0.05, clean_weight)
     assert path, "the toy problem should let greedy remove something"
 
 

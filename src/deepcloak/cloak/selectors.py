@@ -81,10 +81,10 @@ class _State:
     keep: torch.Tensor  # (F,) bool
     clean_logits: torch.Tensor  # (N, K)
     adv_logits: torch.Tensor  # (N, K)
-    adv_correct: int
+    score: float  # adversarial correct + clean_weight * clean correct
     adv_margin: float
 
-    def extend(self, fit: HeadFeatures, j: int, adv_correct: int, adv_margin: float) -> _State:
+    def extend(self, fit: HeadFeatures, j: int, score: float, adv_margin: float) -> _State:
         keep = self.keep.clone()
         keep[j] = False
         return _State(
@@ -92,25 +92,26 @@ class _State:
             keep,
             apply_removal(self.clean_logits, fit.clean, fit.weight, [j]),
             apply_removal(self.adv_logits, fit.adv, fit.weight, [j]),
-            adv_correct,
+            score,
             adv_margin,
         )
 
 
-def _start(fit: HeadFeatures) -> tuple[_State, int]:
+def _start(fit: HeadFeatures, clean_weight: float) -> tuple[_State, int]:
     """The unmasked state, and the number of clean fit samples it gets right."""
     keep = torch.ones(fit.n_features, dtype=torch.bool, device=fit.device)
     zc = full_logits(fit.clean, fit.weight, fit.bias, keep)
     za = full_logits(fit.adv, fit.weight, fit.bias, keep)
     m = logit_margins(za, fit.labels)
-    state = _State((), keep, zc, za, int((m > 0).sum()), float(m.double().sum()))
-    return state, int((logit_margins(zc, fit.labels) > 0).sum())
+    clean = int((logit_margins(zc, fit.labels) > 0).sum())
+    score = int((m > 0).sum()) + clean_weight * clean
+    return _State((), keep, zc, za, score, float(m.double().sum())), clean
 
 
 def _expansions(
-    fit: HeadFeatures, state: _State, min_clean: int, rivals: int, limit: int
-) -> list[tuple[int, float, tuple[int, ...], int]]:
-    """The ``limit`` best allowed one-feature extensions: ``(adv correct, margin, set, j)``."""
+    fit: HeadFeatures, state: _State, min_clean: int, clean_weight: float, rivals: int, limit: int
+) -> list[tuple[float, float, tuple[int, ...], int]]:
+    """The ``limit`` best allowed one-feature extensions: ``(score, margin, set, j)``."""
     oc = candidate_outcomes(
         fit.clean, fit.labels, state.clean_logits, fit.weight, state.keep, rivals=rivals
     )
@@ -118,9 +119,10 @@ def _expansions(
         fit.adv, fit.labels, state.adv_logits, fit.weight, state.keep, rivals=rivals
     )
     allowed = state.keep & (oc.correct >= min_clean)
+    score = oa.correct.double() + clean_weight * oc.correct.double()
     return [
-        (int(oa.correct[j]), float(oa.margin[j]), tuple(sorted((*state.removed, j))), j)
-        for j in ranked_candidates(oa.correct, oa.margin, allowed, limit)
+        (float(score[j]), float(oa.margin[j]), tuple(sorted((*state.removed, j))), j)
+        for j in ranked_candidates(score, oa.margin, allowed, limit)
     ]
 
 
@@ -134,40 +136,62 @@ def _min_clean(fit: HeadFeatures, base_clean: int, fit_budget: float) -> int:
 class BeamSelector:
     """Beam search over removal sets: keep the ``width`` best sets of each size.
 
-    Sets are ranked by adversarial fit samples correct, then summed adversarial margin, then
-    the sorted feature indices (lexicographically smaller first). ``width=1`` is greedy.
+    Sets are ranked by their score, adversarial fit samples correct plus ``clean_weight``
+    times clean fit samples correct, then by summed adversarial margin, then by the sorted
+    feature indices (lexicographically smaller first). ``width=1`` is greedy.
 
     Args:
         width: sets kept per size.
+        clean_weight: worth of a clean fit sample against an adversarial one. ``0`` spends the
+            fit budget on the first removals that gain most; ``1`` or more trades robustness
+            for clean accuracy step by step, so the path climbs the budget gradually.
         rivals: rival classes updated per candidate (see :func:`candidate_outcomes`).
-        stop_at_plateau: stop when the best set of the next size is not strictly better.
+        stop_at_plateau: stop when the best set of the next size does not score strictly higher.
     """
 
     name = "beam"
 
-    def __init__(self, *, width: int = 4, rivals: int = 16, stop_at_plateau: bool = True) -> None:
-        if width < 1 or rivals < 1:
-            raise DeepCloakError(f"width and rivals must be >= 1, got {width} and {rivals}")
+    def __init__(
+        self,
+        *,
+        width: int = 4,
+        clean_weight: float = 0.0,
+        rivals: int = 16,
+        stop_at_plateau: bool = True,
+    ) -> None:
+        if width < 1 or rivals < 1 or clean_weight < 0:
+            raise DeepCloakError(
+                f"width and rivals must be >= 1 and clean_weight >= 0, got {width}, {rivals} "
+                f"and {clean_weight}"
+            )
         self.width, self.rivals, self.stop_at_plateau = width, rivals, stop_at_plateau
+        self.clean_weight = float(clean_weight)
 
     def settings(self) -> dict[str, Any]:
         """The selector's settings."""
-        return {"width": self.width, "rivals": self.rivals, "stop_at_plateau": self.stop_at_plateau}
+        return {
+            "width": self.width,
+            "clean_weight": self.clean_weight,
+            "rivals": self.rivals,
+            "stop_at_plateau": self.stop_at_plateau,
+        }
 
     def __call__(self, fit: HeadFeatures, *, fit_budget: float, max_removed: int) -> Path:
-        start, base_clean = _start(fit)
+        start, base_clean = _start(fit, self.clean_weight)
         min_clean = _min_clean(fit, base_clean, fit_budget)
-        beam, best_so_far = [start], start.adv_correct
+        beam, best_so_far = [start], start.score
         path: Path = []
         while beam and len(path) < min(max_removed, fit.n_features):
             options = [
                 (c, m, s, j, state)
                 for state in beam
-                for c, m, s, j in _expansions(fit, state, min_clean, self.rivals, self.width)
+                for c, m, s, j in _expansions(
+                    fit, state, min_clean, self.clean_weight, self.rivals, self.width
+                )
             ]
             options.sort(key=lambda o: (-o[0], -o[1], o[2]))
             seen: set[tuple[int, ...]] = set()
-            chosen: list[tuple[int, float, int, _State]] = []
+            chosen: list[tuple[float, float, int, _State]] = []
             for c, m, s, j, state in options:
                 if s not in seen and len(chosen) < self.width:
                     seen.add(s)
@@ -175,7 +199,7 @@ class BeamSelector:
             if not chosen or (self.stop_at_plateau and chosen[0][0] <= best_so_far):
                 break
             beam = [state.extend(fit, j, c, m) for c, m, j, state in chosen]
-            best_so_far = max(best_so_far, beam[0].adv_correct)
+            best_so_far = max(best_so_far, beam[0].score)
             path.append(beam[0].removed)
         return path
 
@@ -185,12 +209,16 @@ class GreedySelector(BeamSelector):
 
     name = "greedy"
 
-    def __init__(self, *, rivals: int = 16, stop_at_plateau: bool = True) -> None:
-        super().__init__(width=1, rivals=rivals, stop_at_plateau=stop_at_plateau)
+    def __init__(
+        self, *, clean_weight: float = 0.0, rivals: int = 16, stop_at_plateau: bool = True
+    ) -> None:
+        super().__init__(
+            width=1, clean_weight=clean_weight, rivals=rivals, stop_at_plateau=stop_at_plateau
+        )
 
     def settings(self) -> dict[str, Any]:
         """The selector's settings."""
-        return {"rivals": self.rivals, "stop_at_plateau": self.stop_at_plateau}
+        return {k: v for k, v in super().settings().items() if k != "width"}
 
 
 class RankingSelector:
