@@ -335,6 +335,16 @@ def run_lines(run: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def devices(results: dict[str, Any]) -> str:
+    """The devices and thread counts the runs used."""
+    env = results["environment"]
+    used = {
+        f"{r.get('device', env['device'])} ({r.get('threads', results['threads'])} torch threads)"
+        for r in results["runs"].values()
+    }
+    return "device " + ", ".join(sorted(used))
+
+
 def section(results: dict[str, Any]) -> str:
     """The marked "Beyond the paper" section of ``docs/results.md``."""
     env = results["environment"]
@@ -350,8 +360,8 @@ def section(results: dict[str, Any]) -> str:
             if results["quick"]
             else ""
         )
-        + f" on {env['platform']}, torch {env['torch']}, device {env['device']} "
-        f"(torch threads: {results['threads']}), families {', '.join(fams)}, training seeds "
+        + f" on {env['platform']}, torch {env['torch']}, {devices(results)}, "
+        f"families {', '.join(fams)}, training seeds "
         f"{', '.join(map(str, seeds))}, in {results['seconds'] / 60:.1f} minutes.",
         "",
         f"Setting: FGSM at eps = {results['eps']} on the unmasked model crafts the fit, "
@@ -449,6 +459,24 @@ def render(results: dict[str, Any], docs: Path) -> None:
     write_section(docs / "results.md", section(results))
 
 
+#: Settings that must agree for runs to be merged into one table.
+SAME = ("schema", "eps", "pgd_steps", "n_random", "budget", "confidence", "selectors", "quick",
+        "val_from", "fit_samples", "val_samples", "test_samples", "whitebox_samples")  # fmt: skip
+
+
+def merged(path: Path, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with the runs of the results at ``path`` added (a run of ``new`` wins)."""
+    if not path.exists():
+        return new
+    old = json.loads(path.read_text())
+    new_json = json.loads(json.dumps(new))  # tuples become lists, as in the file
+    differ = [k for k in SAME if old.get(k) != new_json.get(k)]
+    if differ:
+        raise SystemExit(f"cannot merge into {path}: settings differ ({', '.join(differ)})")
+    return {**new, "runs": {**old["runs"], **new["runs"]},
+            "seconds": old["seconds"] + new["seconds"]}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=FASHION_MNIST_ROOT)
@@ -464,6 +492,9 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--quick", action="store_true", help="subsets and 1 epoch: a smoke run")
     parser.add_argument("--render-only", action="store_true", help="re-render from the JSON")
+    parser.add_argument(
+        "--merge", action="store_true", help="add these runs to the JSON's (same settings)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     docs = args.runs / "quick" if args.quick else args.docs  # a smoke run is never published
@@ -480,8 +511,11 @@ def main() -> None:
             runs_dir = args.runs / "quick" if args.quick else args.runs
             model, meta = train_or_load(name, args.root, runs_dir, seed, device, quick=args.quick)
             log.info("%s seed %d (test accuracy %.4f):", name, seed, meta["test_accuracy"])
+            t0 = time.perf_counter()
             res = run_family(model, sets, seed, args.budget)
-            res.update(family=name, label=FAMILIES[name], seed=seed, recipe=meta)
+            res.update(family=name, label=FAMILIES[name], seed=seed, recipe=meta,
+                       device=str(device), threads=torch.get_num_threads(),
+                       seconds=time.perf_counter() - t0)  # fmt: skip
             runs[f"{name}/{seed}"] = res
     results = {
         "schema": "deepcloak-beyond-paper/1",
@@ -492,6 +526,8 @@ def main() -> None:
         "environment": environment(device), "threads": torch.get_num_threads(),
         "seconds": time.perf_counter() - start,
     }  # fmt: skip
+    if args.merge:
+        results = merged(docs / "beyond_paper.json", results)
     write_json_atomic(docs / "beyond_paper.json", results)
     render(results, docs)
     log.info("done in %.1f minutes", results["seconds"] / 60)
