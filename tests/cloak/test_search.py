@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -182,6 +183,7 @@ def test_search_mask_end_to_end_and_mask_file_round_trip(tmp_path: Path) -> None
     assert result.layer == LayerRef("fc", Side.INPUT)
     assert result.fit_samples == 40 and result.val_samples == 24
     assert set(result.seconds) == {"cache", "search", "validate"}
+    assert json.loads(json.dumps(result.to_json()))["selector"] == "beam"
     path = tmp_path / "mask.safetensors"
     result.save(path)
     cloak, ratio = Cloak.load(path)
