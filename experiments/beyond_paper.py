@@ -438,7 +438,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         1, len(fams), figsize=(max(5.0, 4.2 * len(fams)), 3.8), dpi=110, squeeze=False
     )
     for ax, fam in zip(axes[0], fams, strict=True):
-        left = -1.5
+        left, right, shown = -1.5, 4 * 100 * results["budget"], [0.0]
         for run in (r for r in results["runs"].values() if r["family"] == fam):
             for i, (sel, res) in enumerate(run["selectors"].items()):
                 cands = res["search"]["candidates"]
@@ -446,12 +446,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 y = [100 * (c["adv_accuracy"] - cands[0]["adv_accuracy"]) for c in cands]
                 first = run["seed"] == min(r["seed"] for r in results["runs"].values())
                 ax.plot(x, y, "-", color=f"C{i}", alpha=0.35, lw=1)
+                shown += [b for a, b in zip(x, y, strict=True) if a <= right]
                 g = gains(run, sel)
                 left = min(left, -100 * g["clean"] - 0.5)
+                shown.append(100 * g["gray"])
                 ax.plot(-100 * g["clean"], 100 * g["gray"], "o", color=f"C{i}", ms=7,
                         mec="black", label=sel if first else None)  # fmt: skip
         ax.axvline(100 * results["budget"], color="grey", ls="--", lw=1)
-        ax.set_xlim(left, 4 * 100 * results["budget"])
+        ax.set_xlim(left, right)
+        ax.set_ylim(min(shown) - 1, max(shown) + 1)
         ax.set_xlabel("clean accuracy cost (points)")
         ax.set_ylabel("gray-box FGSM gain (points)")
         ax.set_title(FAMILIES[fam], fontsize=10)
