@@ -38,7 +38,7 @@ from deepcloak.cloak.taps import (
     resolve_layer,
     tap,
 )
-from deepcloak.errors import DeepCloakError
+from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.models.outputs import check_finite_logits, select_logits
 from deepcloak.models.runtime import eval_mode, model_device, model_dtype
 from deepcloak.progress import ProgressFn, no_progress
@@ -64,6 +64,8 @@ class Cloak:
         attack: the attack's name and parameters (``{"name": "fgsm", "eps": ...}``).
         n_samples: how many samples were scored.
         seed: the seed of the fit (used by random scorers).
+        selection: how a mask search chose the mask (selector, settings, validation figures),
+            recorded in the saved metadata; ``None`` for a plain fit.
     """
 
     layer: LayerRef
@@ -72,6 +74,7 @@ class Cloak:
     attack: dict[str, Any]
     n_samples: int
     seed: int = 0
+    selection: dict[str, Any] | None = None
     ranking: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +128,8 @@ class Cloak:
             "seed": self.seed,
             "deepcloak_version": __version__,
         }
+        if self.selection is not None:
+            meta["selection"] = self.selection
         if ratio is not None:
             meta["ratio"] = ratio
             meta["n_removed"] = self.n_removed(ratio)
@@ -143,7 +148,15 @@ class Cloak:
             DataFormatError: the file is missing or malformed; the message names the field.
         """
         f = read_mask_file(path)
-        cloak = cls(f.layer, f.scores, f.score_name, f.attack, f.n_samples, f.seed)
+        selection = f.metadata.get("selection")
+        if selection is not None and not isinstance(selection, dict):
+            raise DataFormatError(
+                f"{path}: metadata field 'selection' is a {type(selection).__name__}, "
+                "expected a JSON object (how a mask search chose the mask)"
+            )
+        cloak = cls(
+            f.layer, f.scores, f.score_name, f.attack, f.n_samples, f.seed, selection=selection
+        )
         return cloak, f.ratio
 
 

@@ -89,8 +89,11 @@ def train_checkpoint(
     path: str | os.PathLike[str] | None,
     *,
     progress: ProgressFn | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
     """Train ``job`` and save it (atomically) as a deepcloak checkpoint at ``path``.
+
+    ``device`` is where to train (default: the CPU, where the model is built).
 
     Returns:
         ``(model, result, metadata)``: the trained model in eval mode, what training did, and the
@@ -102,7 +105,7 @@ def train_checkpoint(
     settings = TrainSettings(  # checks the settings before any data is read
         epochs=job.epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer,
         augment=job.augment, hflip=job.data not in ("digits", "mnist"), seed=job.seed,
-        channels_last=True,
+        channels_last=True, device=device,
     )  # fmt: skip
     train_set = load_dataset(job.data, split="train", root=job.root, limit=job.limit, seed=job.seed)
     test_set = load_dataset(job.data, split="test", root=job.root)
