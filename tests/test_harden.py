@@ -172,7 +172,9 @@ def test_evaluate_command_writes_json_and_plots(checkpoint: Path, tmp_path: Path
     result = runner.invoke(app, [*args, *small, *no_baselines, "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "evaluation.json").read_text())
-    assert report["schema"].startswith("deepcloak-evaluation/")
+    assert (report["schema"], report["kind"]) == ("deepcloak/2", "evaluation")
+    assert report["config"]["batch_size"] == 128  # the configured batch size, not the CLI's own
+    assert report["run"]["data"]["validation"]["n_used"] == 60
     threat_models = {r["threat_model"] for r in report["results"]}
     assert {"clean", "gray-box", "white-box"} <= threat_models
     assert {p.suffix for p in out.iterdir()} == {".json", ".png"}
