@@ -159,8 +159,8 @@ def mean_interval(correct: torch.Tensor, confidence: float = 0.95) -> tuple[floa
     the two sources: ``se² = var_i(c_i) / N + var_j(a_j) / k``, with ``c_i`` the fraction of masks
     right on sample ``i`` and ``a_j`` the accuracy of mask ``j`` (both sample variances). This is
     slightly conservative (the sample-by-mask interaction is counted twice). The interval is
-    ``m ± z · se``, clipped to [0, 1]. With one mask, or when every mask gets exactly the same
-    samples right (``se = 0``), it is the Wilson interval of the first mask's count.
+    ``m ± z · se``, clipped to [0, 1]. With one mask, or when ``se = 0`` (every sample right
+    under all masks or wrong under all), it is the Wilson interval of the first mask's count.
 
     Args:
         correct: boolean ``(k, N)`` per-mask, per-sample correctness.
