@@ -104,6 +104,18 @@ class EvaluationConfig:
         check_epsilon(self.eps)
         if self.fit_eps is not None:
             check_epsilon(self.fit_eps, name="fit_eps")
+        self._check_attacks()
+        self._check_counts()
+        self._check_grids()
+        SCORERS.get(self.score)  # an unknown scorer is an error listing the known ones
+        for name in ("sanity_tolerance", "max_unbounded_accuracy"):
+            fraction = getattr(self, name)
+            if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
+                raise DeepCloakError(f"{name} must be a fraction in [0, 1], got {fraction!r}")
+        if not 0 < self.confidence < 1:
+            raise DeepCloakError(f"confidence must be in (0, 1), got {self.confidence}")
+
+    def _check_attacks(self) -> None:
         set_ = object.__setattr__
         set_(self, "norm", parse_norm(self.norm))
         if self.side is not None:
@@ -126,12 +138,10 @@ class EvaluationConfig:
             ATTACKS.get(name)  # an unknown name is an error listing the known ones
         for name in (*self.attacks, self.select_attack):
             build_attack(name, self)  # unknown names and bad parameters fail here, not later
-        for name, value in (("steps", self.steps), ("restarts", self.restarts)):
-            _check_positive_int(name, value)
-        _check_positive_int("max_queries", self.max_queries)
-        _check_positive_int("bit_depth", self.bit_depth)
-        _check_positive_int("window_size", self.window_size)
-        SCORERS.get(self.score)  # an unknown scorer is an error listing the known ones
+
+    def _check_counts(self) -> None:
+        for name in ("steps", "restarts", "max_queries", "bit_depth", "window_size"):
+            _check_positive_int(name, getattr(self, name))
         _check_positive_int("batch_size", self.batch_size)
         _check_positive_int("more_steps_factor", self.more_steps_factor)
         if self.more_steps_factor < 2:
@@ -145,6 +155,9 @@ class EvaluationConfig:
         for name in ("max_samples", "max_fit_samples"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
+
+    def _check_grids(self) -> None:
+        set_ = object.__setattr__
         set_(self, "ratios", tuple(check_ratios(self.ratios)))
         set_(self, "whitebox_ratios", tuple(check_ratios(self.whitebox_ratios or (0.0,))))
         if self.ratio is not None:
@@ -159,12 +172,6 @@ class EvaluationConfig:
             if not grid:
                 raise DeepCloakError("eps_grid must hold at least one budget")
             set_(self, "eps_grid", tuple(sorted(set(grid))))
-        for name in ("sanity_tolerance", "max_unbounded_accuracy"):
-            fraction = getattr(self, name)
-            if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
-                raise DeepCloakError(f"{name} must be a fraction in [0, 1], got {fraction!r}")
-        if not 0 < self.confidence < 1:
-            raise DeepCloakError(f"confidence must be in (0, 1), got {self.confidence}")
 
     @property
     def uses_art(self) -> bool:
