@@ -29,24 +29,24 @@ from deepcloak.cloak.taps import LayerRef, Side, resolve_layer
 from deepcloak.errors import DataFormatError, DeepCloakError, LayerError
 from deepcloak.evaluation.baselines import PreprocessedModel, feature_squeezing, spatial_smoothing
 from deepcloak.evaluation.config import EvaluationConfig
-from deepcloak.evaluation.grids import DEFAULT_RATIOS
 from deepcloak.evaluation.ratio_choice import RatioChoice, choose_ratio
-from deepcloak.evaluation.results import (
-    AccuracyResult,
-    EvaluationReport,
-    SweepResult,
-    SweepRow,
-    ThreatModel,
-)
+from deepcloak.evaluation.results import AccuracyResult, EvaluationReport, ThreatModel
 from deepcloak.evaluation.run import evaluate_cloak
 from deepcloak.evaluation.sanity import CheckStatus, SanityCheck
 from deepcloak.evaluation.stats import McNemarResult, mcnemar_exact, wilson_interval
-from deepcloak.evaluation.sweep import cache_features, graybox_sweep, whitebox_accuracy
+from deepcloak.evaluation.sweep import (
+    DEFAULT_RATIOS,
+    SweepResult,
+    SweepRow,
+    cache_features,
+    graybox_sweep,
+    whitebox_accuracy,
+)
 from deepcloak.models.checkpoint import load_model, save_checkpoint
 from deepcloak.models.train import TrainResult, accuracy, train_model
 from deepcloak.models.zoo import create_model, list_models
+from deepcloak.report.evaluation import write_evaluation
 from deepcloak.report.tables import evaluation_tables
-from deepcloak.report.writers import write_evaluation
 
 __all__ = [
     "ATTACKS",

@@ -304,8 +304,8 @@ def evaluate(
     from deepcloak.evaluation.config import EvaluationConfig
     from deepcloak.evaluation.run import evaluate_sources
     from deepcloak.evaluation.sources import DataSource, ModelSource
+    from deepcloak.report.evaluation import write_evaluation
     from deepcloak.report.tables import evaluation_tables
-    from deepcloak.report.writers import write_evaluation
 
     config = EvaluationConfig(
         eps=eps, norm=norm, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),

@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from deepcloak.evaluation.results import EvaluationReport
+from deepcloak.report.evaluation import EVALUATION_FILES, write_evaluation
 from deepcloak.report.tables import evaluation_tables
-from deepcloak.report.writers import EVALUATION_FILES, write_evaluation
 from tests.robust_toys import toy_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -38,9 +38,14 @@ from deepcloak.evaluation.results import (
 from deepcloak.progress import ProgressFn, no_progress
 from deepcloak.validation import check_labels, check_ratios
 
+# SweepResult and SweepRow live in deepcloak.evaluation.results (the one result model); they are
+# re-exported here, beside the function that fills them.
+
 __all__ = [
     "DEFAULT_RATIOS",
     "FeatureCache",
+    "SweepResult",
+    "SweepRow",
     "attack_from_spec",
     "cache_features",
     "check_cloak_features",
