@@ -21,9 +21,10 @@ from deepcloak.attacks.native import Attack, create_attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.errors import DeepCloakError, LayerError
+from deepcloak.evaluation.environment import environment
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
 from deepcloak.evaluation.inputs import check_model_fits
-from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult, environment
+from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult
 from deepcloak.evaluation.sources import DataSource, ModelSource, trained_input_shape
 from deepcloak.evaluation.sweep import graybox_sweep
 from deepcloak.io import atomic_write, save_tensors, write_bytes_atomic, write_json_atomic

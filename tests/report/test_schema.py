@@ -167,3 +167,25 @@ def test_results_md_keeps_the_marked_section(paper: tuple[ModuleType, Any]) -> N
     assert merged.startswith(new.rstrip("\n"))
     assert module.keep_marked_section(None, new) == new
     assert "small CNN" in new and "McNemar" in new
+
+
+def test_a_saved_family_sweep_is_resumed_exactly(
+    paper: tuple[ModuleType, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, run = paper
+    sets = (
+        load_dataset("digits", limit=96),
+        load_dataset("digits", split="test", limit=64),
+        load_dataset("digits", split="test", limit=32),
+    )
+    settings = {"seed": 0, "eps": 0.04}
+    monkeypatch.setattr(module, "run_family", lambda *args: run)
+    first = module.run_or_resume("cnn", None, run.meta, sets, settings, tmp_path)
+    monkeypatch.setattr(module, "run_family", lambda *args: pytest.fail("not resumed"))
+    again = module.run_or_resume("cnn", None, run.meta, sets, settings, tmp_path)
+    assert again.sweep.to_json(per_sample=True) == first.sweep.to_json(per_sample=True)
+    for old, new in zip(first.sweep.rows, again.sweep.rows, strict=True):
+        assert torch.equal(old.random_graybox.correct, new.random_graybox.correct)
+        assert [r.attack for r in old.whitebox] == [r.attack for r in new.whitebox]
+    monkeypatch.setattr(module, "run_family", lambda *args: run)  # other settings: run again
+    module.run_or_resume("cnn", None, run.meta, sets, {**settings, "eps": 0.1}, tmp_path)

@@ -12,8 +12,6 @@ in ``docs/schema.md``.
 
 from __future__ import annotations
 
-import platform
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -47,7 +45,7 @@ __all__ = [
     "SweepRow",
     "ThreatModel",
     "compare",
-    "environment",
+    "find_result",
 ]
 
 #: Name and major version of the JSON layout of every document deepcloak writes
@@ -195,6 +193,22 @@ class AccuracyResult:
             ]
         return d
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AccuracyResult:
+        """The result back from :meth:`to_json` written with ``per_sample=True``.
+
+        Raises:
+            DeepCloakError: the dict holds no per-sample correctness.
+        """
+        if "per_sample" not in d:
+            raise DeepCloakError("a result can be read back only when written with per_sample")
+        rows = [torch.tensor([c == "1" for c in row], dtype=torch.bool) for row in d["per_sample"]]
+        correct = rows[0] if d["masks"] == 1 else torch.stack(rows)
+        return cls(
+            d["defense"], ThreatModel.parse(d["threat_model"]), d["attack"], correct, d["ratio"],
+            d["ci"]["confidence"], d["note"],
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -338,6 +352,31 @@ class SweepResult:
             return []
         return [compare(r.graybox, base.graybox) for r in self.rows]
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SweepResult:
+        """The sweep back from :meth:`to_json` written with ``per_sample=True`` (a saved run)."""
+        results = [AccuracyResult.from_json(r) for r in d["results"]]
+        rows = []
+        for entry in d["ratios"]:
+            at = [r for r in results if r.ratio == entry["ratio"]]
+
+            def one(defense: str, tm: ThreatModel, found: list[AccuracyResult] = at) -> Any:
+                return next(
+                    (r for r in found if r.defense == defense and r.threat_model is tm), None
+                )
+
+            white = tuple(r for r in at if r.threat_model is ThreatModel.WHITEBOX)
+            row = SweepRow(
+                entry["ratio"], entry["n_removed"], one(CLOAKED, ThreatModel.CLEAN),
+                one(CLOAKED, ThreatModel.GRAYBOX), one(RANDOM, ThreatModel.CLEAN),
+                one(RANDOM, ThreatModel.GRAYBOX), white,
+            )  # fmt: skip
+            rows.append(row)
+        return cls(
+            rows, LayerRef.from_json(d["layer"]), d["n_features"], d["score"], d["attack"],
+            d["whitebox_attacks"], d["n_random"], d["seed"], d["used_cached_head"],
+        )  # fmt: skip
+
     def to_json(self, *, per_sample: bool = False) -> dict[str, Any]:
         """A JSON-able dict: what produced the sweep, each ratio, every result, the tests."""
         return {
@@ -448,35 +487,3 @@ def find_result(
         ),
         None,
     )
-
-
-def environment(device: torch.device | str) -> dict[str, Any]:
-    """Library versions and the device (with its thread count): recorded with every result."""
-    import numpy as np
-
-    from deepcloak._version import __version__
-    from deepcloak.attacks.art import art_version
-
-    try:
-        import scipy
-
-        scipy_version: str | None = scipy.__version__
-    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
-        scipy_version = None
-    device = torch.device(device)
-    described: dict[str, Any] = {"type": device.type, "name": str(device)}
-    if device.type == "cuda":
-        described["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        described["cpu"] = platform.processor() or platform.machine()
-    described["threads"] = torch.get_num_threads()
-    versions = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy_version,
-        "art": art_version(),
-        "deepcloak": __version__,
-    }
-    return {"versions": versions, "device": described}

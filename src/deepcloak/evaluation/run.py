@@ -47,6 +47,7 @@ from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.config import EvaluationConfig, build_attack
 from deepcloak.evaluation.defenses import Samples, build_defenses, measure_defenses
+from deepcloak.evaluation.environment import environment
 from deepcloak.evaluation.inputs import (
     check_cloak_fits,
     check_model_fits,
@@ -67,7 +68,6 @@ from deepcloak.evaluation.results import (
     SweepResult,
     ThreatModel,
     compare,
-    environment,
     find_result,
 )
 from deepcloak.evaluation.sources import DataSource, ModelSource
