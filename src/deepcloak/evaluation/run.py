@@ -46,7 +46,7 @@ from deepcloak.attacks.native import FGSM, Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.config import EvaluationConfig, build_attack
-from deepcloak.evaluation.defenses import Samples, build_defenses, measure_defenses
+from deepcloak.evaluation.defenses import Defense, Samples, build_defenses, measure_defenses
 from deepcloak.evaluation.environment import environment
 from deepcloak.evaluation.inputs import (
     check_cloak_fits,
@@ -173,6 +173,17 @@ def _ratio_curve(
     )  # fmt: skip
 
 
+def _defenses_at(
+    model: nn.Module, cloak: Cloak, splits: _Splits, ratio: float, config: EvaluationConfig
+) -> tuple[list[Defense], list[str]]:
+    """The defences at ``ratio``; activation pruning measures activations on validation data."""
+    activation = fit(
+        model, _loader(splits.val), layer=cloak.layer.name, side=cloak.layer.side,
+        score="activation", seed=config.seed,
+    )  # fmt: skip
+    return build_defenses(model, cloak, activation, ratio, config, images=splits.test.x.ndim == 4)
+
+
 def _comparisons(results: list[Any]) -> list[Comparison]:
     """McNemar's exact test of cloaked vs unmasked under each threat model (worst case)."""
     out = []
@@ -202,9 +213,9 @@ def evaluate_cloak(
     Args:
         model: the trained classifier, taking inputs in [0, 1].
         train_loader_or_cloak: a fitted :class:`~deepcloak.Cloak`, or training data to fit one on
-            (FGSM at ``config.fit_eps``, scorer ``config.score``, ``config.layer``/``side``).
-        val_loader: validation data, held out from the test data: the ratio is chosen here, and
-            the activation-pruning baseline measures activations here.
+            (FGSM at ``config.fit_eps``, ``config.score``, ``config.layer`` and ``side``).
+        val_loader: validation data, held out from the test data: the ratio is chosen and the
+            activation-pruning baseline measured here.
         test_loader: test data; every reported accuracy is measured here.
         config: the settings (default :class:`EvaluationConfig()`).
         surrogate: an independently trained model for the transfer threat model (optional).
@@ -227,13 +238,7 @@ def evaluate_cloak(
     select = build_attack(cfg.select_attack, cfg)
     choice = _choose(model, cloak, splits.val, select, cfg, report)
     log.info("evaluating at ratio %.4g (%s)", choice.ratio, choice.reason)
-    activation = fit(
-        model, _loader(splits.val), layer=cloak.layer.name, side=cloak.layer.side,
-        score="activation", seed=cfg.seed,
-    )  # fmt: skip
-    defenses, notes = build_defenses(
-        model, cloak, activation, choice.ratio, cfg, images=splits.test.x.ndim == 4
-    )
+    defenses, notes = _defenses_at(model, cloak, splits, choice.ratio, cfg)
     attacks = {name: build_attack(name, cfg) for name in cfg.attacks}
     results = measure_defenses(
         defenses, attacks, splits.test, model, cfg, ratio=choice.ratio, surrogate=surrogate,
@@ -244,17 +249,14 @@ def evaluate_cloak(
         model, cloaked, splits.test, cfg, ratio=choice.ratio, progress=report
     )
     checks = [*sanity_checks(cloaked, splits.test, cfg, results, attacks, report), eps_check]
+    data = _describe_splits(splits, train_loader_or_cloak, val_loader, test_loader)
     run = {
-        "seed": cfg.seed,
-        "data": _describe_splits(splits, train_loader_or_cloak, val_loader, test_loader),
-        "model": describe_model(model),
+        "seed": cfg.seed, "data": data, "model": describe_model(model),
         "surrogate": describe_model(surrogate) if surrogate is not None else None,
-        "layer": cloak.layer.to_json(),
-        "started_at": started.isoformat(),
+        "layer": cloak.layer.to_json(), "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(),
-        "duration_s": round(time.perf_counter() - t0, 3),
-        "metadata": dict(metadata or {}),
-    }
+        "duration_s": round(time.perf_counter() - t0, 3), "metadata": dict(metadata or {}),
+    }  # fmt: skip
     return EvaluationReport(
         run=run, config=cfg, cloak=cloak.metadata(choice.ratio), ratio_choice=choice,
         defenses={d.name: d.spec for d in defenses}, results=results,

@@ -255,6 +255,17 @@ def _sweep_row(
     )
 
 
+def _check_sweep(
+    ratios: Sequence[float], n_random: int, whitebox_ratios: Sequence[float]
+) -> list[float]:
+    checked = check_ratios(ratios)
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+        raise DeepCloakError(f"n_random must be an integer >= 0, got {n_random!r}")
+    if not set(whitebox_ratios) <= set(checked):
+        raise DeepCloakError("whitebox_ratios must be a subset of ratios")
+    return checked
+
+
 def graybox_sweep(
     model: nn.Module,
     cloak: Cloak,
@@ -292,13 +303,9 @@ def graybox_sweep(
 
     Raises:
         DeepCloakError: bad ratios, white-box ratios outside ``ratios``, an empty loader, or a
-            cloak fit on another model.
+            cloak from another model.
     """
-    ratios = check_ratios(ratios)
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
-        raise DeepCloakError(f"n_random must be an integer >= 0, got {n_random!r}")
-    if not set(whitebox_ratios) <= set(ratios):
-        raise DeepCloakError("whitebox_ratios must be a subset of ratios")
+    ratios = _check_sweep(ratios, n_random, whitebox_ratios)
     attack = attack if attack is not None else attack_from_spec(cloak.attack)
     report = progress or no_progress
     cache = cache_features(model, loader, cloak.layer, attack, progress=progress)
