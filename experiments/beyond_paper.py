@@ -41,10 +41,10 @@ from deepcloak.cloak.mask import masked
 from deepcloak.cloak.search import SearchResult, choose_on_validation, search_cached
 from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.data.sets import FASHION_MNIST_ROOT, ImageDataset, load_dataset
+from deepcloak.environment import environment
 from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from deepcloak.models.checkpoint import load_model, save_checkpoint
 from deepcloak.models.recipes import recipe, train_checkpoint
-from deepcloak.report.sweep import environment
 
 log = logging.getLogger("beyond_paper")
 

@@ -30,11 +30,15 @@ def test_demo_writes_report_plot_mask_and_model(demo_dir: Path) -> None:
     names = {p.name for p in demo_dir.iterdir()}
     assert names == {"report.json", "sweep.png", "mask.safetensors", "cloaked_model.safetensors"}
     report = json.loads((demo_dir / "report.json").read_text())
-    assert report["schema"] == "deepcloak-harden/1"
-    rows = report["sweep"]["rows"]
-    assert [round(r["ratio"], 2) for r in rows] == [i / 100 for i in range(100)]
-    assert rows[0]["graybox_accuracy"] < rows[0]["clean_accuracy"]  # FGSM hurts the model
-    assert report["sweep"]["threat_models"]["graybox_accuracy"].startswith("gray-box")
+    assert (report["schema"], report["kind"]) == ("deepcloak/2", "harden")
+    sweep = report["sweep"]
+    assert [round(r["ratio"], 2) for r in sweep["ratios"]] == [i / 100 for i in range(100)]
+    at_zero = {(r["defense"], r["threat_model"]): r for r in sweep["results"] if r["ratio"] == 0.0}
+    gray, clean = at_zero["cloaked", "gray-box"], at_zero["cloaked", "clean"]
+    assert gray["accuracy"] < clean["accuracy"]  # FGSM hurts the model
+    assert at_zero["random-mask", "gray-box"]["masks"] == 5
+    assert report["threat_models"]["gray-box"].startswith("samples crafted on the unmasked")
+    assert report["environment"]["threads"] >= 1
     assert (demo_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepcloak.devices import describe_device, resolve_device
+from deepcloak.devices import resolve_device
 from deepcloak.errors import DeepCloakError
 
 
@@ -29,10 +29,3 @@ def test_unknown_device_is_a_clear_error(spec: str) -> None:
 def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     with pytest.raises(DeepCloakError, match="no CUDA GPU"):
         resolve_device("cuda:0")
-
-
-def test_description_names_device_and_threads() -> None:
-    record = describe_device(torch.device("cpu"))
-    assert record["device"] == "cpu"
-    assert record["threads"] == torch.get_num_threads()
-    assert isinstance(record["device_name"], str) and record["device_name"]

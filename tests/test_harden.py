@@ -177,7 +177,9 @@ def test_evaluate_command_writes_json_and_plots(checkpoint: Path, tmp_path: Path
     result = runner.invoke(app, [*args, *small, *no_baselines, "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "evaluation.json").read_text())
-    assert report["schema"].startswith("deepcloak-evaluation/")
+    assert (report["schema"], report["kind"]) == ("deepcloak/2", "evaluation")
+    assert report["config"]["batch_size"] == 128  # the configured batch size, not the CLI's own
+    assert report["run"]["data"]["validation"]["n_used"] == 60
     threat_models = {r["threat_model"] for r in report["results"]}
     assert {"clean", "gray-box", "white-box"} <= threat_models
     assert {p.suffix for p in out.iterdir()} == {".json", ".png"}
@@ -203,3 +205,28 @@ def test_evaluate_bad_input_writes_nothing(
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not out.exists()
+
+
+def test_evaluate_sources_loads_splits_and_batches_as_configured(checkpoint: Path) -> None:
+    from deepcloak.evaluation.config import EvaluationConfig
+    from deepcloak.evaluation.run import evaluate_sources
+    from deepcloak.evaluation.sources import DataSource, ModelSource
+
+    config = EvaluationConfig(
+        eps=0.1, attacks=("fgsm",), ratio=0.1, ratios=(0.0, 0.1), whitebox_ratios=(0.0,),
+        n_random=1, eps_grid=(0.1,), preprocessing_baselines=False, whitebox_baselines=False,
+        max_samples=None, max_fit_samples=50, batch_size=7,
+    )  # fmt: skip
+    calls: list[tuple[str, int]] = []
+    report = evaluate_sources(
+        ModelSource(spec=str(checkpoint)),
+        DataSource(name="digits", val_samples=30, test_samples=20, seed=1),
+        config,
+        progress=lambda task, done, total: calls.append((task, done)),
+    )
+    assert report.run["data"]["validation"]["n_used"] == 30
+    assert report.run["data"]["test"]["n_used"] == 20
+    fit = [done for task, done in calls if task == "fit" and done]
+    assert fit[:2] == [7, 14]  # the configured batch size reaches the loaders
+    with pytest.raises(DeepCloakError, match="needs validation samples"):
+        evaluate_sources(ModelSource(spec=str(checkpoint)), DataSource(name="digits"), config)

@@ -78,7 +78,7 @@ def _sweep(model: nn.Module) -> None:
     cloak = deepcloak.fit(model, loader, attack=FGSM(eps=0.1))
     deepcloak.graybox_sweep(
         model, cloak, loader, ratios=(0.0, 0.5), n_random=1,
-        whitebox_attack=FGSM(eps=0.1), whitebox_ratios=(0.5,),
+        whitebox_attacks=[FGSM(eps=0.1)], whitebox_ratios=(0.5,),
     )  # fmt: skip
 
 

@@ -123,13 +123,13 @@ def demo(
     """Train a small ResNet on scikit-learn's digits, cloak it, and sweep mask ratios."""
     check_output_folder(out_dir)
     from deepcloak.demo import DemoConfig, run_demo, write_demo
-    from deepcloak.report.sweep import sweep_table
+    from deepcloak.report.tables import sweep_table
 
     config = DemoConfig(eps=eps, ratio=ratio, epochs=epochs, seed=seed)
     with progress_bars() as progress:
         result = run_demo(config, progress=progress)
     out.print(
-        f"ResNet on digits: test accuracy {100 * result.training.test_accuracy:.1f}% "
+        f"ResNet on digits: test accuracy {100 * (result.training.test_accuracy or 0):.1f}% "
         f"({result.training.epochs} epochs, {result.training.seconds:.1f} s)"
     )
     out.print(sweep_table(result.hardened.sweep))
@@ -216,6 +216,7 @@ EpsOpt = Annotated[float, typer.Option(help="Attack budget in [0, 1], e.g. 0.031
 LayerOpt = Annotated[
     str | None, typer.Option(help="Module to cloak (default: input of the final nn.Linear).")
 ]
+SideOpt = Annotated[str | None, typer.Option(help="input or output of --layer.")]
 ScoreOpt = Annotated[str, typer.Option(help="Feature score: deepcloak, random or activation.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of subsets, attacks and random masks.")]
 
@@ -243,7 +244,7 @@ def harden(
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 10,
     ratio: Annotated[float, typer.Option(help="Fraction of features the saved mask removes.")] = 0.01,
     layer: LayerOpt = None,
-    side: Annotated[str | None, typer.Option(help="input or output of --layer.")] = None,
+    side: SideOpt = None,
     score: ScoreOpt = "deepcloak",
     fit_samples: Annotated[int | None, typer.Option(help="Training samples for the fit.")] = None,
     test_samples: Annotated[int | None, typer.Option(help="Test samples for the sweep.")] = None,
@@ -253,32 +254,22 @@ def harden(
 ) -> None:  # fmt: skip
     """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
     check_output_folder(out_dir)
-    from deepcloak.data.sets import load_dataset
-    from deepcloak.harden import HardenConfig, trained_input_shape, write_harden
-    from deepcloak.harden import harden as run_harden
-    from deepcloak.models.checkpoint import load_model
-    from deepcloak.report.sweep import sweep_table
+    from deepcloak.evaluation.sources import DataSource, ModelSource
+    from deepcloak.harden import HardenConfig, harden_sources, write_harden
+    from deepcloak.report.tables import sweep_table
 
     config = HardenConfig(
         attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
         n_random=random_masks, seed=seed,
     )  # fmt: skip
-    config.make_attack()  # an unknown attack name fails here, before loading anything
-    net, model_info = load_model(model, weights=weights, allow_pickle=allow_pickle)
-    train_set = load_dataset(data, split="train", root=root, limit=fit_samples, seed=seed)
-    test_set = load_dataset(data, split="test", root=root, limit=test_samples, seed=seed)
+    source = ModelSource(spec=model, weights=weights, allow_pickle=allow_pickle)
+    data_source = DataSource(
+        name=data, root=root, fit_samples=fit_samples, test_samples=test_samples, seed=seed
+    )
     with progress_bars() as progress:
-        result = run_harden(
-            net, train_set, test_set, config, input_shape=trained_input_shape(model_info),
-            progress=progress,
-        )  # fmt: skip
+        result = harden_sources(source, data_source, config, progress=progress)
     out.print(sweep_table(result.sweep))
-    data_info = {
-        "data": data, "root": str(root) if root else None, "train_samples": len(train_set),
-        "test_samples": len(test_set), "input_shape": list(train_set.input_shape),
-    }  # fmt: skip
-    paths = write_harden(result, out_dir, model_info=model_info, data_info=data_info,
-                         title=f"DeepCloak: {model} on {data}")  # fmt: skip
+    paths = write_harden(result, out_dir, title=f"DeepCloak: {model} on {data}")
     out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
 
@@ -303,6 +294,7 @@ def evaluate(
     random_masks: Annotated[int, typer.Option(help="Random masks of the chosen size (baseline).")] = 5,
     eps_grid: Annotated[str | None, typer.Option(help="Budgets of the accuracy-vs-eps curve, comma-separated.")] = None,
     layer: LayerOpt = None,
+    side: SideOpt = None,
     score: ScoreOpt = "deepcloak",
     val_samples: Annotated[int, typer.Option(help="Validation samples, held out from training data.")] = 500,
     test_samples: Annotated[int, typer.Option(help="Test samples.")] = 500,
@@ -315,44 +307,29 @@ def evaluate(
 ) -> None:  # fmt: skip
     """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
     check_output_folder(out_dir)
-    from torch.utils.data import DataLoader
-
-    from deepcloak.cloak.fit import Cloak
-    from deepcloak.cloak.torchscript import cloakable
-    from deepcloak.data.sets import load_dataset
     from deepcloak.evaluation.config import EvaluationConfig
-    from deepcloak.evaluation.run import evaluate_cloak
-    from deepcloak.harden import check_model_fits_data, trained_input_shape
-    from deepcloak.models.checkpoint import load_model
-    from deepcloak.report.evaluation import evaluation_tables, write_evaluation
+    from deepcloak.evaluation.run import evaluate_sources
+    from deepcloak.evaluation.sources import DataSource, ModelSource
+    from deepcloak.report.evaluation import write_evaluation
+    from deepcloak.report.tables import evaluation_tables
 
     config = EvaluationConfig(
         eps=eps, norm=norm, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
         steps=steps, restarts=restarts, max_queries=queries, ratio=ratio,
         clean_budget=clean_budget, n_random=random_masks, eps_grid=_floats(eps_grid),
-        layer=layer, score=score, preprocessing_baselines=preprocessing_baselines,
-        whitebox_baselines=whitebox_baselines, max_samples=test_samples,
+        layer=layer, side=side, score=score, preprocessing_baselines=preprocessing_baselines,
+        whitebox_baselines=whitebox_baselines, max_samples=None,
         max_fit_samples=fit_samples, seed=seed,
     )  # fmt: skip
-    net, model_info = load_model(model, weights=weights, allow_pickle=allow_pickle)
-    surrogate_net = load_model(surrogate, allow_pickle=allow_pickle)[0] if surrogate else None
-    train_set = load_dataset(data, split="train", root=root)
-    fit_set, val_set = train_set.split_off(val_samples, seed=seed)
-    test_set = load_dataset(data, split="test", root=root, limit=test_samples, seed=seed)
-    shape = trained_input_shape(model_info)
-    check_model_fits_data(net, test_set, "the test data", input_shape=shape)
-    net = cloakable(net, test_set[0][0].unsqueeze(0))  # TorchScript: an eager, cloakable view
-    fit_source = Cloak.load(cloak)[0] if cloak else DataLoader(fit_set, batch_size=256)
-    metadata = {
-        "model": model, "model_info": model_info, "surrogate": surrogate, "data": data,
-        "root": str(root) if root else None, "cloak_file": str(cloak) if cloak else None,
-        "validation": f"{val_samples} samples held out from the training split (seed {seed})",
-    }  # fmt: skip
     with progress_bars() as progress:
-        report = evaluate_cloak(
-            net, fit_source, DataLoader(val_set, batch_size=256),
-            DataLoader(test_set, batch_size=256), config=config, surrogate=surrogate_net,
-            progress=progress, metadata=metadata,
+        report = evaluate_sources(
+            ModelSource(spec=model, weights=weights, allow_pickle=allow_pickle),
+            DataSource(
+                name=data, root=root, val_samples=val_samples, test_samples=test_samples, seed=seed
+            ),
+            config, cloak_file=cloak,
+            surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle) if surrogate else None,
+            progress=progress,
         )  # fmt: skip
     for table in evaluation_tables(report):
         out.print(table)

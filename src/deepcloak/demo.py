@@ -71,20 +71,17 @@ def run_demo(config: DemoConfig, *, progress: ProgressFn | None = None) -> DemoR
         test_set=test_set, progress=progress,
     )  # fmt: skip
     hardened = harden(model, train_set, test_set, harden_config, progress=progress)
+    summary = {k: v for k, v in asdict(training).items() if k != "losses"}
+    hardened.model_info = {"arch": "resnet", "arch_kwargs": arch_kwargs, "training": summary}
+    hardened.data_info = {
+        "data": "digits",
+        "split": "sklearn digits, stratified 80/20, seed 0",
+        "input_shape": [1, 8, 8],
+    }
     return DemoResult(config, arch_kwargs, training, hardened, time.perf_counter() - start)
 
 
 def write_demo(result: DemoResult, out: str | Path) -> dict[str, Path]:
     """Write the report, plot, mask and cloaked model under ``out`` (see :func:`write_harden`)."""
-    training = {k: v for k, v in asdict(result.training).items() if k != "losses"}
-    return write_harden(
-        result.hardened,
-        out,
-        model_info={"arch": "resnet", "arch_kwargs": result.arch_kwargs, "training": training},
-        data_info={
-            "data": "digits",
-            "split": "sklearn digits, stratified 80/20, seed 0",
-            "input_shape": [1, 8, 8],
-        },
-        title=f"DeepCloak demo: ResNet on digits, FGSM eps={result.config.eps:g}",
-    )
+    title = f"DeepCloak demo: ResNet on digits, FGSM eps={result.config.eps:g}"
+    return write_harden(result.hardened, out, title=title)

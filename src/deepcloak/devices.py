@@ -1,18 +1,16 @@
-"""Choosing the device a command runs on, and describing it for reports.
+"""Choosing the device a command runs on.
 
-``auto`` means CUDA when present, else the CPU. A report records the device, its name and the
-precision, so that a number can be traced to the hardware that produced it.
+``auto`` means CUDA when present, else the CPU. What a report records about the device lives in
+:mod:`deepcloak.environment`.
 """
 
 from __future__ import annotations
-
-import platform
 
 import torch
 
 from deepcloak.errors import DeepCloakError
 
-__all__ = ["describe_device", "resolve_device"]
+__all__ = ["resolve_device"]
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -46,12 +44,3 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     elif device.type != "cpu":
         raise DeepCloakError(f"unsupported device {spec!r}; expected 'cpu' or 'cuda[:N]'")
     return device
-
-
-def describe_device(device: torch.device) -> dict[str, str | int]:
-    """What a report records about ``device``: its name, and the CPU thread count."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine() or "cpu"
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads()}

@@ -14,20 +14,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from deepcloak.attacks.native import Attack, create_attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
+from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
-from deepcloak.evaluation.sweep import DEFAULT_RATIOS, SweepResult, graybox_sweep
-from deepcloak.io import atomic_write, save_tensors, write_json_atomic
+from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
+from deepcloak.evaluation.inputs import check_model_fits
+from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult
+from deepcloak.evaluation.sources import DataSource, ModelSource, trained_input_shape
+from deepcloak.evaluation.sweep import graybox_sweep
+from deepcloak.io import atomic_write, save_tensors, write_bytes_atomic, write_json_atomic
 from deepcloak.models.checkpoint import save_checkpoint
-from deepcloak.models.runtime import eval_mode
 from deepcloak.progress import ProgressFn
-from deepcloak.report.sweep import environment, plot_sweep
 from deepcloak.validation import check_epsilon, check_ratio, check_ratios
 
 __all__ = [
@@ -35,12 +37,10 @@ __all__ = [
     "HardenResult",
     "check_model_fits_data",
     "harden",
+    "harden_sources",
     "trained_input_shape",
     "write_harden",
 ]
-
-#: Ratios at which ``harden`` also runs the white-box attack by default (one attack pass each).
-WHITEBOX_RATIOS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,9 @@ class HardenConfig:
         check_ratio(self.ratio)
         check_ratios(self.ratios)
         check_ratios(self.whitebox_ratios or (0.0,))
-        if self.batch_size < 1:
+        if isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise DeepCloakError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.make_attack()  # an unknown attack or a bad setting fails here, before any work
 
     def make_attack(self) -> Attack:
         """The configured attack."""
@@ -97,76 +98,46 @@ class HardenConfig:
 
 @dataclass
 class HardenResult:
-    """What :func:`harden` produced; :func:`write_harden` saves it."""
+    """What :func:`harden` produced; :func:`write_harden` saves it.
+
+    ``model_info`` and ``data_info`` describe the model and data for the report (filled by
+    :func:`harden_sources`; the caller's own words otherwise).
+    """
 
     config: HardenConfig
     model: nn.Module
     cloak: Cloak
     sweep: SweepResult
     seconds: float
+    model_info: dict[str, Any] = field(default_factory=dict)
+    data_info: dict[str, Any] = field(default_factory=dict)
 
 
 def check_model_fits_data(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset[Any],
     name: str = "the data",
     *,
     input_shape: Sequence[int] | None = None,
 ) -> None:
-    """Run the model on one sample and check that its inputs and classes fit ``dataset``.
+    """Run the model on the first sample of ``dataset`` and check that the two fit.
 
-    Args:
-        model: the classifier.
-        dataset: yields ``(x, y)``.
-        name: how to call the data set in errors.
-        input_shape: the ``(C, H, W)`` the model was trained on, if known (e.g. from its
-            checkpoint): models with global pooling accept any size, so only this catches
-            a model paired with the wrong data set.
+    See :func:`deepcloak.evaluation.inputs.check_model_fits` (this reads the data set's first
+    sample and its ``num_classes``, if it has one).
 
     Raises:
         DeepCloakError: the model cannot take the data's input shape, was trained on another
             shape, or has fewer outputs than the data has classes.
     """
     x, _ = dataset[0]
-    shape = tuple(x.shape)
-    if input_shape is not None and tuple(input_shape) != shape:
-        raise DeepCloakError(
-            f"the model was trained on inputs of shape {tuple(input_shape)}, but {name} has "
-            f"inputs of shape {shape}: is this the model for this data set?"
-        )
-    try:
-        with torch.no_grad(), eval_mode(model):
-            logits = model(x.unsqueeze(0).to(model_device(model)))
-    except (RuntimeError, ValueError) as e:
-        raise DeepCloakError(
-            f"the model does not accept inputs of shape {shape} from {name}: "
-            f"{str(e).splitlines()[0]}"
-        ) from None
     num_classes = getattr(dataset, "num_classes", None)
-    if logits.ndim != 2:
-        raise DeepCloakError(
-            f"expected the model to return logits (N, classes), got {tuple(logits.shape)}"
-        )
-    if num_classes is not None and logits.shape[1] < num_classes:
-        raise DeepCloakError(
-            f"{name} has {num_classes} classes but the model has {logits.shape[1]} outputs"
-        )
-
-
-def trained_input_shape(model_info: dict[str, Any]) -> tuple[int, ...] | None:
-    """The ``(C, H, W)`` a loaded model was trained on, from its checkpoint metadata if known."""
-    if model_info.get("input_shape"):
-        return tuple(int(v) for v in model_info["input_shape"])
-    kwargs = model_info.get("arch_kwargs") or {}
-    if "in_channels" in kwargs and "input_size" in kwargs:
-        return (int(kwargs["in_channels"]), int(kwargs["input_size"]), int(kwargs["input_size"]))
-    return None
+    check_model_fits(model, x[None], data=name, input_shape=input_shape, num_classes=num_classes)
 
 
 def harden(
     model: nn.Module,
-    train_set: Dataset,
-    test_set: Dataset,
+    train_set: Dataset[Any],
+    test_set: Dataset[Any],
     config: HardenConfig,
     *,
     input_shape: Sequence[int] | None = None,
@@ -175,86 +146,124 @@ def harden(
     """Fit DeepCloak on ``train_set`` and sweep ratios on ``test_set`` (gray-box and white-box).
 
     ``input_shape``, if known, is the ``(C, H, W)`` the model was trained on; see
-    :func:`check_model_fits_data`.
+    :func:`check_model_fits_data`. The sweep is :func:`~deepcloak.evaluation.sweep.graybox_sweep`
+    with the configured attack as the gray-box and the white-box attack.
+
+    Raises:
+        DeepCloakError: the model does not fit the data, or bad settings.
     """
     start = time.perf_counter()
     check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
     check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
     # fit and the sweeps use eval mode themselves and restore every module's own mode.
-    model = cloakable(model, train_set[0][0].unsqueeze(0).to(model_device(model)))
-    attack = config.make_attack()
+    model = cloakable(model, train_set[0][0][None].to(model_device(model)))
+    attack, bs = config.make_attack(), config.batch_size
     cloak = fit(
-        model, DataLoader(train_set, batch_size=config.batch_size), attack=attack,
-        layer=config.layer, side=config.side, score=config.score, seed=config.seed,
-        progress=progress,
+        model, DataLoader(train_set, batch_size=bs), attack=attack, layer=config.layer,
+        side=config.side, score=config.score, seed=config.seed, progress=progress,
     )  # fmt: skip
-    ratios = config.sweep_ratios()
     sweep = graybox_sweep(
-        model, cloak, DataLoader(test_set, batch_size=config.batch_size), attack=attack,
-        ratios=ratios, n_random=config.n_random, seed=config.seed, whitebox_attack=attack,
-        whitebox_ratios=sorted({*config.whitebox_ratios, config.ratio}), progress=progress,
+        model, cloak, DataLoader(test_set, batch_size=bs), attack=attack,
+        ratios=config.sweep_ratios(), n_random=config.n_random, seed=config.seed,
+        whitebox_attacks=[attack], whitebox_ratios=sorted({*config.whitebox_ratios, config.ratio}),
+        progress=progress,
     )  # fmt: skip
     return HardenResult(config, model, cloak, sweep, time.perf_counter() - start)
 
 
-def write_harden(
-    result: HardenResult,
-    out: str | Path,
+def harden_sources(
+    model: ModelSource,
+    data: DataSource,
+    config: HardenConfig,
     *,
-    model_info: dict[str, Any],
-    data_info: dict[str, Any],
-    title: str = "",
-) -> dict[str, Path]:
+    progress: ProgressFn | None = None,
+) -> HardenResult:
+    """Load a model and a data set named on the command line, and :func:`harden` it.
+
+    Raises:
+        DeepCloakError: files that cannot be loaded, a model that does not fit the data, or
+            bad settings.
+        DataFormatError: a malformed model or data file.
+    """
+    train_set, _ = data.train_and_validation()
+    test_set = data.test()
+    loaded = model.load_for(test_set)
+    result = harden(
+        loaded.model, train_set, test_set, config,
+        input_shape=trained_input_shape(loaded.info), progress=progress,
+    )  # fmt: skip
+    result.model_info = loaded.info
+    result.data_info = data.describe(
+        train_samples=len(train_set), test_samples=len(test_set),
+        input_shape=list(train_set.input_shape),
+    )  # fmt: skip
+    return result
+
+
+def _save_cloaked_model(result: HardenResult, out: Path, meta: dict[str, Any]) -> Path | None:
+    """Save the model with the mask folded in, in the form it came in; ``None`` if not foldable."""
+    cloaked = copy.deepcopy(result.model)
+    try:
+        result.cloak.apply(cloaked, result.config.ratio, fold=True)
+    except LayerError:
+        return None  # the mask layer cannot be folded; the mask file is the artefact
+    info = result.model_info
+    if "arch" in info and "arch_kwargs" in info:
+        path = out / "cloaked_model.safetensors"
+        save_checkpoint(
+            path, cloaked, arch=info["arch"], arch_kwargs=info["arch_kwargs"], metadata=meta
+        )
+    elif isinstance(cloaked, ScriptedClassifier):
+        path = out / "cloaked_model.pt"  # TorchScript in, TorchScript out
+        with atomic_write(path) as f:
+            cloaked.save_scripted(f)
+    else:
+        path = out / "cloaked_state_dict.safetensors"
+        state = {k: v.detach().clone() for k, v in cloaked.state_dict().items()}
+        save_tensors(path, state, {"format": "deepcloak-state-dict/1", **meta})
+    return path
+
+
+def harden_document(result: HardenResult, files: dict[str, str]) -> dict[str, Any]:
+    """The ``report.json`` document (kind ``harden`` of the shared schema, ``docs/schema.md``)."""
+    return {
+        "schema": SCHEMA,
+        "kind": "harden",
+        "config": asdict(result.config),
+        "data": result.data_info,
+        "model": result.model_info,
+        "fit": result.cloak.metadata(result.config.ratio),
+        "threat_models": dict(THREAT_MODELS),
+        "sweep": result.sweep.to_json(),
+        "environment": environment(model_device(result.model)),
+        "seconds": result.seconds,
+        "files": files,
+    }
+
+
+def write_harden(result: HardenResult, out: str | Path, *, title: str = "") -> dict[str, Path]:
     """Write ``report.json``, ``sweep.png``, ``mask.safetensors`` and the cloaked model.
 
     The cloaked model is saved with the mask folded into the final ``nn.Linear``: as a deepcloak
-    checkpoint when ``model_info`` holds ``arch`` and ``arch_kwargs`` (a zoo model), as
+    checkpoint when ``result.model_info`` holds ``arch`` and ``arch_kwargs`` (a zoo model), as
     TorchScript for a TorchScript model, else as a ``state_dict`` in safetensors with the
-    original keys (load it with the same factory). When
-    L is not an ``nn.Linear``, the mask cannot be folded and only the mask file is written.
+    original keys (load it with the same factory). When L is not an ``nn.Linear``, the mask
+    cannot be folded and only the mask file is written.
 
     Returns:
         The paths written, by kind.
     """
+    from deepcloak.report.figures import png, sweep_figure
+
     out = Path(out)
-    ratio = result.config.ratio
-    paths = {
-        "report": out / "report.json",
-        "plot": out / "sweep.png",
-        "mask": out / "mask.safetensors",
-    }
-    cloaked = copy.deepcopy(result.model)
-    try:
-        result.cloak.apply(cloaked, ratio, fold=True)
-    except LayerError:
-        cloaked = None  # the mask layer cannot be folded; the mask file is the artefact
-    meta = {**data_info, "cloak": result.cloak.metadata(ratio)}
-    if cloaked is not None and "arch" in model_info and "arch_kwargs" in model_info:
-        paths["model"] = out / "cloaked_model.safetensors"
-        save_checkpoint(
-            paths["model"], cloaked, arch=model_info["arch"],
-            arch_kwargs=model_info["arch_kwargs"], metadata=meta,
-        )  # fmt: skip
-    elif isinstance(cloaked, ScriptedClassifier):
-        paths["model"] = out / "cloaked_model.pt"  # TorchScript in, TorchScript out
-        with atomic_write(paths["model"]) as f:
-            cloaked.save_scripted(f)
-    elif cloaked is not None:
-        paths["model"] = out / "cloaked_state_dict.safetensors"
-        state = {k: v.detach().clone() for k, v in cloaked.state_dict().items()}
-        save_tensors(paths["model"], state, {"format": "deepcloak-state-dict/1", **meta})
-    result.cloak.save(paths["mask"], ratio)
-    plot_sweep(result.sweep, paths["plot"], title=title)
-    report = {
-        "schema": "deepcloak-harden/1",
-        "config": asdict(result.config),
-        "data": data_info,
-        "model": model_info,
-        "fit": result.cloak.metadata(ratio),
-        "sweep": result.sweep.to_json(),
-        "environment": environment(model_device(result.model)),
-        "seconds": result.seconds,
-        "files": {k: p.name for k, p in paths.items()},
-    }
-    write_json_atomic(paths["report"], report)
+    paths = {"report": out / "report.json", "plot": out / "sweep.png"}
+    paths["mask"] = out / "mask.safetensors"
+    meta = {**result.data_info, "cloak": result.cloak.metadata(result.config.ratio)}
+    model_path = _save_cloaked_model(result, out, meta)
+    if model_path is not None:
+        paths["model"] = model_path
+    result.cloak.save(paths["mask"], result.config.ratio)
+    write_bytes_atomic(paths["plot"], png(sweep_figure(result.sweep, title=title)))
+    document = harden_document(result, {k: p.name for k, p in paths.items()})
+    write_json_atomic(paths["report"], document)
     return paths

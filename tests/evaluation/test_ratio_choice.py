@@ -1,11 +1,21 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.ratio_choice import choose_ratio
-from deepcloak.evaluation.sweep import SweepResult, SweepRow
+from deepcloak.evaluation.results import AccuracyResult, SweepResult, SweepRow, ThreatModel
+from deepcloak.evaluation.stats import wilson_interval
+
+N = 1000
+
+
+def _result(tm: str, accuracy: float, ratio: float) -> AccuracyResult:
+    """A result whose first ``accuracy * N`` of N samples are correct."""
+    correct = torch.arange(N) < round(accuracy * N)
+    return AccuracyResult("cloaked", ThreatModel(tm), {"name": "pgd"}, correct, ratio)
 
 
 def _sweep(rows: list[tuple[float, float, float]]) -> SweepResult:
@@ -15,20 +25,16 @@ def _sweep(rows: list[tuple[float, float, float]]) -> SweepResult:
             SweepRow(
                 ratio=r,
                 n_removed=round(r * 100),
-                clean_accuracy=clean,
-                graybox_accuracy=gray,
-                random_clean_accuracy=None,
-                random_graybox_accuracy=None,
-                random_graybox_std=None,
+                clean=_result("clean", clean, r),
+                graybox=_result("gray-box", gray, r),
             )
             for r, clean, gray in rows
         ],
-        n_samples=1000,
         layer=LayerRef("fc", Side.INPUT),
         n_features=100,
         score="deepcloak",
         attack={"name": "pgd", "eps": 0.03},
-        whitebox_attack=None,
+        whitebox_attacks=[],
         n_random=0,
         seed=0,
         used_cached_head=True,
@@ -78,6 +84,10 @@ def test_the_choice_is_recorded_as_json() -> None:
     d = choose_ratio(SWEEP).to_json()
     assert d["ratio"] == 0.05 and d["clean_budget"] == 0.01
     assert len(d["candidates"]) == 4 and d["candidates"][2]["within_budget"] is False
+    # Intervals come from the exact counts (885 of 1000 clean at ratio 0.1).
+    low, high = wilson_interval(885, N)
+    assert d["candidates"][2]["clean_ci"]["low"] == low
+    assert d["candidates"][2]["clean_ci"]["high"] == high
 
 
 def test_bad_input() -> None:

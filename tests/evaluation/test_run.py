@@ -19,7 +19,7 @@ from deepcloak.evaluation.config import EvaluationConfig, build_attack
 from deepcloak.evaluation.results import SCHEMA, EvaluationReport, ThreatModel
 from deepcloak.evaluation.run import evaluate_cloak
 from deepcloak.evaluation.sanity import CheckStatus
-from deepcloak.evaluation.stats import wilson_interval
+from deepcloak.evaluation.stats import mean_interval, wilson_interval
 from tests.robust_toys import (
     TOY_CONFIG,
     gradient_masked_mlp,
@@ -72,13 +72,24 @@ def test_worst_case_is_per_sample_and_at_most_each_attack(report: EvaluationRepo
     )
 
 
-def test_every_accuracy_carries_its_wilson_interval(report: EvaluationReport) -> None:
-    for r in report.results:
+def test_every_accuracy_carries_its_interval(report: EvaluationReport) -> None:
+    curve = [r for row in report.ratio_curve.rows for r in row.results()]
+    for r in [*report.results, *report.eps_curve, *curve]:
         lo, hi = r.interval
-        assert (lo, hi) == wilson_interval(r.n_correct, r.n)
+        if r.n_masks == 1:
+            assert (lo, hi) == wilson_interval(r.n_correct, r.n)
+        else:  # random masks: the interval of their mean, from the per-mask vectors
+            assert r.defense == "random-mask" and (lo, hi) == mean_interval(r.correct)
         assert lo <= r.accuracy <= hi
-    for p in report.eps_curve + report.ratio_curve:
-        assert p.interval[0] <= p.accuracy <= p.interval[1]
+
+
+def test_random_masks_keep_every_mask(report: EvaluationReport) -> None:
+    for tm in ("clean", "gray-box", "transfer"):
+        r = report.result("random-mask", tm, "pgd" if tm != "clean" else "worst-case")
+        assert r.correct.shape == (TOY_CONFIG.n_random, 60)
+        assert r.accuracy == pytest.approx(sum(r.per_mask_accuracy) / TOY_CONFIG.n_random)
+    white = report.result("random-mask", "white-box", "pgd")
+    assert white.n_masks == 1 and white.note == "first random mask only"
 
 
 def test_graybox_and_whitebox_reproduce_by_hand(report: EvaluationReport) -> None:
@@ -184,19 +195,23 @@ def test_sanity_checks_flag_a_gradient_masked_model() -> None:
 
 def test_the_json_is_complete_and_strict(report: EvaluationReport) -> None:
     data = json.loads(json.dumps(report.to_json(), allow_nan=False))
-    assert data["schema"] == SCHEMA == "deepcloak-evaluation/1"
+    assert data["schema"] == SCHEMA == "deepcloak/2" and data["kind"] == "evaluation"
     run = data["run"]
     assert run["seed"] == 0 and run["layer"] == {"name": "3", "side": "input"}
     assert run["data"]["test"]["n_used"] == 60 and run["data"]["num_classes"] == 4
     assert run["data"]["validation_test_overlap"] == 0
     assert run["metadata"] == {"model": "toy-mlp", "data": "quadrants"}
-    assert {"torch", "numpy", "art", "deepcloak"} <= set(run["versions"])
-    assert run["versions"]["art"] and run["device"]["type"] == "cpu"
+    env = data["environment"]
+    assert {"torch", "numpy", "adversarial-robustness-toolbox", "deepcloak"} <= set(env)
+    assert env["adversarial-robustness-toolbox"] and env["device"] == "cpu"
+    assert env["threads"] == 1  # the toy report runs on one thread
     assert run["started_at"] <= run["finished_at"] and run["duration_s"] > 0
     for r in data["results"]:
         assert r["threat_model"] in data["threat_models"]
-        assert r["attack"]["name"] and len(r["per_sample"]) == r["n"] == 60
-        assert r["per_sample"].count("1") == r["correct"]
+        assert r["attack"]["name"] and len(r["per_sample"]) == r["masks"] and r["n"] == 60
+        assert all(len(s) == 60 for s in r["per_sample"])
+        assert [s.count("1") for s in r["per_sample"]] == r["per_mask_correct"]
+        assert sum(r["per_mask_correct"]) == r["correct"]
         if r["attack"]["name"] == "pgd":
             assert {"eps", "steps", "step_size", "norm", "restarts", "seed"} <= set(r["attack"])
     assert "per_sample" not in report.to_json(per_sample=False)["results"][0]
@@ -242,13 +257,15 @@ def test_data_that_does_not_match_the_model() -> None:
     good = _tensor_loader(x, y)
     rgb = _tensor_loader(x.repeat(1, 3, 1, 1), y)
     with pytest.raises(
-        DeepCloakError, match=r"does not accept the test inputs of shape \(3, 8, 8\)"
+        DeepCloakError, match=r"does not accept inputs of shape \(3, 8, 8\).*the test data"
     ):
         evaluate_cloak(model, good, good, rgb, config=SMALL)
-    with pytest.raises(DeepCloakError, match=r"test labels do not match the model.*\[0, 3\]"):
+    with pytest.raises(
+        DeepCloakError, match=r"labels of the test data do not match the model.*\[0, 3\]"
+    ):
         evaluate_cloak(model, good, good, _tensor_loader(x, y + 6), config=SMALL)
     with pytest.raises(
-        DeepCloakError, match=r"does not accept the validation inputs of shape \(3, 8, 8\)"
+        DeepCloakError, match=r"does not accept inputs of shape \(3, 8, 8\).*validation data"
     ):
         evaluate_cloak(model, good, rgb, good, config=SMALL)
     with pytest.raises(DeepCloakError, match=r"test data: inputs must lie in \[0, 1\]"):

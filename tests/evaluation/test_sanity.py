@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import torch
 
+from deepcloak.data.sets import load_dataset
+from deepcloak.evaluation.config import EvaluationConfig
+from deepcloak.evaluation.probes import UNBOUNDED_EPS, unbounded_probe
 from deepcloak.evaluation.sanity import (
     CheckStatus,
     check_eps_growth,
@@ -11,6 +14,9 @@ from deepcloak.evaluation.sanity import (
     check_transfer_vs_whitebox,
     check_whitebox_vs_graybox,
 )
+from deepcloak.models.train import train_model
+from deepcloak.models.zoo import create_model
+from tests.robust_toys import gradient_masked_mlp, quadrant_data
 
 PASS, WARN = CheckStatus.PASS, CheckStatus.WARN
 
@@ -61,3 +67,41 @@ def test_single_step_whitebox_and_transfer_orderings() -> None:
     assert check_transfer_vs_whitebox(0.6, 0.3, n=1000, tolerance=0.01).passed
     warn = check_transfer_vs_whitebox(0.2, 0.3, n=1000, tolerance=0.01)
     assert warn.status is WARN and warn.to_json()["status"] == "warn"
+
+
+# ------------------------------------------- the unbounded probe on models of known verdict
+def _probe_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    config = EvaluationConfig(attacks=("pgd",), preprocessing_baselines=False, steps=10)
+    probe = unbounded_probe(config)
+    assert probe.eps == UNBOUNDED_EPS == 1.0 and not probe.random_start and probe.steps >= 20
+    x_adv = probe(model, x, y)
+    with torch.no_grad():
+        return (model(x_adv).argmax(-1) == y).double().mean().item()
+
+
+def _eps_growth(unbounded_accuracy: float) -> CheckStatus:
+    return check_eps_growth(
+        [(0.0, 0.9), (0.1, 0.3)], unbounded_eps=1.0, unbounded_accuracy=unbounded_accuracy,
+        max_unbounded_accuracy=0.05, n=100, tolerance=0.01,
+    ).status  # fmt: skip
+
+
+def test_the_unbounded_probe_breaks_a_plain_resnet() -> None:
+    """Pass case: an undefended, briefly trained ResNet falls to ~0% at L-inf eps = 1."""
+    torch.manual_seed(0)
+    model = create_model("resnet", in_channels=1, num_classes=10, input_size=8, width=8)
+    train_model(model, load_dataset("digits", limit=600), epochs=3, batch_size=64, seed=0)
+    x, y = load_dataset("digits", split="test", limit=100).tensors()
+    with torch.no_grad():
+        assert (model.eval()(x).argmax(-1) == y).double().mean() > 0.5  # it did learn
+    accuracy = _probe_accuracy(model, x, y)
+    assert accuracy <= 0.01
+    assert _eps_growth(accuracy) is PASS
+
+
+def test_the_unbounded_probe_flags_a_gradient_masked_model() -> None:
+    """Warn case: behind a rounding layer (zero gradients) the probe cannot move the inputs."""
+    x, y = quadrant_data(100, 5)
+    accuracy = _probe_accuracy(gradient_masked_mlp(), x, y)
+    assert accuracy > 0.5
+    assert _eps_growth(accuracy) is WARN

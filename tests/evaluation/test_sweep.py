@@ -101,7 +101,7 @@ def test_random_baseline_and_whitebox(model: nn.Module, loader: DataLoader) -> N
         loader,
         ratios=RATIOS,
         n_random=3,
-        whitebox_attack=FGSM(eps=0.1),
+        whitebox_attacks=[FGSM(eps=0.1)],
         whitebox_ratios=(0.0, 0.5),
     )
     first = result.rows[0]
@@ -111,7 +111,9 @@ def test_random_baseline_and_whitebox(model: nn.Module, loader: DataLoader) -> N
     wb = whitebox_accuracy(model, cloak, loader, FGSM(eps=0.1), [0.5])
     assert result.rows[3].whitebox_accuracy == pytest.approx(wb[0.5])
     assert result.rows[1].whitebox_accuracy is None
-    assert set(result.to_json()["threat_models"]) >= {"graybox_accuracy", "whitebox_accuracy"}
+    doc = result.to_json()
+    assert {r["threat_model"] for r in doc["results"]} == {"clean", "gray-box", "white-box"}
+    assert {r["defense"] for r in doc["results"]} == {"cloaked", "random-mask"}
 
 
 def test_sweep_bad_input(model: nn.Module, loader: DataLoader) -> None:

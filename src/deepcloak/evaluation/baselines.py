@@ -67,7 +67,9 @@ class PreprocessedModel(nn.Module):
         self.params = dict(params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(_BPDA.apply(x, self.preprocessor))
+        squeezed: torch.Tensor = _BPDA.apply(x, self.preprocessor)  # type: ignore[no-untyped-call]
+        out: torch.Tensor = self.model(squeezed)
+        return out
 
     def spec(self) -> dict[str, Any]:
         """The defence's name, parameters, library and how gradients pass through it."""

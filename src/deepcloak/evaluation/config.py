@@ -16,9 +16,10 @@ from deepcloak.attacks import art as art_attacks  # also registers "apgd", "squa
 from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
+from deepcloak.cloak.taps import Side
 from deepcloak.errors import DeepCloakError
+from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
 from deepcloak.evaluation.ratio_choice import check_budget
-from deepcloak.evaluation.sweep import DEFAULT_RATIOS
 from deepcloak.validation import check_epsilon, check_ratio, check_ratios
 
 __all__ = ["EvaluationConfig", "build_attack"]
@@ -44,6 +45,8 @@ class EvaluationConfig:
         fit_eps: FGSM budget of the fit when a train loader is given (default ``eps``).
         score: scorer of the fit when a train loader is given.
         layer: layer L for the fit (default: input of the final ``nn.Linear``).
+        side: ``"input"`` or ``"output"`` of ``layer`` (default: input of an ``nn.Linear``,
+            output of anything else).
         ratio: a fixed mask ratio; ``None`` to choose it on the validation split.
         ratios: candidate ratios (validation choice) and the test sweep's x axis.
         whitebox_ratios: ratios of the test sweep that also get a white-box PGD (costly).
@@ -76,9 +79,10 @@ class EvaluationConfig:
     fit_eps: float | None = None
     score: str = "deepcloak"
     layer: str | None = None
+    side: Side | str | None = None
     ratio: float | None = None
     ratios: tuple[float, ...] = DEFAULT_RATIOS
-    whitebox_ratios: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+    whitebox_ratios: tuple[float, ...] = EVALUATION_WHITEBOX_RATIOS
     clean_budget: float = 0.01
     select_attack: str = "pgd"
     n_random: int = 5
@@ -100,8 +104,27 @@ class EvaluationConfig:
         check_epsilon(self.eps)
         if self.fit_eps is not None:
             check_epsilon(self.fit_eps, name="fit_eps")
+        self._check_attacks()
+        self._check_counts()
+        self._check_grids()
+        SCORERS.get(self.score)  # an unknown scorer is an error listing the known ones
+        for name in ("sanity_tolerance", "max_unbounded_accuracy"):
+            fraction = getattr(self, name)
+            if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
+                raise DeepCloakError(f"{name} must be a fraction in [0, 1], got {fraction!r}")
+        if not 0 < self.confidence < 1:
+            raise DeepCloakError(f"confidence must be in (0, 1), got {self.confidence}")
+
+    def _check_attacks(self) -> None:
         set_ = object.__setattr__
         set_(self, "norm", parse_norm(self.norm))
+        if self.side is not None:
+            try:
+                set_(self, "side", Side(self.side))
+            except ValueError:
+                raise DeepCloakError(
+                    f"side must be 'input' or 'output', got {self.side!r}"
+                ) from None
         if isinstance(self.attacks, str):
             set_(self, "attacks", (self.attacks,))
         set_(self, "attacks", tuple(self.attacks))
@@ -115,12 +138,10 @@ class EvaluationConfig:
             ATTACKS.get(name)  # an unknown name is an error listing the known ones
         for name in (*self.attacks, self.select_attack):
             build_attack(name, self)  # unknown names and bad parameters fail here, not later
-        for name, value in (("steps", self.steps), ("restarts", self.restarts)):
-            _check_positive_int(name, value)
-        _check_positive_int("max_queries", self.max_queries)
-        _check_positive_int("bit_depth", self.bit_depth)
-        _check_positive_int("window_size", self.window_size)
-        SCORERS.get(self.score)  # an unknown scorer is an error listing the known ones
+
+    def _check_counts(self) -> None:
+        for name in ("steps", "restarts", "max_queries", "bit_depth", "window_size"):
+            _check_positive_int(name, getattr(self, name))
         _check_positive_int("batch_size", self.batch_size)
         _check_positive_int("more_steps_factor", self.more_steps_factor)
         if self.more_steps_factor < 2:
@@ -134,6 +155,9 @@ class EvaluationConfig:
         for name in ("max_samples", "max_fit_samples"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
+
+    def _check_grids(self) -> None:
+        set_ = object.__setattr__
         set_(self, "ratios", tuple(check_ratios(self.ratios)))
         set_(self, "whitebox_ratios", tuple(check_ratios(self.whitebox_ratios or (0.0,))))
         if self.ratio is not None:
@@ -148,12 +172,6 @@ class EvaluationConfig:
             if not grid:
                 raise DeepCloakError("eps_grid must hold at least one budget")
             set_(self, "eps_grid", tuple(sorted(set(grid))))
-        for name in ("sanity_tolerance", "max_unbounded_accuracy"):
-            fraction = getattr(self, name)
-            if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
-                raise DeepCloakError(f"{name} must be a fraction in [0, 1], got {fraction!r}")
-        if not 0 < self.confidence < 1:
-            raise DeepCloakError(f"confidence must be in (0, 1), got {self.confidence}")
 
     @property
     def uses_art(self) -> bool:
@@ -172,6 +190,7 @@ class EvaluationConfig:
         """A JSON-able dict of every setting."""
         d = dataclasses.asdict(self)
         d["norm"] = parse_norm(self.norm).value
+        d["side"] = Side(self.side).value if self.side is not None else None
         d["attacks"] = list(self.attacks)
         d["attack_params"] = {k: dict(v) for k, v in self.attack_params.items()}
         d["ratios"] = list(self.ratios)

@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from deepcloak.errors import DeepCloakError
-from deepcloak.evaluation.stats import wilson_interval
-from deepcloak.evaluation.sweep import SweepResult
+from deepcloak.evaluation.results import SweepResult
 
 __all__ = ["RatioCandidate", "RatioChoice", "choose_ratio"]
 
@@ -33,6 +32,9 @@ class RatioCandidate:
     graybox_gain: float
     clean_drop: float
     within_budget: bool
+    clean_ci: tuple[float, float] = (0.0, 1.0)
+    graybox_ci: tuple[float, float] = (0.0, 1.0)
+    confidence: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -71,22 +73,21 @@ class RatioChoice:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of all fields; each candidate's accuracies get a Wilson interval."""
+        """A JSON-able dict of all fields; each candidate's accuracies with a Wilson interval."""
         d = asdict(self)
         d["candidates"] = [
             {
                 **asdict(c),
-                "clean_ci": _ci(c.clean_accuracy, self.n_samples),
-                "graybox_ci": _ci(c.graybox_accuracy, self.n_samples),
+                "clean_ci": _ci(c.clean_ci, c.confidence),
+                "graybox_ci": _ci(c.graybox_ci, c.confidence),
             }
             for c in self.candidates
         ]
         return d
 
 
-def _ci(accuracy: float, n: int) -> dict[str, Any]:
-    lo, hi = wilson_interval(round(accuracy * n), n)
-    return {"low": lo, "high": hi, "confidence": 0.95, "method": "wilson"}
+def _ci(interval: tuple[float, float], confidence: float) -> dict[str, Any]:
+    return {"low": interval[0], "high": interval[1], "confidence": confidence, "method": "wilson"}
 
 
 def check_budget(clean_budget: float) -> float:
@@ -136,6 +137,9 @@ def choose_ratio(sweep: SweepResult, clean_budget: float = 0.01) -> RatioChoice:
             graybox_gain=row.graybox_accuracy - base.graybox_accuracy,
             clean_drop=base.clean_accuracy - row.clean_accuracy,
             within_budget=base.clean_accuracy - row.clean_accuracy <= budget + _TOL,
+            clean_ci=row.clean.interval,
+            graybox_ci=row.graybox.interval,
+            confidence=row.graybox.confidence,
         )
         for row in sweep.rows
     )

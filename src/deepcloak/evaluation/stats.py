@@ -22,7 +22,7 @@ import torch
 
 from deepcloak.errors import DeepCloakError
 
-__all__ = ["McNemarResult", "mcnemar_exact", "wilson_interval"]
+__all__ = ["McNemarResult", "mcnemar_exact", "mean_interval", "wilson_interval"]
 
 
 def _check_confidence(confidence: float) -> float:
@@ -149,3 +149,43 @@ def mcnemar_exact(a_correct: torch.Tensor, b_correct: torch.Tensor) -> McNemarRe
         p_greater=min(1.0, pg),
         p_less=min(1.0, pl),
     )
+
+
+def mean_interval(correct: torch.Tensor, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of a mean accuracy over several random masks evaluated on the same samples.
+
+    ``correct`` is boolean ``(k, N)``: mask ``j`` classifies sample ``i`` correctly. The mean
+    accuracy ``m`` varies with both the samples and the masks drawn, so its standard error adds
+    the two sources: ``se² = var_i(c_i) / N + var_j(a_j) / k``, with ``c_i`` the fraction of masks
+    right on sample ``i`` and ``a_j`` the accuracy of mask ``j`` (both sample variances). This is
+    slightly conservative (the sample-by-mask interaction is counted twice). The interval is
+    ``m ± z · se``, clipped to [0, 1]. With one mask, or when ``se = 0`` (every sample right
+    under all masks or wrong under all), it is the Wilson interval of the first mask's count.
+
+    Args:
+        correct: boolean ``(k, N)`` per-mask, per-sample correctness.
+        confidence: coverage, in (0, 1).
+
+    Returns:
+        ``(low, high)`` in [0, 1].
+
+    Raises:
+        DeepCloakError: ``correct`` is not a non-empty 2-D boolean tensor.
+    """
+    _check_confidence(confidence)
+    if correct.ndim != 2 or correct.dtype != torch.bool or correct.numel() == 0:
+        raise DeepCloakError(
+            f"expected boolean per-mask correctness of shape (k, N), got {correct.dtype} "
+            f"{tuple(correct.shape)}"
+        )
+    k, n = correct.shape
+    c = correct.double()
+    per_sample = c.mean(0)  # (N,)
+    per_mask = c.mean(1)  # (k,)
+    var = per_sample.var().item() / n if n > 1 else 0.0
+    var += per_mask.var().item() / k if k > 1 else 0.0
+    if k == 1 or var <= 0.0:
+        return wilson_interval(int(correct[0].sum()), n, confidence)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    mean, se = per_mask.mean().item(), math.sqrt(var)
+    return max(0.0, mean - z * se), min(1.0, mean + z * se)

@@ -6,14 +6,16 @@ the model after L (for the default L, the final ``nn.Linear``): 100 ratios cost 
 evaluation pass, not 100. Where that part cannot be isolated, the sweep falls back to full
 forward passes through the masked model (same numbers, slower).
 
-Robust accuracy counts over *all* evaluated samples, not only the clean-correct ones.
+Every accuracy is an :class:`~deepcloak.evaluation.results.AccuracyResult` holding per-sample
+correctness; random masks keep one row per mask. Robust accuracy counts over *all* evaluated
+samples, not only the clean-correct ones.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,11 +23,23 @@ from torch import nn
 
 from deepcloak.attacks.native import Attack, create_attack, eval_mode
 from deepcloak.cloak.fit import Cloak, layer_features, model_device, unpack_batch
-from deepcloak.cloak.mask import FeatureMask, insert_mask, keep_mask, removal_count, remove_mask
+from deepcloak.cloak.mask import keep_mask, masked, removal_count
 from deepcloak.cloak.taps import LayerRef, Side, tap
 from deepcloak.errors import DeepCloakError
+from deepcloak.evaluation.grids import DEFAULT_RATIOS
+from deepcloak.evaluation.results import (
+    CLOAKED,
+    RANDOM,
+    AccuracyResult,
+    SweepResult,
+    SweepRow,
+    ThreatModel,
+)
 from deepcloak.progress import ProgressFn, no_progress
 from deepcloak.validation import check_labels, check_ratios
+
+# SweepResult and SweepRow live in deepcloak.evaluation.results (the one result model); they are
+# re-exported here, beside the function that fills them.
 
 __all__ = [
     "DEFAULT_RATIOS",
@@ -34,14 +48,16 @@ __all__ = [
     "SweepRow",
     "attack_from_spec",
     "cache_features",
+    "check_cloak_features",
     "graybox_sweep",
+    "masked_predictions",
+    "random_rankings",
     "whitebox_accuracy",
+    "whitebox_results",
 ]
 
 log = logging.getLogger(__name__)
 
-#: 0 and the paper's grid 1%..99% in 1% steps.
-DEFAULT_RATIOS: tuple[float, ...] = tuple(i / 100 for i in range(100))
 
 _CHUNK = 4096  # samples per head evaluation: bounds memory for large feature maps
 
@@ -160,86 +176,94 @@ def cache_features(
 def masked_predictions(
     model: nn.Module, cache: FeatureCache, keep: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted classes of the clean and adversarial cached samples under mask ``keep``."""
+    """Predicted classes ``(N,)`` of the clean and adversarial cached samples under ``keep``."""
     device = model_device(model)
     with eval_mode(model):
         if cache.head is not None:
-            m = keep.to(device=device, dtype=cache.clean.dtype)
-            return tuple(  # type: ignore[return-value]
+            head, m = cache.head, keep.to(device=device, dtype=cache.clean.dtype)
+            clean, adv = (
                 torch.cat(
-                    [
-                        cache.head(chunk.to(device) * m).argmax(-1).cpu()  # (B, *F) -> (B,)
-                        for chunk in feats.split(_CHUNK)
-                    ]
+                    [head(c.to(device) * m).argmax(-1).cpu() for c in torch.split(feats, _CHUNK)]
                 )
-                for feats in (cache.clean, cache.adv)
+                for feats in (cache.clean, cache.adv)  # (B, *F) -> (B,)
             )
+            return clean, adv
         if cache.inputs is None or cache.adv_inputs is None:
             raise DeepCloakError("feature cache holds neither a head nor the inputs")
-        insert_mask(model, cache.layer, FeatureMask(keep))
-        try:
-            return tuple(  # type: ignore[return-value]
-                torch.cat([model(c.to(device)).argmax(-1).cpu() for c in xs.split(_CHUNK)])
+        with masked(model, cache.layer, keep):
+            clean, adv = (
+                torch.cat([model(c.to(device)).argmax(-1).cpu() for c in torch.split(xs, _CHUNK)])
                 for xs in (cache.inputs, cache.adv_inputs)
             )
-        finally:
-            remove_mask(model, cache.layer.name)
+            return clean, adv
 
 
-def _accuracies(model: nn.Module, cache: FeatureCache, keep: torch.Tensor) -> tuple[float, float]:
-    pred_clean, pred_adv = masked_predictions(model, cache, keep)
+def random_rankings(n_features: int, n_random: int, seed: int) -> list[torch.Tensor]:
+    """``n_random`` random feature rankings (seeded): the random-mask baseline's masks."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n_features, generator=gen) for _ in range(n_random)]
+
+
+def _random_results(
+    model: nn.Module, cache: FeatureCache, cloak: Cloak, ratio: float, settings: _Settings
+) -> tuple[AccuracyResult | None, AccuracyResult | None]:
+    """Clean and gray-box results of the random masks at ``ratio`` (``(k, N)`` each)."""
+    if not settings.rankings:
+        return None, None
+    preds = [
+        masked_predictions(model, cache, keep_mask(r, ratio, cloak.feature_shape))
+        for r in settings.rankings
+    ]
+    clean = torch.stack([p[0] == cache.labels for p in preds])  # (k, N)
+    gray = torch.stack([p[1] == cache.labels for p in preds])
     return (
-        (pred_clean == cache.labels).double().mean().item(),
-        (pred_adv == cache.labels).double().mean().item(),
+        AccuracyResult(RANDOM, ThreatModel.CLEAN, {"name": "none"}, clean, ratio, settings.conf),
+        AccuracyResult(RANDOM, ThreatModel.GRAYBOX, settings.attack, gray, ratio, settings.conf),
     )
 
 
 @dataclass(frozen=True)
-class SweepRow:
-    """Accuracies at one ratio. ``random_*`` are means over the random masks of the same size."""
-
-    ratio: float
-    n_removed: int
-    clean_accuracy: float
-    graybox_accuracy: float
-    random_clean_accuracy: float | None
-    random_graybox_accuracy: float | None
-    random_graybox_std: float | None
-    whitebox_accuracy: float | None = None
-
-
-#: What each accuracy column means: the threat model it holds under.
-THREAT_MODELS: dict[str, str] = {
-    "clean_accuracy": "no attack",
-    "graybox_accuracy": (
-        "gray-box: samples crafted on the unmasked model (attacker unaware of the mask)"
-    ),
-    "random_graybox_accuracy": "gray-box, random mask of the same size (baseline)",
-    "whitebox_accuracy": "white-box: attack run end to end through the cloaked model",
-}
-
-
-@dataclass
-class SweepResult:
-    """The ratio sweep: one :class:`SweepRow` per ratio, plus what produced it."""
-
-    rows: list[SweepRow]
-    n_samples: int
-    layer: LayerRef
-    n_features: int
-    score: str
+class _Settings:
     attack: dict[str, Any]
-    whitebox_attack: dict[str, Any] | None
-    n_random: int
-    seed: int
-    used_cached_head: bool
-    threat_models: dict[str, str] = field(default_factory=lambda: dict(THREAT_MODELS))
+    rankings: list[torch.Tensor]
+    conf: float
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the whole result."""
-        d = asdict(self)
-        d["layer"] = self.layer.to_json()
-        return d
+
+def _sweep_row(
+    model: nn.Module,
+    cache: FeatureCache,
+    cloak: Cloak,
+    ratio: float,
+    settings: _Settings,
+    whitebox: tuple[AccuracyResult, ...],
+) -> SweepRow:
+    clean, adv = masked_predictions(
+        model, cache, keep_mask(cloak.ranking, ratio, cloak.feature_shape)
+    )
+    random_clean, random_gray = _random_results(model, cache, cloak, ratio, settings)
+    none, conf = {"name": "none"}, settings.conf
+    return SweepRow(
+        ratio=ratio,
+        n_removed=removal_count(ratio, cloak.n_features),
+        clean=AccuracyResult(CLOAKED, ThreatModel.CLEAN, none, clean == cache.labels, ratio, conf),
+        graybox=AccuracyResult(
+            CLOAKED, ThreatModel.GRAYBOX, settings.attack, adv == cache.labels, ratio, conf
+        ),
+        random_clean=random_clean,
+        random_graybox=random_gray,
+        whitebox=whitebox,
+    )
+
+
+def _check_sweep(
+    ratios: Sequence[float], n_random: int, whitebox_ratios: Sequence[float]
+) -> list[float]:
+    checked = check_ratios(ratios)
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+        raise DeepCloakError(f"n_random must be an integer >= 0, got {n_random!r}")
+    if not set(whitebox_ratios) <= set(checked):
+        raise DeepCloakError("whitebox_ratios must be a subset of ratios")
+    return checked
 
 
 def graybox_sweep(
@@ -251,11 +275,13 @@ def graybox_sweep(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     n_random: int = 5,
     seed: int = 0,
-    whitebox_attack: Attack | None = None,
+    whitebox_attacks: Sequence[Attack] = (),
     whitebox_ratios: Sequence[float] = (),
+    whitebox_loader: Iterable[Any] | None = None,
+    confidence: float = 0.95,
     progress: ProgressFn | None = None,
 ) -> SweepResult:
-    """Clean and gray-box adversarial accuracy of the cloaked model at each ratio.
+    """Clean and gray-box accuracy of the cloaked model at each ratio, with baselines.
 
     Args:
         model: the unmasked model the cloak was fit on (left unmodified).
@@ -263,74 +289,96 @@ def graybox_sweep(
         loader: held-out test data, ``(x, y)`` batches with x in [0, 1].
         attack: crafts the test samples on the unmasked model; default: the fit's attack.
         ratios: fractions of features removed.
-        n_random: random masks of each size to average for the baseline (``0`` for none).
+        n_random: random masks of each size for the baseline (``0`` for none).
         seed: seed of the random masks.
-        whitebox_attack: if given, also attack the cloaked model end to end at each ratio in
-            ``whitebox_ratios`` (one attack pass per ratio).
-        whitebox_ratios: the ratios for the white-box column (must be among ``ratios``).
+        whitebox_attacks: attacks also run end to end through the cloaked model at each ratio in
+            ``whitebox_ratios`` (one attack pass per attack and ratio).
+        whitebox_ratios: the ratios of the white-box results (must be among ``ratios``).
+        whitebox_loader: the samples of the white-box attacks (default: ``loader``).
+        confidence: coverage of the intervals.
         progress: ``progress(task, done, total)`` callback.
 
     Returns:
-        A :class:`SweepResult`.
+        A :class:`~deepcloak.evaluation.results.SweepResult`.
+
+    Raises:
+        DeepCloakError: bad ratios, white-box ratios outside ``ratios``, an empty loader, or a
+            cloak from another model.
     """
-    ratios = check_ratios(ratios)
-    if n_random < 0:
-        raise DeepCloakError(f"n_random must be >= 0, got {n_random}")
-    if not set(whitebox_ratios) <= set(ratios):
-        raise DeepCloakError("whitebox_ratios must be a subset of ratios")
+    ratios = _check_sweep(ratios, n_random, whitebox_ratios)
     attack = attack if attack is not None else attack_from_spec(cloak.attack)
     report = progress or no_progress
     cache = cache_features(model, loader, cloak.layer, attack, progress=progress)
-    if tuple(cache.clean.shape[1:]) != cloak.feature_shape:
-        raise DeepCloakError(
-            f"the cloak was fit on features of shape {cloak.feature_shape}, but {cloak.layer} "
-            f"gives {tuple(cache.clean.shape[1:])}: is this the same model?"
-        )
-    gen = torch.Generator().manual_seed(seed)
-    random_rankings = [torch.randperm(cloak.n_features, generator=gen) for _ in range(n_random)]
-    whitebox = (
-        whitebox_accuracy(model, cloak, loader, whitebox_attack, whitebox_ratios, progress=progress)
-        if whitebox_attack is not None and whitebox_ratios
-        else {}
+    check_cloak_features(cloak, tuple(cache.clean.shape[1:]))
+    white = whitebox_results(
+        model, cloak, loader if whitebox_loader is None else whitebox_loader,
+        whitebox_attacks, whitebox_ratios if whitebox_attacks else (),
+        confidence=confidence, progress=progress,
+    )  # fmt: skip
+    settings = _Settings(
+        attack.spec(), random_rankings(cloak.n_features, n_random, seed), confidence
     )
     rows = []
     for i, ratio in enumerate(ratios):
-        clean_acc, gray_acc = _accuracies(
-            model, cache, keep_mask(cloak.ranking, ratio, cloak.feature_shape)
-        )
-        rand = torch.tensor(
-            [
-                _accuracies(model, cache, keep_mask(r, ratio, cloak.feature_shape))
-                for r in random_rankings
-            ],
-            dtype=torch.float64,
-        ).view(-1, 2)  # (n_random, 2)
-        has_random = rand.shape[0] > 0
-        rows.append(
-            SweepRow(
-                ratio=ratio,
-                n_removed=removal_count(ratio, cloak.n_features),
-                clean_accuracy=clean_acc,
-                graybox_accuracy=gray_acc,
-                random_clean_accuracy=rand[:, 0].mean().item() if has_random else None,
-                random_graybox_accuracy=rand[:, 1].mean().item() if has_random else None,
-                random_graybox_std=rand[:, 1].std(correction=0).item() if has_random else None,
-                whitebox_accuracy=whitebox.get(ratio),
-            )
-        )
+        rows.append(_sweep_row(model, cache, cloak, ratio, settings, white.get(ratio, ())))
         report("sweep ratios", i + 1, len(ratios))
     return SweepResult(
         rows=rows,
-        n_samples=cache.n_samples,
         layer=cloak.layer,
         n_features=cloak.n_features,
         score=cloak.score_name,
         attack=attack.spec(),
-        whitebox_attack=whitebox_attack.spec() if whitebox else None,
+        whitebox_attacks=[a.spec() for a in whitebox_attacks] if white else [],
         n_random=n_random,
         seed=seed,
         used_cached_head=cache.head is not None,
     )
+
+
+def check_cloak_features(cloak: Cloak, feature_shape: tuple[int, ...]) -> None:
+    """Refuse a cloak fit on features of another shape than the model gives at its layer."""
+    if feature_shape != cloak.feature_shape:
+        raise DeepCloakError(
+            f"the cloak was fit on features of shape {cloak.feature_shape}, but {cloak.layer} "
+            f"gives {feature_shape} here: is this the same model?"
+        )
+
+
+def whitebox_results(
+    model: nn.Module,
+    cloak: Cloak,
+    loader: Iterable[Any],
+    attacks: Sequence[Attack],
+    ratios: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    progress: ProgressFn | None = None,
+) -> dict[float, tuple[AccuracyResult, ...]]:
+    """Per ratio, one white-box result per attack run end to end through the cloaked model.
+
+    The mask is inserted for each ratio and removed afterwards: ``model`` is left as it was.
+    """
+    device = model_device(model)
+    report = progress or no_progress
+    out: dict[float, tuple[AccuracyResult, ...]] = {}
+    ratios = check_ratios(ratios) if ratios else []
+    for i, ratio in enumerate(ratios):
+        keep = keep_mask(cloak.ranking, ratio, cloak.feature_shape)
+        per_attack: list[list[torch.Tensor]] = [[] for _ in attacks]
+        with masked(model, cloak.layer, keep), eval_mode(model):
+            for batch in loader:
+                x, y = unpack_batch(batch, device)
+                for got, attack in zip(per_attack, attacks, strict=True):
+                    with torch.no_grad():
+                        got.append((model(attack(model, x, y)).argmax(-1) == y).cpu())
+        if not per_attack or not per_attack[0]:
+            raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
+        out[ratio] = tuple(
+            AccuracyResult(CLOAKED, ThreatModel.WHITEBOX, a.spec(), torch.cat(c), ratio, confidence)
+            for a, c in zip(attacks, per_attack, strict=True)
+        )
+        report("white-box attack", i + 1, len(ratios))
+    return out
 
 
 def whitebox_accuracy(
@@ -342,28 +390,6 @@ def whitebox_accuracy(
     *,
     progress: ProgressFn | None = None,
 ) -> dict[float, float]:
-    """Accuracy under ``attack`` run end to end through the cloaked model, per ratio.
-
-    The mask is inserted for each ratio and removed afterwards: ``model`` is left as it was.
-    """
-    device = model_device(model)
-    report = progress or no_progress
-    out: dict[float, float] = {}
-    for i, ratio in enumerate(check_ratios(ratios)):
-        cloak.apply(model, ratio)
-        try:
-            correct = seen = 0
-            with eval_mode(model):
-                for batch in loader:
-                    x, y = unpack_batch(batch, device)
-                    x_adv = attack(model, x, y)
-                    with torch.no_grad():
-                        correct += int((model(x_adv).argmax(-1) == y).sum())
-                    seen += y.numel()
-        finally:
-            remove_mask(model, cloak.layer.name)
-        if seen == 0:
-            raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
-        out[ratio] = correct / seen
-        report("white-box attack", i + 1, len(ratios))
-    return out
+    """Accuracy under ``attack`` run end to end through the cloaked model, per ratio."""
+    results = whitebox_results(model, cloak, loader, [attack], ratios, progress=progress)
+    return {ratio: r[0].accuracy for ratio, r in results.items()}

@@ -1,0 +1,83 @@
+"""Batched passes over samples held in memory: craft adversarial inputs, record correctness.
+
+Every stage of an evaluation calls these two, so batching, devices, eval mode and progress are
+handled once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from deepcloak.attacks.native import Attack, eval_mode
+from deepcloak.cloak.fit import model_device
+from deepcloak.progress import ProgressFn
+
+__all__ = ["Stage", "correct", "craft", "renamed", "worst_case"]
+
+
+class Stage:
+    """Progress of one task, counted in samples over several passes.
+
+    Args:
+        progress: the callback.
+        task: the task's name (one progress bar).
+        total: samples to process in all passes together.
+    """
+
+    def __init__(self, progress: ProgressFn, task: str, total: int) -> None:
+        self.progress, self.task, self.total, self.done = progress, task, total, 0
+        progress(task, 0, total)
+
+    def advance(self, k: int) -> None:
+        """Count ``k`` more samples done."""
+        self.done += k
+        self.progress(self.task, self.done, self.total)
+
+
+@torch.no_grad()
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per-sample correctness, boolean ``(N,)`` on the CPU, of ``model`` on ``x``."""
+    device = model_device(model)
+    with eval_mode(model):
+        preds = [model(xb.to(device)).argmax(-1).cpu() for xb in torch.split(x, batch_size)]  # (B,)
+    return torch.cat(preds) == y.cpu()
+
+
+def craft(
+    attack: Attack,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    stage: Stage | None = None,
+) -> torch.Tensor:
+    """Adversarial versions of ``x`` (on the CPU), crafted batch by batch on the model's device."""
+    device = model_device(model)
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        out.append(attack(model, xb, yb).detach().cpu())
+        if stage is not None:
+            stage.advance(xb.shape[0])
+    return torch.cat(out)
+
+
+def worst_case(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-sample worst case: correct only where every vector is correct."""
+    out = vectors[0].clone()
+    for v in vectors[1:]:
+        out &= v
+    return out
+
+
+def renamed(progress: ProgressFn, prefix: str) -> ProgressFn:
+    """``progress`` with ``prefix`` before every task name."""
+
+    def report(task: str, done: int, total: int | None) -> None:
+        progress(prefix + task, done, total)
+
+    return report

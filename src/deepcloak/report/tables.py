@@ -1,0 +1,223 @@
+"""Tables of sweeps and evaluations: ``rich`` tables for the terminal, Markdown for docs.
+
+Library code never prints: these return tables for the CLI to render. ``rich`` is imported only
+when a table is built, so ``import deepcloak`` does not load it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from deepcloak.attacks.native import Norm
+from deepcloak.evaluation.grids import SUMMARY_RATIOS
+from deepcloak.evaluation.results import (
+    WORST_CASE,
+    AccuracyResult,
+    EvaluationReport,
+    SweepResult,
+    SweepRow,
+    ThreatModel,
+)
+from deepcloak.report.figures import attack_label
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = [
+    "attacks_table",
+    "comparisons_table",
+    "evaluation_tables",
+    "sanity_table",
+    "summary_rows",
+    "summary_table",
+    "sweep_markdown",
+    "sweep_table",
+]
+
+_STATUS_STYLE = {"pass": "[green]pass[/green]", "warn": "[bold yellow]warn[/bold yellow]"}
+
+
+def _table(**kwargs: Any) -> Table:
+    from rich.table import Table
+
+    return Table(**kwargs)
+
+
+# ---------------------------------------------------------------------------------- sweeps
+def summary_rows(
+    result: SweepResult, ratios: Sequence[float] = SUMMARY_RATIOS, *, extra: Sequence[float] = ()
+) -> list[SweepRow]:
+    """The rows at ``ratios`` (and ``extra``) that the sweep has, in ratio order."""
+    wanted = {round(r, 6) for r in (*ratios, *extra)}
+    return [row for row in result.rows if round(row.ratio, 6) in wanted]
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def _random_cell(row: SweepRow) -> str:
+    if row.random_graybox is None:
+        return "—"
+    return f"{_pct(row.random_graybox.accuracy)} ± {_pct(row.random_graybox.std)}"
+
+
+def _sweep_cells(row: SweepRow, with_whitebox: bool) -> list[str]:
+    cells = [
+        f"{100 * row.ratio:.0f}%",
+        str(row.n_removed),
+        _pct(row.clean_accuracy),
+        _pct(row.graybox_accuracy),
+        _random_cell(row),
+    ]
+    return [*cells, _pct(row.whitebox_accuracy)] if with_whitebox else cells
+
+
+def _sweep_headers(result: SweepResult, with_whitebox: bool) -> list[str]:
+    headers = [
+        "ratio",
+        "removed",
+        "clean %",
+        f"gray-box {attack_label(result.attack)} %",
+        f"random mask, gray-box % (mean ± sd of {result.n_random})",
+    ]
+    if with_whitebox and result.whitebox_attack is not None:
+        headers.append(f"white-box {attack_label(result.whitebox_attack)} %")
+    return headers
+
+
+def sweep_table(result: SweepResult, rows: Sequence[SweepRow] | None = None) -> Table:
+    """A ``rich`` table of the sweep (default: the :data:`SUMMARY_RATIOS` rows)."""
+    rows = summary_rows(result) if rows is None else rows
+    with_whitebox = any(r.whitebox for r in rows)
+    table = _table(
+        title=f"DeepCloak sweep: {result.score} score, {result.layer} "
+        f"({result.n_features} features), {result.n_samples} test samples",
+        caption="gray-box: adversarial samples crafted on the unmasked model (the paper's threat "
+        "model); white-box: attack run through the cloaked model. Accuracy over all samples.",
+    )
+    for h in _sweep_headers(result, with_whitebox):
+        table.add_column(h, justify="right")
+    for row in rows:
+        table.add_row(*_sweep_cells(row, with_whitebox))
+    return table
+
+
+def sweep_markdown(result: SweepResult, rows: Sequence[SweepRow] | None = None) -> str:
+    """The same table as :func:`sweep_table`, in Markdown."""
+    rows = summary_rows(result) if rows is None else rows
+    with_whitebox = any(r.whitebox for r in rows)
+    headers = _sweep_headers(result, with_whitebox)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
+    lines += ["| " + " | ".join(_sweep_cells(r, with_whitebox)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- evaluations
+def _cell(r: AccuracyResult | None) -> str:
+    if r is None:
+        return "-"
+    lo, hi = r.interval
+    return f"{r.accuracy:6.1%} [{lo:.1%}, {hi:.1%}]"
+
+
+def _defenses(report: EvaluationReport) -> list[str]:
+    return list(dict.fromkeys(r.defense for r in report.results))
+
+
+def _lookup(report: EvaluationReport) -> dict[tuple[str, ThreatModel, str], AccuracyResult]:
+    return {(r.defense, r.threat_model, r.attack_name): r for r in report.results}
+
+
+def summary_table(report: EvaluationReport) -> Table:
+    """Defences by threat model: clean accuracy and per-sample worst case over the attacks."""
+    cfg, cloak, results = report.config, report.cloak, _lookup(report)
+    tms = [t for t in report.threat_models() if t is not ThreatModel.CLEAN]
+    n = next((r.n for r in report.results), 0)
+    n_features = 1
+    for s in cloak.get("feature_shape", []):
+        n_features *= int(s)
+    table = _table(
+        title=(
+            f"DeepCloak evaluation: ratio {100 * report.ratio:g}% ({cloak.get('n_removed', 0)} "
+            f"of {n_features} features removed), eps={cfg.eps:.4g} ({Norm(cfg.norm).value}), "
+            f"{n} test samples"
+        ),
+        caption=(
+            f"Accuracy [{cfg.confidence:.0%} interval: Wilson; random masks: of the mean over "
+            f"{cfg.n_random}]; robust columns: per-sample worst case over "
+            f"{', '.join(cfg.attacks)}, counted over all samples. Ratio: "
+            f"{report.ratio_choice.reason}."
+        ),
+    )
+    table.add_column("defence")
+    table.add_column("clean", justify="right")
+    for tm in tms:
+        table.add_column(tm.value, justify="right")
+    for d in _defenses(report):
+        row = [d, _cell(results.get((d, ThreatModel.CLEAN, "none")))]
+        row += [_cell(results.get((d, tm, WORST_CASE))) for tm in tms]
+        table.add_row(*row)
+    return table
+
+
+def attacks_table(report: EvaluationReport) -> Table:
+    """Every defence and threat model against every attack, and the worst case."""
+    results = _lookup(report)
+    attacks = [*report.config.attacks, WORST_CASE]
+    table = _table(title="Robust accuracy by attack")
+    table.add_column("defence")
+    table.add_column("threat model")
+    for a in attacks:
+        table.add_column(a, justify="right")
+    for d in _defenses(report):
+        for tm in report.threat_models():
+            cells = [results.get((d, tm, a)) for a in attacks]
+            if tm is not ThreatModel.CLEAN and any(c is not None for c in cells):
+                table.add_row(d, tm.value, *(f"{c.accuracy:.1%}" if c else "-" for c in cells))
+    return table
+
+
+def comparisons_table(report: EvaluationReport) -> Table:
+    """McNemar's exact test: cloaked against unmasked, on the same samples."""
+    table = _table(
+        title="Cloaked vs unmasked (McNemar exact, paired)",
+        caption="p(cloaked better): one-sided; p(differ): two-sided. Worst case over attacks.",
+    )
+    for col in ("threat model", "cloaked", "unmasked", "only cloaked right", "only unmasked right"):
+        table.add_column(col, justify="right" if col != "threat model" else "left")
+    table.add_column("p(cloaked better)", justify="right")
+    table.add_column("p(differ)", justify="right")
+    for c in report.comparisons:
+        table.add_row(
+            c.threat_model.value,
+            f"{c.a_accuracy:.1%}",
+            f"{c.b_accuracy:.1%}",
+            str(c.test.a_only),
+            str(c.test.b_only),
+            f"{c.test.p_greater:.3g}",
+            f"{c.test.p_two_sided:.3g}",
+        )
+    return table
+
+
+def sanity_table(report: EvaluationReport) -> Table:
+    """The sanity checks (Carlini et al. 2019): pass or warn, with the numbers behind them."""
+    table = _table(title="Sanity checks (Carlini et al. 2019)")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("details")
+    for c in report.sanity:
+        table.add_row(c.name, _STATUS_STYLE[c.status.value], c.message)
+    return table
+
+
+def evaluation_tables(report: EvaluationReport) -> list[Table]:
+    """All tables of a report, in reading order: summary, attacks, McNemar, sanity checks."""
+    return [
+        summary_table(report),
+        attacks_table(report),
+        comparisons_table(report),
+        sanity_table(report),
+    ]
