@@ -27,7 +27,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_demo_writes_report_plot_mask_and_model(demo_dir: Path) -> None:
-    names = {p.name for p in demo_dir.iterdir()}
+    names = {p.name for p in demo_dir.iterdir() if not p.name.startswith(".")}
     assert names == {"report.json", "sweep.png", "mask.safetensors", "cloaked_model.safetensors"}
     report = json.loads((demo_dir / "report.json").read_text())
     assert (report["schema"], report["kind"]) == ("deepcloak/2", "harden")

@@ -182,7 +182,7 @@ def test_evaluate_command_writes_json_and_plots(checkpoint: Path, tmp_path: Path
     assert report["run"]["data"]["validation"]["n_used"] == 60
     threat_models = {r["threat_model"] for r in report["results"]}
     assert {"clean", "gray-box", "white-box"} <= threat_models
-    assert {p.suffix for p in out.iterdir()} == {".json", ".png"}
+    assert {p.suffix for p in out.iterdir() if not p.name.startswith(".")} == {".json", ".png"}
 
 
 @pytest.mark.parametrize(

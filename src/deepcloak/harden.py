@@ -30,6 +30,7 @@ from deepcloak.evaluation.sweep import graybox_sweep
 from deepcloak.io import atomic_write, save_tensors, write_bytes_atomic, write_json_atomic
 from deepcloak.models.checkpoint import save_checkpoint
 from deepcloak.progress import ProgressFn
+from deepcloak.report.files import write_folder
 from deepcloak.validation import check_epsilon, check_ratio, check_ratios
 
 __all__ = [
@@ -250,12 +251,18 @@ def write_harden(result: HardenResult, out: str | Path, *, title: str = "") -> d
     original keys (load it with the same factory). When L is not an ``nn.Linear``, the mask
     cannot be folded and only the mask file is written.
 
+    The folder is replaced as a whole (:func:`~deepcloak.report.files.write_folder`): a failure
+    or a kill at any moment leaves either the complete old set or the complete new one.
+
     Returns:
         The paths written, by kind.
     """
+    return write_folder(out, lambda folder: _write_harden_files(result, folder, title))
+
+
+def _write_harden_files(result: HardenResult, out: Path, title: str) -> dict[str, Path]:
     from deepcloak.report.figures import png, sweep_figure
 
-    out = Path(out)
     paths = {"report": out / "report.json", "plot": out / "sweep.png"}
     paths["mask"] = out / "mask.safetensors"
     meta = {**result.data_info, "cloak": result.cloak.metadata(result.config.ratio)}

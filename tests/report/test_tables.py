@@ -59,7 +59,9 @@ def test_write_evaluation(report: EvaluationReport, tmp_path: Path) -> None:
     assert (document["schema"], document["kind"]) == ("deepcloak/2", "evaluation")
     assert paths["ratio_plot"].read_bytes().startswith(PNG_MAGIC)
     assert paths["eps_plot"].read_bytes().startswith(PNG_MAGIC)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(EVALUATION_FILES.values())
+    assert sorted(
+        p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith(".")
+    ) == sorted(EVALUATION_FILES.values())
     lean = write_evaluation(report, tmp_path / "lean", per_sample=False, plots=False)
     assert set(lean) == {"json"}
     assert "per_sample" not in json.loads(lean["json"].read_text())["results"][0]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deepcloak.evaluation.results import EvaluationReport
 from deepcloak.io import write_bytes_atomic, write_json_atomic
+from deepcloak.report.files import write_folder
 
 __all__ = ["EVALUATION_FILES", "write_evaluation"]
 
@@ -32,7 +33,7 @@ def write_evaluation(
     per_sample: bool = True,
     plots: bool = True,
 ) -> dict[str, Path]:
-    """Write the JSON report and the PNG figures into ``out_dir``, each file atomically.
+    """Write the JSON report and the PNG figures into ``out_dir``, replaced as a whole.
 
     Args:
         report: the evaluation.
@@ -42,10 +43,18 @@ def write_evaluation(
 
     Returns:
         The paths written, by kind (keys of :data:`EVALUATION_FILES`).
+
+    Raises:
+        DeepCloakError: ``out_dir`` holds files deepcloak did not write, or cannot be written.
     """
+    return write_folder(out_dir, lambda out: _write_files(report, out, per_sample, plots))
+
+
+def _write_files(
+    report: EvaluationReport, out: Path, per_sample: bool, plots: bool
+) -> dict[str, Path]:
     from deepcloak.report.figures import eps_figure, png, ratio_figure
 
-    out = Path(out_dir)
     paths = {"json": out / EVALUATION_FILES["json"]}
     write_json_atomic(paths["json"], report.to_json(per_sample=per_sample))
     if plots:
