@@ -119,13 +119,14 @@ def demo(
     ] = 0.05,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed of training, attacks and random masks.")] = 0,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train a small ResNet on scikit-learn's digits, cloak it, and sweep mask ratios."""
     check_output_folder(out_dir)
     from deepcloak.demo import DemoConfig, run_demo, write_demo
     from deepcloak.report.tables import sweep_table
 
-    config = DemoConfig(eps=eps, ratio=ratio, epochs=epochs, seed=seed)
+    config = DemoConfig(eps=eps, ratio=ratio, epochs=epochs, seed=seed, device=device)
     with progress_bars() as progress:
         result = run_demo(config, progress=progress)
     out.print(
@@ -154,9 +155,11 @@ def train(
     limit: Annotated[int | None, typer.Option(help="Train on a random subset of this many samples.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffling.")] = 0,
     out_path: Annotated[Path | None, typer.Option("--out", help="Checkpoint file (default: runs/<model>-<data>.safetensors).")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:  # fmt: skip
     """Train a zoo model on a data set and save a checkpoint (safetensors + JSON metadata)."""
     check_output_file(out_path or Path("runs") / f"{model}-{data}.safetensors")
+    from deepcloak.devices import resolve_device
     from deepcloak.models.recipes import recipe, train_checkpoint
 
     arch_kwargs = {"width": width, "depth": depth, **_key_values(option or [])}
@@ -167,7 +170,9 @@ def train(
     )  # fmt: skip
     path = out_path or Path("runs") / f"{model}-{data}.safetensors"
     with progress_bars() as progress:
-        _, result, meta = train_checkpoint(job, path, progress=progress)
+        _, result, meta = train_checkpoint(
+            job, path, progress=progress, device=resolve_device(device)
+        )
     out.print(
         f"{model} on {data}: test accuracy {100 * (result.test_accuracy or 0):.2f}% after "
         f"{result.epochs} epochs ({result.seconds:.0f} s); options {meta['arch_kwargs']}"
@@ -219,6 +224,20 @@ LayerOpt = Annotated[
 SideOpt = Annotated[str | None, typer.Option(help="input or output of --layer.")]
 ScoreOpt = Annotated[str, typer.Option(help="Feature score: deepcloak, random or activation.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of subsets, attacks and random masks.")]
+DeviceOpt = Annotated[
+    str, typer.Option(help="Where to run: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(help="Index or key of the logits, for a model that returns a tuple or dict."),
+]
+
+
+def _output_key(text: str | None) -> int | str | None:
+    """``--output 0`` is an index, ``--output logits`` a key."""
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _floats(text: str | None) -> tuple[float, ...] | None:
@@ -250,6 +269,8 @@ def harden(
     test_samples: Annotated[int | None, typer.Option(help="Test samples for the sweep.")] = None,
     random_masks: Annotated[int, typer.Option(help="Random masks per ratio (baseline).")] = 5,
     seed: SeedOpt = 0,
+    output: OutputOpt = None,
+    device: DeviceOpt = "auto",
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/harden"),
 ) -> None:  # fmt: skip
     """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
@@ -262,7 +283,10 @@ def harden(
         attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
         n_random=random_masks, seed=seed,
     )  # fmt: skip
-    source = ModelSource(spec=model, weights=weights, allow_pickle=allow_pickle)
+    source = ModelSource(
+        spec=model, weights=weights, allow_pickle=allow_pickle, output=_output_key(output),
+        device=device,
+    )  # fmt: skip
     data_source = DataSource(
         name=data, root=root, fit_samples=fit_samples, test_samples=test_samples, seed=seed
     )
@@ -303,6 +327,8 @@ def evaluate(
     whitebox_baselines: Annotated[bool, typer.Option(help="Also attack the baselines end to end.")] = True,
     per_sample: Annotated[bool, typer.Option(help="Keep per-sample correctness in the JSON.")] = True,
     seed: SeedOpt = 0,
+    output: OutputOpt = None,
+    device: DeviceOpt = "auto",
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/evaluate"),
 ) -> None:  # fmt: skip
     """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
@@ -323,12 +349,16 @@ def evaluate(
     )  # fmt: skip
     with progress_bars() as progress:
         report = evaluate_sources(
-            ModelSource(spec=model, weights=weights, allow_pickle=allow_pickle),
+            ModelSource(
+                spec=model, weights=weights, allow_pickle=allow_pickle,
+                output=_output_key(output), device=device,
+            ),
             DataSource(
                 name=data, root=root, val_samples=val_samples, test_samples=test_samples, seed=seed
             ),
             config, cloak_file=cloak,
-            surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle) if surrogate else None,
+            surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle, device=device)
+            if surrogate else None,
             progress=progress,
         )  # fmt: skip
     for table in evaluation_tables(report):

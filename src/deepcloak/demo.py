@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from deepcloak.data.sets import load_dataset
+from deepcloak.devices import resolve_device
 from deepcloak.harden import HardenConfig, HardenResult, harden, write_harden
 from deepcloak.models.train import TrainResult, train_model
 from deepcloak.models.zoo import create_model
@@ -40,6 +41,7 @@ class DemoConfig:
     epochs: int = 15
     width: int = 32
     seed: int = 0
+    device: str = "cpu"
 
     def harden_config(self) -> HardenConfig:
         """The settings of the hardening step (validates ``eps`` and ``ratio``)."""
@@ -68,7 +70,7 @@ def run_demo(config: DemoConfig, *, progress: ProgressFn | None = None) -> DemoR
     model = create_model("resnet", **arch_kwargs)
     training = train_model(
         model, train_set, epochs=config.epochs, batch_size=64, seed=config.seed,
-        test_set=test_set, progress=progress,
+        test_set=test_set, progress=progress, device=resolve_device(config.device),
     )  # fmt: skip
     hardened = harden(model, train_set, test_set, harden_config, progress=progress)
     summary = {k: v for k, v in asdict(training).items() if k != "losses"}

@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcloak.attacks.native import eval_mode
-from deepcloak.cloak.fit import Cloak, model_device, unpack_batch
+from deepcloak.batches import unpack_batch
+from deepcloak.cloak.fit import Cloak
 from deepcloak.cloak.taps import tap
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.sweep import check_cloak_features
+from deepcloak.models.outputs import select_logits
+from deepcloak.models.runtime import eval_mode, model_device
 from deepcloak.validation import check_labels
 
 __all__ = [
@@ -107,16 +109,18 @@ def check_model_fits(
         )
     try:
         with torch.no_grad(), eval_mode(model):
-            logits = model(x[:2].to(model_device(model)))
+            output = model(x[:2].to(model_device(model)))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DeepCloakError(
             f"the {what} does not accept inputs of shape {shape} (C, H, W) from {data}: "
             f"{first}. Are the model and the data set meant for each other?"
         ) from None
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise DeepCloakError(f"the {what} must return logits of shape (N, num_classes), got {got}")
+    logits = select_logits(output)  # a tuple or dict: a clear error that names --output
+    if logits.ndim != 2:
+        raise DeepCloakError(
+            f"the {what} must return logits of shape (N, num_classes), got {tuple(logits.shape)}"
+        )
     outputs = int(logits.shape[-1])
     if num_classes is not None and outputs < num_classes:
         raise DeepCloakError(

@@ -16,9 +16,12 @@ from torch import nn
 from deepcloak.cloak.torchscript import cloakable
 from deepcloak.data.base import ImageSet
 from deepcloak.data.sets import load_dataset
+from deepcloak.devices import resolve_device
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.inputs import check_model_fits
 from deepcloak.models.checkpoint import load_model
+from deepcloak.models.outputs import OutputKey
+from deepcloak.models.runtime import model_device
 
 __all__ = ["DataSource", "LoadedModel", "ModelSource", "trained_input_shape"]
 
@@ -50,11 +53,15 @@ class ModelSource:
             ``weights``), or a ``torch.save`` file (with ``allow_pickle``).
         weights: a ``state_dict`` for a factory.
         allow_pickle: allow unpickling a full model (it can run code): trusted files only.
+        output: index or key of the logits when the model returns a tuple or dict.
+        device: where to run the model (``auto``: CUDA when present, else the CPU).
     """
 
     spec: str
     weights: Path | None = None
     allow_pickle: bool = False
+    output: OutputKey | None = None
+    device: str = "cpu"
 
     def load_for(self, data: ImageSet, *, what: str = "model") -> LoadedModel:
         """Load the model, check that it fits ``data``, and make it cloakable.
@@ -63,12 +70,15 @@ class ModelSource:
             DeepCloakError: the model cannot be loaded, or does not fit the data.
         """
         model, info = load_model(self.spec, weights=self.weights, allow_pickle=self.allow_pickle)
-        x, _ = data[0]
+        model = model.to(resolve_device(self.device))
+        x = data[0][0][None].to(model_device(model))
+        if self.output is not None:  # pick the logits first: the checks need them
+            model = cloakable(model, x, output=self.output)
         check_model_fits(
-            model, x[None], data=f"the {data.name} data", what=what,
+            model, x, data=f"the {data.name} data", what=what,
             input_shape=trained_input_shape(info), num_classes=data.num_classes,
         )  # fmt: skip
-        return LoadedModel(cloakable(model, x[None]), info)
+        return LoadedModel(model if self.output is not None else cloakable(model, x), info)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,57 @@
+"""The command line's model options: --output picks the logits, --device is checked at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from deepcloak.cli import app
+
+
+class TupleModel(nn.Module):
+    """Returns ``(logits, features)``, as many research models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU())
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return self.fc(features), features
+
+
+def tuple_model() -> nn.Module:
+    return TupleModel()
+
+
+SPEC = "tests.test_cli_flags:tuple_model"
+FAST = ["--data", "digits", "--fit-samples", "64", "--test-samples", "32", "--random-masks", "1"]
+
+
+def test_a_tuple_output_without_a_selector_is_one_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["harden", SPEC, *FAST, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "--output 0" in " ".join(result.output.split())
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_picks_the_logits_and_the_mask_lands_on_the_real_head(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    args = ["harden", SPEC, *FAST, "--output", "0", "--device", "cpu", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["environment"]["device"] == "cpu"
+    assert '"fc"' in json.dumps(report)  # layer L is the model's own head, by its own name
+
+
+def test_an_unknown_device_is_one_clear_error(tmp_path: Path) -> None:
+    args = ["harden", SPEC, *FAST, "--output", "0", "--device", "tpu", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "unknown device 'tpu'" in result.output
