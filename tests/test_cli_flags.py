@@ -18,8 +18,8 @@ class TupleModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU())
-        self.fc = nn.Linear(16, 10)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU())
+        self.fc = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(x)
@@ -27,7 +27,17 @@ class TupleModel(nn.Module):
 
 
 def tuple_model() -> nn.Module:
-    return TupleModel()
+    """A ``TupleModel`` briefly trained on digits (full batch, seeded)."""
+    from deepcloak.data.sets import load_dataset
+
+    model = TupleModel()
+    x, y = load_dataset("digits", split="train").tensors()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(60):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(x)[0], y).backward()
+        optimiser.step()
+    return model
 
 
 SPEC = "tests.test_cli_flags:tuple_model"
@@ -55,3 +65,36 @@ def test_an_unknown_device_is_one_clear_error(tmp_path: Path) -> None:
     args = ["harden", SPEC, *FAST, "--output", "0", "--device", "tpu", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "unknown device 'tpu'" in result.output
+
+
+def test_select_saves_the_searched_mask_with_its_selection(tmp_path: Path) -> None:
+    from deepcloak.cloak.fit import Cloak
+
+    out = tmp_path / "o"
+    data = [
+        "--data",
+        "digits",
+        "--fit-samples",
+        "900",
+        "--test-samples",
+        "32",
+        "--random-masks",
+        "1",
+    ]
+    args = ["harden", SPEC, *data, "--output", "0", "--select", "greedy", "--val-samples", "300"]
+    result = CliRunner().invoke(app, [*args, "--eps", "0.2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    cloak, ratio = Cloak.load(out / "mask.safetensors")
+    assert cloak.score_name == "search:greedy" and cloak.selection is not None
+    assert cloak.selection["selector"] == "greedy"
+    removed = int((~cloak.mask(ratio).mask.bool()).sum())
+    assert removed == len(cloak.selection["removed"]) > 0
+    validation = cloak.selection["validation"]
+    assert validation["adv_accuracy"] > validation["baseline_adv_accuracy"]
+    assert validation["clean_drop"]["upper"] <= 0.01 + 1e-9
+
+
+def test_an_unknown_selector_is_one_clear_error(tmp_path: Path) -> None:
+    args = ["harden", SPEC, *FAST, "--output", "0", "--select", "best", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "best" in result.output

@@ -269,6 +269,9 @@ def harden(
     test_samples: Annotated[int | None, typer.Option(help="Test samples for the sweep.")] = None,
     random_masks: Annotated[int, typer.Option(help="Random masks per ratio (baseline).")] = 5,
     seed: SeedOpt = 0,
+    select: Annotated[str | None, typer.Option(help="Search for the mask instead of ranking by --score: greedy, beam, deepcloak, random (the saved mask is the one chosen; --ratio is ignored).")] = None,
+    clean_budget: Annotated[float, typer.Option(help="With --select: largest clean-accuracy drop, held at 95% confidence on validation.")] = 0.01,
+    val_samples: Annotated[int, typer.Option(help="With --select: training samples held out to choose the mask on.")] = 1000,
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/harden"),
@@ -281,7 +284,8 @@ def harden(
 
     config = HardenConfig(
         attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
-        n_random=random_masks, seed=seed,
+        n_random=random_masks, seed=seed, select=select, clean_budget=clean_budget,
+        val_samples=val_samples,
     )  # fmt: skip
     source = ModelSource(
         spec=model, weights=weights, allow_pickle=allow_pickle, output=_output_key(output),

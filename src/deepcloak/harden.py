@@ -10,20 +10,24 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from deepcloak.attacks.native import Attack, create_attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
+from deepcloak.cloak.search import search_mask
+from deepcloak.cloak.selectors import SELECTORS
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
 from deepcloak.evaluation.inputs import check_model_fits
+from deepcloak.evaluation.ratio_choice import check_budget
 from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult
 from deepcloak.evaluation.sources import DataSource, ModelSource, trained_input_shape
 from deepcloak.evaluation.sweep import graybox_sweep
@@ -31,7 +35,7 @@ from deepcloak.io import atomic_write, save_tensors, write_bytes_atomic, write_j
 from deepcloak.models.checkpoint import save_checkpoint
 from deepcloak.progress import ProgressFn
 from deepcloak.report.files import write_folder
-from deepcloak.validation import check_epsilon, check_ratio, check_ratios
+from deepcloak.validation import check_epsilon, check_positive_int, check_ratio, check_ratios
 
 __all__ = [
     "HardenConfig",
@@ -59,7 +63,14 @@ class HardenConfig:
         score: scorer name.
         n_random: random masks per ratio in the baseline.
         batch_size: samples per batch.
-        seed: seeds attacks and random masks.
+        seed: seeds attacks, random masks and the validation split.
+        select: ``None`` ranks features by ``score`` and saves ``ratio`` (the paper's method);
+            a selector name (``"greedy"``, ``"beam"``, ...; see
+            :data:`deepcloak.cloak.selectors.SELECTORS`) searches for the mask instead, and the
+            saved mask is the one it chooses (``ratio`` is then ignored).
+        clean_budget: with ``select``: the largest clean-accuracy drop the mask may cost, held
+            at 95% confidence on the validation samples.
+        val_samples: with ``select``: training samples held out to choose the mask on.
     """
 
     attack: str = "fgsm"
@@ -74,10 +85,17 @@ class HardenConfig:
     n_random: int = 5
     batch_size: int = 256
     seed: int = 0
+    select: str | None = None
+    clean_budget: float = 0.01
+    val_samples: int = 1000
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_epsilon(self.eps)
+        if self.select is not None:
+            SELECTORS.get(self.select)  # an unknown selector fails here, listing the known ones
+            check_budget(self.clean_budget)
+            check_positive_int(self.val_samples, "val_samples")
         check_ratio(self.ratio)
         check_ratios(self.ratios)
         check_ratios(self.whitebox_ratios or (0.0,))
@@ -159,10 +177,20 @@ def harden(
     # fit and the sweeps use eval mode themselves and restore every module's own mode.
     model = cloakable(model, train_set[0][0][None].to(model_device(model)))
     attack, bs = config.make_attack(), config.batch_size
+    fit_set, val_set = _hold_out(train_set, config.val_samples if config.select else 0, config.seed)
     cloak = fit(
-        model, DataLoader(train_set, batch_size=bs), attack=attack, layer=config.layer,
+        model, DataLoader(fit_set, batch_size=bs), attack=attack, layer=config.layer,
         side=config.side, score=config.score, seed=config.seed, progress=progress,
     )  # fmt: skip
+    if config.select is not None:
+        found = search_mask(
+            model, DataLoader(fit_set, batch_size=bs), DataLoader(val_set, batch_size=bs),
+            layer=cloak, selector=config.select, clean_budget=config.clean_budget,
+        )  # fmt: skip
+        # The search's removal order ranks the features, so the sweep shows its prefixes and
+        # the saved mask (at the chosen ratio) is exactly the searched one.
+        cloak, ratio = found.to_cloak(seed=config.seed)
+        config = replace(config, ratio=ratio)
     sweep = graybox_sweep(
         model, cloak, DataLoader(test_set, batch_size=bs), attack=attack,
         ratios=config.sweep_ratios(), n_random=config.n_random, seed=config.seed,
@@ -170,6 +198,20 @@ def harden(
         progress=progress,
     )  # fmt: skip
     return HardenResult(config, model, cloak, sweep, time.perf_counter() - start)
+
+
+def _hold_out(data: Dataset[Any], n: int, seed: int) -> tuple[Dataset[Any], Dataset[Any]]:
+    """``(rest, held_out)``: ``n`` samples drawn with ``seed``, disjoint from the rest."""
+    size = len(data)  # type: ignore[arg-type]
+    if n == 0:
+        return data, Subset(data, [])
+    if n >= size:
+        raise DeepCloakError(
+            f"val_samples={n} leaves no training samples to fit on ({size} in all); "
+            "ask for fewer validation samples"
+        )
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(data, sorted(order[n:])), Subset(data, sorted(order[:n]))
 
 
 def harden_sources(
