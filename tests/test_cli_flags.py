@@ -98,3 +98,26 @@ def test_an_unknown_selector_is_one_clear_error(tmp_path: Path) -> None:
     args = ["harden", SPEC, *FAST, "--output", "0", "--select", "best", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "best" in result.output
+
+
+class NaNModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) * float("nan")
+
+
+def nan_model() -> nn.Module:
+    return NaNModel()
+
+
+def test_non_finite_logits_are_one_clear_error_in_harden_and_evaluate(tmp_path: Path) -> None:
+    for command in ("harden", "evaluate"):
+        out = tmp_path / command
+        args = [command, "tests.test_cli_flags:nan_model", "--data", "digits", "--out", str(out)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "NaN" in result.output or "finite" in result.output
+        assert not out.exists()

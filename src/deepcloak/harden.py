@@ -8,6 +8,7 @@ after every result exists.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +47,8 @@ __all__ = [
     "trained_input_shape",
     "write_harden",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -248,8 +251,14 @@ def _save_cloaked_model(result: HardenResult, out: Path, meta: dict[str, Any]) -
     cloaked = copy.deepcopy(result.model)
     try:
         result.cloak.apply(cloaked, result.config.ratio, fold=True)
-    except LayerError:
-        return None  # the mask layer cannot be folded; the mask file is the artefact
+    except LayerError as e:
+        # The mask file is then the artefact: Cloak.load(path) and .apply(model) insert it.
+        log.warning(
+            "the mask cannot be folded into the model (%s); wrote the mask file only: apply it "
+            "with deepcloak.Cloak.load(path) then cloak.apply(model, ratio)",
+            e,
+        )
+        return None
     info = result.model_info
     if "arch" in info and "arch_kwargs" in info:
         path = out / "cloaked_model.safetensors"

@@ -18,7 +18,7 @@ from deepcloak.cloak.fit import Cloak
 from deepcloak.cloak.taps import tap
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.sweep import check_cloak_features
-from deepcloak.models.outputs import select_logits
+from deepcloak.models.outputs import check_finite_logits, select_logits
 from deepcloak.models.runtime import eval_mode, model_device
 from deepcloak.validation import check_labels
 
@@ -117,6 +117,7 @@ def check_model_fits(
             f"{first}. Are the model and the data set meant for each other?"
         ) from None
     logits = select_logits(output)  # a tuple or dict: a clear error that names --output
+    check_finite_logits(logits, f"the {what}'s logits on {data}")
     if logits.ndim != 2:
         raise DeepCloakError(
             f"the {what} must return logits of shape (N, num_classes), got {tuple(logits.shape)}"
