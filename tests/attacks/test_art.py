@@ -12,6 +12,7 @@ from torch import nn
 from deepcloak.attacks import ATTACKS, PGD, create_attack
 from deepcloak.attacks.art import ArtAPGD, ArtPGD, ArtSquare, require_art
 from deepcloak.errors import DeepCloakError
+from tests.counting import CountSamples
 from tests.robust_toys import quadrant_data, trained_mlp
 
 
@@ -176,19 +177,6 @@ class _SquareOnAllSamples(ArtSquare):
     _standing_only: ClassVar[bool] = False
 
 
-class _CountQueries(nn.Module):
-    """Counts the samples the wrapped model is asked about."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner, self.samples = inner, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.samples += x.shape[0]
-        out: torch.Tensor = self.inner(x)
-        return out
-
-
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.0)])
 def test_square_queries_only_standing_new_inputs_with_the_same_result(
     toy: tuple[nn.Module, torch.Tensor, torch.Tensor], norm: str, eps: float
@@ -197,7 +185,7 @@ def test_square_queries_only_standing_new_inputs_with_the_same_result(
     y = y.clone()
     y[:10] = (y[:10] + 1) % 4  # ten samples misclassified from the start: already adversarial
     settings = {"eps": eps, "max_queries": 100, "norm": norm, "seed": 3}
-    before, after = _CountQueries(model), _CountQueries(model)
+    before, after = CountSamples(model), CountSamples(model)
     expected = _SquareOnAllSamples(**settings)(before, x, y)
     got = ArtSquare(**settings)(after, x, y)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

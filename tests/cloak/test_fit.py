@@ -14,6 +14,7 @@ from deepcloak.cloak.taps import first_forward, resolve_layer
 from deepcloak.errors import DataFormatError, DeepCloakError, LayerError
 from deepcloak.models.runtime import eval_mode
 from tests.conftest import DEFAULT_LAYERS
+from tests.counting import CountSamples
 
 
 def test_score_equals_brute_force_on_a_tiny_model(
@@ -142,19 +143,6 @@ def test_nan_features_are_refused() -> None:
         fit(model, DataLoader(TensorDataset(x, y), batch_size=2), attack=FGSM(eps=0.1))
 
 
-class _CountForwards(nn.Module):
-    """Counts the samples that run through ``inner`` (every forward pass, any batch size)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner, self.samples = inner, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.samples += x.shape[0]
-        out: torch.Tensor = self.inner(x)
-        return out
-
-
 def _previous_path_scores(model: nn.Module, loader: DataLoader, attack: FGSM | PGD) -> torch.Tensor:
     """The fit before the clean pass was reused: attack, then one pass over clean + adversarial."""
     ref = resolve_layer(model, example=next(iter(loader))[0][:1])
@@ -171,7 +159,7 @@ def _previous_path_scores(model: nn.Module, loader: DataLoader, attack: FGSM | P
 def test_fit_reuses_the_attacks_clean_pass_and_scores_as_before(
     model: nn.Module, loader: DataLoader, attack: FGSM | PGD
 ) -> None:
-    counted = _CountForwards(model)
+    counted = CountSamples(model)
     cloak = fit(counted, loader, attack=attack)
     expected = _previous_path_scores(model, loader, attack)
     torch.testing.assert_close(cloak.scores, expected, rtol=1e-6, atol=1e-6)
