@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcloak.attacks.native import Attack, create_attack, eval_mode
+from deepcloak.attacks import Attack, attack_from_spec
 from deepcloak.cloak.fit import Cloak, layer_features, model_device, unpack_batch
 from deepcloak.cloak.mask import keep_mask, masked, removal_count
 from deepcloak.cloak.taps import LayerRef, Side, tap
@@ -35,6 +35,7 @@ from deepcloak.evaluation.results import (
     SweepRow,
     ThreatModel,
 )
+from deepcloak.models.runtime import eval_mode
 from deepcloak.progress import ProgressFn, no_progress
 from deepcloak.validation import check_labels, check_ratios
 
@@ -46,7 +47,6 @@ __all__ = [
     "FeatureCache",
     "SweepResult",
     "SweepRow",
-    "attack_from_spec",
     "cache_features",
     "check_cloak_features",
     "graybox_sweep",
@@ -60,12 +60,6 @@ log = logging.getLogger(__name__)
 
 
 _CHUNK = 4096  # samples per head evaluation: bounds memory for large feature maps
-
-
-def attack_from_spec(spec: dict[str, Any]) -> Attack:
-    """Rebuild a native attack from its :meth:`spec` (e.g. a cloak's ``attack`` field)."""
-    params = dict(spec)
-    return create_attack(params.pop("name"), **params)
 
 
 @dataclass
