@@ -303,6 +303,26 @@ def write_doc(section: str, device: str) -> None:
     DOC.write_text(HEADER + "\n" + "\n".join(blocks))
 
 
+Measure = Callable[[Timer, nn.Module, argparse.Namespace], list[Figure]]
+MEASURES: dict[str, Measure] = {
+    "fit": lambda timer, model, args: [fit_figure(timer, model, args.samples)],
+    "sweep": lambda timer, model, args: [sweep_figure(timer, model, args.samples)],
+    "memory": lambda timer, model, args: [memory_figure(args)],
+    "mask": lambda timer, model, args: folded_figures(timer, model),
+    "pgd": lambda timer, model, args: pgd_figures(timer, model),
+}
+
+
+def _chosen(only: str | None) -> list[str]:
+    if only is None:
+        return list(MEASURES)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = set(names) - set(MEASURES)
+    if unknown:
+        raise SystemExit(f"unknown figures {sorted(unknown)}; choose from {list(MEASURES)}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -310,6 +330,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--samples", type=int, default=512, help="samples of fit and sweep")
     parser.add_argument("--no-doc", action="store_true", help="print only")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated figures to measure (implies --no-doc): {', '.join(MEASURES)}",
+    )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -324,19 +348,14 @@ def main() -> None:
     timer, model = Timer(device, args.repeats), bench_model(device)
     figures = []
     started = time.perf_counter()
-    for measure in (
-        lambda: [fit_figure(timer, model, args.samples)],
-        lambda: [sweep_figure(timer, model, args.samples)],
-        lambda: [memory_figure(args)],
-        lambda: folded_figures(timer, model),
-        lambda: pgd_figures(timer, model),
-    ):
-        for figure in measure():
+    chosen = _chosen(args.only)
+    for name in chosen:
+        for figure in MEASURES[name](timer, model, args):
             figures.append(figure)
             met = "met" if figure.met else "NOT met"
             print(f"  {figure.name}: {figure.ratio:.2f}x ({figure.target}: {met}; {figure.detail})")
         print(f"  ({time.perf_counter() - started:.0f} s so far)", flush=True)
-    if not args.no_doc:
+    if not args.no_doc and len(chosen) == len(MEASURES):
         write_doc(markdown(figures, env, args), device.type)
         print(f"wrote {DOC}")
 

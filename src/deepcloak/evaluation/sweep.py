@@ -3,8 +3,10 @@
 Gray-box: adversarial test samples are crafted once, on the *unmasked* model; the attacker does
 not know the mask. Their features at layer L are cached, so each ratio only re-runs the part of
 the model after L (for the default L, the final ``nn.Linear``): 100 ratios cost about one
-evaluation pass, not 100. Where that part cannot be isolated, the sweep falls back to full
-forward passes through the masked model (same numbers, slower).
+evaluation pass, not 100, and every mask of every ratio is evaluated in a few batched products
+(:mod:`deepcloak.evaluation.mask_grid`). Where that part cannot be isolated, the sweep falls
+back to full forward passes through the masked model (same numbers, slower). The cache stays on
+the model's device when it fits, else in host memory, moved to the device in chunks.
 
 Every accuracy is an :class:`~deepcloak.evaluation.results.AccuracyResult` holding per-sample
 correctness; random masks keep one row per mask. Robust accuracy counts over *all* evaluated
@@ -27,6 +29,7 @@ from deepcloak.cloak.mask import keep_mask, masked, removal_count
 from deepcloak.cloak.taps import LayerRef, Side, tap
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS
+from deepcloak.evaluation.mask_grid import MaskGrid, head_outcomes, model_outcomes
 from deepcloak.evaluation.results import (
     CLOAKED,
     RANDOM,
@@ -34,6 +37,12 @@ from deepcloak.evaluation.results import (
     SweepResult,
     SweepRow,
     ThreatModel,
+)
+from deepcloak.models.precision import (
+    Precision,
+    current_precision,
+    forward_autocast,
+    parse_precision,
 )
 from deepcloak.models.runtime import eval_mode
 from deepcloak.progress import ProgressFn, no_progress
@@ -59,12 +68,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-_CHUNK = 4096  # samples per head evaluation: bounds memory for large feature maps
+#: Share of the device's free memory a feature cache may take; the rest is for everything else.
+DEVICE_SHARE = 0.5
 
 
 @dataclass
 class FeatureCache:
-    """Features at layer L of clean and adversarial test samples, kept on the CPU.
+    """Features at layer L of clean and adversarial test samples.
+
+    The tensors live on the model's device when they fit (:func:`cache_device`), else in host
+    memory.
 
     ``head`` maps features at L to the model's logits when that part of the model could be
     isolated and was checked to reproduce the model's output; otherwise the inputs are kept
@@ -117,6 +130,29 @@ def _find_head(model: nn.Module, ref: LayerRef, example: torch.Tensor) -> nn.Mod
     return candidate if reproduces else None
 
 
+def cache_device(
+    device: torch.device, n_samples: int | None, bytes_per_sample: int
+) -> torch.device:
+    """Where a feature cache lives: ``device`` if it fits, else host memory.
+
+    On CUDA it fits when it takes at most :data:`DEVICE_SHARE` of the free device memory
+    (``torch.cuda.mem_get_info``); an unknown number of samples goes to host memory.
+    """
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda" and n_samples is not None:
+        need = n_samples * bytes_per_sample
+        if need <= DEVICE_SHARE * torch.cuda.mem_get_info(device)[0]:
+            return device
+        log.info("feature cache (%.0f MiB) kept in host memory", need / 2**20)
+    return torch.device("cpu")
+
+
+def _bytes_per_sample(*examples: torch.Tensor) -> int:
+    """Bytes one sample takes in each of ``examples`` (batches), added up."""
+    return sum(t[0].numel() * t.element_size() for t in examples)
+
+
 def cache_features(
     model: nn.Module,
     loader: Iterable[Any],
@@ -124,13 +160,17 @@ def cache_features(
     attack: Attack,
     *,
     progress: ProgressFn | None = None,
+    precision: Precision | str | None = None,
 ) -> FeatureCache:
     """Craft adversarial samples on the unmasked ``model`` and cache features at ``layer``.
+
+    The attack runs in float32; the forward pass that reads the features runs in ``precision``
+    (default: the current forward precision, :mod:`deepcloak.models.precision`).
 
     Raises:
         DeepCloakError: the loader is empty, or inputs or labels are invalid.
     """
-    device = model_device(model)
+    device = store = model_device(model)
     report = progress or no_progress
     total = len(getattr(loader, "dataset", ())) or None
     clean, adv, labels, inputs, adv_inputs = [], [], [], [], []
@@ -140,18 +180,21 @@ def cache_features(
         for batch in loader:
             x, y = unpack_batch(batch, device)
             x_adv = attack(model, x, y)
-            f_clean, f_adv, logits = layer_features(model, layer, x, x_adv)
+            with torch.no_grad(), forward_autocast(device, precision):
+                f_clean, f_adv, logits = layer_features(model, layer, x, x_adv)
             check_labels(y, logits.shape[-1])
             if first:
                 head, first = _find_head(model, layer, x[:16]), False
                 if head is None:
                     log.warning("no separable head after %s: the sweep runs the full model", layer)
-            clean.append(f_clean.cpu())
-            adv.append(f_adv.cpu())
-            labels.append(y.cpu())
+                held = (f_clean, f_adv, y) if head is not None else (f_clean, f_adv, y, x, x_adv)
+                store = cache_device(device, total, _bytes_per_sample(*held))
+            clean.append(f_clean.to(store))
+            adv.append(f_adv.to(store))
+            labels.append(y.to(store))
             if head is None:
-                inputs.append(x.cpu())
-                adv_inputs.append(x_adv.cpu())
+                inputs.append(x.to(store))
+                adv_inputs.append(x_adv.to(store))
             report("attack test set", sum(t.numel() for t in labels), total)
     if not labels:
         raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
@@ -166,30 +209,44 @@ def cache_features(
     )
 
 
-@torch.no_grad()
 def masked_predictions(
-    model: nn.Module, cache: FeatureCache, keep: torch.Tensor
+    model: nn.Module,
+    cache: FeatureCache,
+    keep: torch.Tensor,
+    *,
+    precision: Precision | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted classes ``(N,)`` of the clean and adversarial cached samples under ``keep``."""
-    device = model_device(model)
-    with eval_mode(model):
-        if cache.head is not None:
-            head, m = cache.head, keep.to(device=device, dtype=cache.clean.dtype)
-            clean, adv = (
-                torch.cat(
-                    [head(c.to(device) * m).argmax(-1).cpu() for c in torch.split(feats, _CHUNK)]
-                )
-                for feats in (cache.clean, cache.adv)  # (B, *F) -> (B,)
-            )
-            return clean, adv
-        if cache.inputs is None or cache.adv_inputs is None:
-            raise DeepCloakError("feature cache holds neither a head nor the inputs")
-        with masked(model, cache.layer, keep):
-            clean, adv = (
-                torch.cat([model(c.to(device)).argmax(-1).cpu() for c in torch.split(xs, _CHUNK)])
-                for xs in (cache.inputs, cache.adv_inputs)
-            )
-            return clean, adv
+    """Predicted classes ``(N,)`` of the clean and adversarial cached samples under ``keep``.
+
+    The predictions are on the model's device.
+    """
+    grid = MaskGrid.of_keep(keep, model_device(model))
+    clean, adv = _outcomes(model, cache, grid, None, precision)
+    return clean[0], adv[0]
+
+
+def _outcomes(
+    model: nn.Module,
+    cache: FeatureCache,
+    grid: MaskGrid,
+    labels: torch.Tensor | None,
+    precision: Precision | str | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions (or correctness) ``(M, N)`` of clean and adversarial samples per mask."""
+    if cache.head is not None:
+        head = cache.head
+        clean, adv = (
+            head_outcomes(head, f, grid, labels, precision=precision)
+            for f in (cache.clean, cache.adv)
+        )
+        return clean, adv
+    if cache.inputs is None or cache.adv_inputs is None:
+        raise DeepCloakError("feature cache holds neither a head nor the inputs")
+    clean, adv = (
+        model_outcomes(model, cache.layer, xs, grid, labels, precision=precision)
+        for xs in (cache.inputs, cache.adv_inputs)
+    )
+    return clean, adv
 
 
 def random_rankings(n_features: int, n_random: int, seed: int) -> list[torch.Tensor]:
@@ -198,55 +255,63 @@ def random_rankings(n_features: int, n_random: int, seed: int) -> list[torch.Ten
     return [torch.randperm(n_features, generator=gen) for _ in range(n_random)]
 
 
-def _random_results(
-    model: nn.Module, cache: FeatureCache, cloak: Cloak, ratio: float, settings: _Settings
-) -> tuple[AccuracyResult | None, AccuracyResult | None]:
-    """Clean and gray-box results of the random masks at ``ratio`` (``(k, N)`` each)."""
-    if not settings.rankings:
-        return None, None
-    preds = [
-        masked_predictions(model, cache, keep_mask(r, ratio, cloak.feature_shape))
-        for r in settings.rankings
-    ]
-    clean = torch.stack([p[0] == cache.labels for p in preds])  # (k, N)
-    gray = torch.stack([p[1] == cache.labels for p in preds])
-    return (
-        AccuracyResult(RANDOM, ThreatModel.CLEAN, {"name": "none"}, clean, ratio, settings.conf),
-        AccuracyResult(RANDOM, ThreatModel.GRAYBOX, settings.attack, gray, ratio, settings.conf),
-    )
-
-
 @dataclass(frozen=True)
 class _Settings:
     attack: dict[str, Any]
-    rankings: list[torch.Tensor]
+    n_random: int
     conf: float
 
 
 def _sweep_row(
-    model: nn.Module,
-    cache: FeatureCache,
-    cloak: Cloak,
     ratio: float,
+    n_removed: int,
+    clean: torch.Tensor,
+    gray: torch.Tensor,
     settings: _Settings,
     whitebox: tuple[AccuracyResult, ...],
 ) -> SweepRow:
-    clean, adv = masked_predictions(
-        model, cache, keep_mask(cloak.ranking, ratio, cloak.feature_shape)
-    )
-    random_clean, random_gray = _random_results(model, cache, cloak, ratio, settings)
-    none, conf = {"name": "none"}, settings.conf
+    """One ratio's row from the correctness ``(P, N)`` of the cloak's mask then the random ones."""
+    none, conf, attack = {"name": "none"}, settings.conf, settings.attack
+    randoms = settings.n_random > 0
     return SweepRow(
         ratio=ratio,
-        n_removed=removal_count(ratio, cloak.n_features),
-        clean=AccuracyResult(CLOAKED, ThreatModel.CLEAN, none, clean == cache.labels, ratio, conf),
-        graybox=AccuracyResult(
-            CLOAKED, ThreatModel.GRAYBOX, settings.attack, adv == cache.labels, ratio, conf
-        ),
-        random_clean=random_clean,
-        random_graybox=random_gray,
+        n_removed=n_removed,
+        clean=AccuracyResult(CLOAKED, ThreatModel.CLEAN, none, clean[0], ratio, conf),
+        graybox=AccuracyResult(CLOAKED, ThreatModel.GRAYBOX, attack, gray[0], ratio, conf),
+        random_clean=AccuracyResult(RANDOM, ThreatModel.CLEAN, none, clean[1:], ratio, conf)
+        if randoms else None,
+        random_graybox=AccuracyResult(RANDOM, ThreatModel.GRAYBOX, attack, gray[1:], ratio, conf)
+        if randoms else None,
         whitebox=whitebox,
-    )
+    )  # fmt: skip
+
+
+def _sweep_outcomes(
+    model: nn.Module,
+    cache: FeatureCache,
+    cloak: Cloak,
+    ratios: Sequence[float],
+    n_random: int,
+    seed: int,
+    precision: Precision,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctness ``(R, P, N)`` on the CPU of clean and gray-box samples, per ratio and mask.
+
+    Mask 0 is the cloak's, masks 1 to ``n_random`` the random ones: all ``R * P`` of them are
+    evaluated together, and the result crosses to the host once.
+    """
+    device = model_device(model)
+    counts = [removal_count(r, cloak.n_features) for r in ratios]
+    for ratio, count in zip(ratios, counts, strict=True):
+        if ratio > 0 and count == 0:
+            keep_mask(cloak.ranking, ratio, cloak.feature_shape)  # logs why this mask is empty
+    rankings = [cloak.ranking, *random_rankings(cloak.n_features, n_random, seed)]
+    grid = MaskGrid.build(rankings, counts, cloak.feature_shape, device)
+    labels = cache.labels.to(device)
+    found = _outcomes(model, cache, grid, labels, precision)
+    p, r, n = grid.n_rankings, grid.n_ratios, labels.numel()
+    clean, gray = (c.view(p, r, n).transpose(0, 1).contiguous().cpu() for c in found)
+    return clean, gray
 
 
 def _check_sweep(
@@ -274,6 +339,7 @@ def graybox_sweep(
     whitebox_loader: Iterable[Any] | None = None,
     confidence: float = 0.95,
     progress: ProgressFn | None = None,
+    precision: Precision | str | None = None,
 ) -> SweepResult:
     """Clean and gray-box accuracy of the cloaked model at each ratio, with baselines.
 
@@ -291,6 +357,8 @@ def graybox_sweep(
         whitebox_loader: the samples of the white-box attacks (default: ``loader``).
         confidence: coverage of the intervals.
         progress: ``progress(task, done, total)`` callback.
+        precision: of the forward-only passes (feature caching, masked predictions); attacks
+            run in float32. Default: the current one (:mod:`deepcloak.models.precision`).
 
     Returns:
         A :class:`~deepcloak.evaluation.results.SweepResult`.
@@ -302,20 +370,24 @@ def graybox_sweep(
     ratios = _check_sweep(ratios, n_random, whitebox_ratios)
     attack = attack if attack is not None else attack_from_spec(cloak.attack)
     report = progress or no_progress
-    cache = cache_features(model, loader, cloak.layer, attack, progress=progress)
+    precision = current_precision() if precision is None else parse_precision(precision)
+    cache = cache_features(
+        model, loader, cloak.layer, attack, progress=progress, precision=precision
+    )
     check_cloak_features(cloak, tuple(cache.clean.shape[1:]))
     white = whitebox_results(
         model, cloak, loader if whitebox_loader is None else whitebox_loader,
         whitebox_attacks, whitebox_ratios if whitebox_attacks else (),
         confidence=confidence, progress=progress,
     )  # fmt: skip
-    settings = _Settings(
-        attack.spec(), random_rankings(cloak.n_features, n_random, seed), confidence
-    )
-    rows = []
-    for i, ratio in enumerate(ratios):
-        rows.append(_sweep_row(model, cache, cloak, ratio, settings, white.get(ratio, ())))
-        report("sweep ratios", i + 1, len(ratios))
+    settings = _Settings(attack.spec(), n_random, confidence)
+    report("sweep ratios", 0, len(ratios))
+    clean, gray = _sweep_outcomes(model, cache, cloak, ratios, n_random, seed, precision)
+    rows = [
+        _sweep_row(ratio, cloak.n_removed(ratio), clean[i], gray[i], settings, white.get(ratio, ()))
+        for i, ratio in enumerate(ratios)
+    ]
+    report("sweep ratios", len(ratios), len(ratios))
     return SweepResult(
         rows=rows,
         layer=cloak.layer,
