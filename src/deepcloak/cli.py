@@ -120,13 +120,16 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed of training, attacks and random masks.")] = 0,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Train a small ResNet on scikit-learn's digits, cloak it, and sweep mask ratios."""
     check_output_folder(out_dir)
     from deepcloak.demo import DemoConfig, run_demo, write_demo
     from deepcloak.report.tables import sweep_table
 
-    config = DemoConfig(eps=eps, ratio=ratio, epochs=epochs, seed=seed, device=device)
+    config = DemoConfig(
+        eps=eps, ratio=ratio, epochs=epochs, seed=seed, device=device, precision=precision
+    )
     with progress_bars() as progress:
         result = run_demo(config, progress=progress)
     out.print(
@@ -227,6 +230,12 @@ SeedOpt = Annotated[int, typer.Option(help="Seed of subsets, attacks and random 
 DeviceOpt = Annotated[
     str, typer.Option(help="Where to run: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
 ]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        help="Precision of the passes that only predict: fp32 or bf16 (attacks stay float32)."
+    ),
+]
 OutputOpt = Annotated[
     str | None,
     typer.Option(help="Index or key of the logits, for a model that returns a tuple or dict."),
@@ -274,6 +283,7 @@ def harden(
     val_samples: Annotated[int, typer.Option(help="With --select: training samples held out to choose the mask on.")] = 1000,
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/harden"),
 ) -> None:  # fmt: skip
     """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
@@ -285,7 +295,7 @@ def harden(
     config = HardenConfig(
         attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
         n_random=random_masks, seed=seed, select=select, clean_budget=clean_budget,
-        val_samples=val_samples,
+        val_samples=val_samples, precision=precision,
     )  # fmt: skip
     source = ModelSource(
         spec=model, weights=weights, allow_pickle=allow_pickle, output=_output_key(output),
@@ -333,6 +343,7 @@ def evaluate(
     seed: SeedOpt = 0,
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/evaluate"),
 ) -> None:  # fmt: skip
     """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
@@ -349,7 +360,7 @@ def evaluate(
         clean_budget=clean_budget, n_random=random_masks, eps_grid=_floats(eps_grid),
         layer=layer, side=side, score=score, preprocessing_baselines=preprocessing_baselines,
         whitebox_baselines=whitebox_baselines, max_samples=None,
-        max_fit_samples=fit_samples, seed=seed,
+        max_fit_samples=fit_samples, seed=seed, precision=precision,
     )  # fmt: skip
     with progress_bars() as progress:
         report = evaluate_sources(

@@ -34,6 +34,9 @@ class DemoConfig:
         epochs: training epochs of the ResNet.
         width: base width of the ResNet (its layer L has ``4 * width`` features).
         seed: seeds training, attacks and random masks.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``"fp32"`` or ``"bf16"`` for the sweep's forward-only passes (training, the
+            fit and the attacks run in float32).
     """
 
     eps: float = 0.2
@@ -42,10 +45,13 @@ class DemoConfig:
     width: int = 32
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
 
     def harden_config(self) -> HardenConfig:
-        """The settings of the hardening step (validates ``eps`` and ``ratio``)."""
-        return HardenConfig(attack="fgsm", eps=self.eps, ratio=self.ratio, seed=self.seed)
+        """The settings of the hardening step (validates ``eps``, ``ratio`` and ``precision``)."""
+        return HardenConfig(
+            attack="fgsm", eps=self.eps, ratio=self.ratio, seed=self.seed, precision=self.precision
+        )
 
 
 @dataclass

@@ -34,6 +34,7 @@ from deepcloak.evaluation.sources import DataSource, ModelSource, trained_input_
 from deepcloak.evaluation.sweep import graybox_sweep
 from deepcloak.io import atomic_write, save_tensors, write_bytes_atomic, write_json_atomic
 from deepcloak.models.checkpoint import save_checkpoint
+from deepcloak.models.precision import Precision, check_precision_supported, parse_precision
 from deepcloak.progress import ProgressFn
 from deepcloak.report.files import write_folder
 from deepcloak.validation import check_epsilon, check_positive_int, check_ratio, check_ratios
@@ -74,6 +75,8 @@ class HardenConfig:
         clean_budget: with ``select``: the largest clean-accuracy drop the mask may cost, held
             at 95% confidence on the validation samples.
         val_samples: with ``select``: training samples held out to choose the mask on.
+        precision: ``"fp32"`` or ``"bf16"`` for the sweep's forward-only passes (feature
+            caching, masked predictions); the fit and every attack run in float32.
     """
 
     attack: str = "fgsm"
@@ -92,8 +95,10 @@ class HardenConfig:
     clean_budget: float = 0.01
     val_samples: int = 1000
     notes: dict[str, Any] = field(default_factory=dict)
+    precision: Precision | str = Precision.FP32
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", parse_precision(self.precision))
         check_epsilon(self.eps)
         if self.select is not None:
             SELECTORS.get(self.select)  # an unknown selector fails here, listing the known ones
@@ -177,6 +182,7 @@ def harden(
     start = time.perf_counter()
     check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
     check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
+    check_precision_supported(config.precision, model_device(model))
     # fit and the sweeps use eval mode themselves and restore every module's own mode.
     model = cloakable(model, train_set[0][0][None].to(model_device(model)))
     attack, bs = config.make_attack(), config.batch_size
@@ -198,7 +204,7 @@ def harden(
         model, cloak, DataLoader(test_set, batch_size=bs), attack=attack,
         ratios=config.sweep_ratios(), n_random=config.n_random, seed=config.seed,
         whitebox_attacks=[attack], whitebox_ratios=sorted({*config.whitebox_ratios, config.ratio}),
-        progress=progress,
+        progress=progress, precision=config.precision,
     )  # fmt: skip
     return HardenResult(config, model, cloak, sweep, time.perf_counter() - start)
 
@@ -287,7 +293,9 @@ def harden_document(result: HardenResult, files: dict[str, str]) -> dict[str, An
         "fit": result.cloak.metadata(result.config.ratio),
         "threat_models": dict(THREAT_MODELS),
         "sweep": result.sweep.to_json(),
-        "environment": environment(model_device(result.model)),
+        "environment": environment(
+            model_device(result.model), precision=parse_precision(result.config.precision).recorded
+        ),
         "seconds": result.seconds,
         "files": files,
     }

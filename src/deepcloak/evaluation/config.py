@@ -8,9 +8,12 @@ is done. The CLI only parses its options into one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+from torch import nn
 
 from deepcloak.attacks import art as art_attacks  # also registers "apgd", "square", "art-pgd"
 from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
@@ -20,9 +23,16 @@ from deepcloak.cloak.taps import Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
 from deepcloak.evaluation.ratio_choice import check_budget
+from deepcloak.models.precision import (
+    Precision,
+    check_precision_supported,
+    forward_precision,
+    parse_precision,
+)
+from deepcloak.models.runtime import model_device
 from deepcloak.validation import check_epsilon, check_ratio, check_ratios
 
-__all__ = ["EvaluationConfig", "build_attack"]
+__all__ = ["EvaluationConfig", "build_attack", "in_config_precision"]
 
 
 def _default_attacks() -> tuple[str, ...]:
@@ -67,6 +77,9 @@ class EvaluationConfig:
         batch_size: samples per attack batch.
         confidence: coverage of the Wilson intervals.
         seed: seeds the fit, the attacks' random starts and the random masks.
+        precision: ``"fp32"`` or ``"bf16"``: the precision of the passes that only predict
+            (clean accuracy, predictions through masks, the sweep's feature caching); attacks
+            always compute their gradients in float32 (:mod:`deepcloak.models.precision`).
     """
 
     eps: float = DEFAULT_EPS
@@ -99,8 +112,10 @@ class EvaluationConfig:
     batch_size: int = 128
     confidence: float = 0.95
     seed: int = 0
+    precision: Precision | str = Precision.FP32
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", parse_precision(self.precision))
         check_epsilon(self.eps)
         if self.fit_eps is not None:
             check_epsilon(self.fit_eps, name="fit_eps")
@@ -196,7 +211,31 @@ class EvaluationConfig:
         d["ratios"] = list(self.ratios)
         d["whitebox_ratios"] = list(self.whitebox_ratios)
         d["eps_grid"] = list(self.resolved_eps_grid)
+        d["precision"] = parse_precision(self.precision).value
         return d
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def in_config_precision(evaluate: Callable[P, R]) -> Callable[P, R]:
+    """Run ``evaluate(model, ..., config=...)`` with ``config.precision`` as forward precision.
+
+    The precision is checked against the model's device first (bf16 needs a GPU that has it).
+    """
+
+    @functools.wraps(evaluate)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        config = kwargs.get("config")
+        precision = config.precision if isinstance(config, EvaluationConfig) else Precision.FP32
+        model = args[0] if args else kwargs.get("model")
+        if isinstance(model, nn.Module):
+            check_precision_supported(precision, model_device(model))
+        with forward_precision(precision):
+            return evaluate(*args, **kwargs)
+
+    return wrapper
 
 
 def _check_positive_int(name: str, value: Any) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 
 from deepcloak.attacks.native import Attack, eval_mode
 from deepcloak.cloak.fit import model_device
+from deepcloak.models.precision import forward_autocast
 from deepcloak.progress import ProgressFn
 
 __all__ = ["Stage", "correct", "craft", "renamed", "worst_case"]
@@ -41,7 +42,7 @@ class Stage:
 def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Per-sample correctness, boolean ``(N,)`` on the CPU, of ``model`` on ``x``."""
     device = model_device(model)
-    with eval_mode(model):
+    with eval_mode(model), forward_autocast(device):  # bf16 inside forward_precision("bf16")
         preds = [model(xb.to(device)).argmax(-1).cpu() for xb in torch.split(x, batch_size)]  # (B,)
     return torch.cat(preds) == y.cpu()
 

@@ -46,7 +46,7 @@ from deepcloak.attacks.native import FGSM, Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError
-from deepcloak.evaluation.config import EvaluationConfig, build_attack
+from deepcloak.evaluation.config import EvaluationConfig, build_attack, in_config_precision
 from deepcloak.evaluation.defenses import Defense, Samples, build_defenses, measure_defenses
 from deepcloak.evaluation.inputs import (
     check_cloak_fits,
@@ -72,6 +72,7 @@ from deepcloak.evaluation.results import (
 )
 from deepcloak.evaluation.sources import DataSource, ModelSource
 from deepcloak.evaluation.sweep import graybox_sweep
+from deepcloak.models.precision import current_precision
 from deepcloak.progress import ProgressFn, no_progress
 
 __all__ = ["evaluate_cloak", "evaluate_sources"]
@@ -194,6 +195,7 @@ def _comparisons(results: list[Any]) -> list[Comparison]:
     return out
 
 
+@in_config_precision
 def evaluate_cloak(
     model: nn.Module,
     train_loader_or_cloak: Iterable[Any] | Cloak,
@@ -263,7 +265,7 @@ def evaluate_cloak(
         comparisons=_comparisons(results), sanity=checks, eps_curve=curve,
         ratio_curve=_ratio_curve(model, cloak, splits.test, select, choice.ratio, cfg, report),
         notes=[NOTE_ALL_SAMPLES, *_overlap_notes(splits.overlap), *notes],
-        environment=environment(model_device(model)),
+        environment=environment(model_device(model), precision=current_precision().recorded),
     )  # fmt: skip
 
 
