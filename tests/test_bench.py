@@ -50,3 +50,18 @@ def test_hand_written_pgd_stays_in_the_ball(bench: ModuleType) -> None:
     x_adv = bench.hand_pgd(model, x, y, steps=2)
     assert (x_adv - x).abs().max() <= bench.EPS + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_a_control_figure_has_no_verdict(bench: ModuleType) -> None:
+    control = bench.Figure("unmodified copy vs plain", 1.04, "-", "")
+    assert control.met is None and control.verdict == "-"
+    assert bench.Figure("a", 1.0, "<= 1.02", "").verdict == "yes"
+
+
+def test_each_round_starts_with_the_next_side(bench: ModuleType) -> None:
+    import torch
+
+    calls: list[str] = []
+    timer = bench.Timer(torch.device("cpu"), repeats=2)
+    best = timer.best({name: (lambda name=name: calls.append(name)) for name in "abc"})
+    assert calls == list("abcbcacab") and set(best) == set("abc")
