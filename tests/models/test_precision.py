@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from typer.testing import CliRunner
 
 from deepcloak.attacks.native import FGSM, PGD
+from deepcloak.cli import app
 from deepcloak.cloak.fit import fit
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.config import EvaluationConfig
@@ -18,6 +22,7 @@ from deepcloak.evaluation.passes import correct
 from deepcloak.evaluation.run import evaluate_cloak
 from deepcloak.evaluation.sweep import graybox_sweep
 from deepcloak.harden import HardenConfig, harden, harden_document
+from deepcloak.models.checkpoint import save_checkpoint
 from deepcloak.models.precision import (
     Precision,
     current_precision,
@@ -25,6 +30,7 @@ from deepcloak.models.precision import (
     forward_precision,
     parse_precision,
 )
+from deepcloak.models.zoo import create_model
 from tests.conftest import MODEL_FACTORIES
 from tests.robust_toys import loader, quadrant_data, trained_mlp
 
@@ -162,3 +168,31 @@ def test_clean_accuracy_pass_predicts_in_the_current_precision() -> None:
     assert passes.predict == [torch.bfloat16] * 4
     fp32 = correct(model, x, y, batch_size=16)
     assert (bf16 != fp32).float().mean() <= 0.05
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model("cnn", in_channels=1, num_classes=10, input_size=8)
+    path = tmp_path / "cnn.safetensors"
+    save_checkpoint(path, model, metadata={"data": "digits", "input_shape": [1, 8, 8]})
+    return path
+
+
+def test_harden_command_takes_precision_and_records_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    limits = ["--fit-samples", "64", "--test-samples", "48", "--random-masks", "1"]
+    args = ["harden", str(_checkpoint(tmp_path)), "--out", str(out), "--precision", "bf16"]
+    result = CliRunner().invoke(app, [*args, *limits])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["environment"]["precision"] == "bfloat16"
+    assert report["config"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("command", ["harden", "evaluate"])
+def test_an_unknown_precision_is_refused_before_any_work(tmp_path: Path, command: str) -> None:
+    out = tmp_path / "out"
+    args = [command, str(_checkpoint(tmp_path)), "--out", str(out), "--precision", "fp16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "unknown precision 'fp16'" in result.output and not out.exists()
