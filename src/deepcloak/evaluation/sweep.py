@@ -68,8 +68,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-#: Share of the device's free memory a feature cache may take; the rest is for everything else.
-DEVICE_SHARE = 0.5
+#: Share of the device's free memory a feature cache may take: while the batches are joined, the
+#: cache exists twice, and the rest of the memory is for the model and the attacks.
+DEVICE_SHARE = 0.25
 
 
 @dataclass
