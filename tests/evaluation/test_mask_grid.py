@@ -5,11 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
+from deepcloak.attacks.native import FGSM
+from deepcloak.cloak.fit import Cloak, fit
 from deepcloak.cloak.mask import keep_mask, masked, removal_count
 from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.evaluation import mask_grid
 from deepcloak.evaluation.mask_grid import MaskGrid, head_outcomes, linear_of, model_outcomes
+from deepcloak.evaluation.sweep import graybox_sweep, random_rankings
+from tests.conftest import tiny_sequential
 
 N_FEATURES, CLASSES = 24, 7
 RATIOS = (0.0, 0.01, 0.1, 0.33, 0.5, 0.9, 0.99)
@@ -118,3 +123,38 @@ def test_whole_model_path_equals_masks_inserted_one_by_one() -> None:
     got = model_outcomes(model, ref, x, _grid(rankings))
     assert torch.equal(got, torch.stack(expected))
     assert not any(type(m).__name__ == "MaskedLayer" for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("layer", "side", "head"),
+    [(None, None, True), ("1", "output", True), ("1", "input", False)],
+    ids=["linear-head", "relu-linear-head", "no-head"],
+)
+def test_sweep_masks_equal_each_mask_inserted_in_the_model(
+    layer: str | None, side: str | None, head: bool
+) -> None:
+    """Every (ratio, mask) result of the sweep against a masked forward of the whole model."""
+    torch.manual_seed(0)
+    model = tiny_sequential().eval()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(40, 1, 8, 8, generator=gen), torch.randint(0, 4, (40,), generator=gen)
+    data = DataLoader(TensorDataset(x, y), batch_size=16)
+    attack = FGSM(eps=0.1)
+    cloak = fit(model, data, attack=attack, layer=layer, side=side)
+    ratios = (0.0, 0.1, 0.3, 0.6)
+    result = graybox_sweep(model, cloak, data, attack=attack, ratios=ratios, n_random=3, seed=4)
+    assert result.used_cached_head is head
+    x_adv = torch.cat([attack(model, xb, yb) for xb, yb in data])
+    rankings = [cloak.ranking, *random_rankings(cloak.n_features, 3, 4)]
+    for row in result.rows:
+        assert row.random_clean is not None and row.random_graybox is not None
+        clean = torch.cat([row.clean.per_mask, row.random_clean.per_mask])
+        gray = torch.cat([row.graybox.per_mask, row.random_graybox.per_mask])
+        for i, ranking in enumerate(rankings):
+            with torch.no_grad(), masked(model, cloak.layer, cloak_keep(cloak, ranking, row.ratio)):
+                assert torch.equal(clean[i], model(x).argmax(-1) == y)
+                assert torch.equal(gray[i], model(x_adv).argmax(-1) == y)
+
+
+def cloak_keep(cloak: Cloak, ranking: torch.Tensor, ratio: float) -> torch.Tensor:
+    return keep_mask(ranking, ratio, cloak.feature_shape)
