@@ -76,14 +76,14 @@ def digest(*tensors: torch.Tensor | None) -> str:
             continue
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
 def model_digest(model: nn.Module) -> str:
     """SHA-256 of a model's class, parameter and buffer names and values."""
     state = model.state_dict()
-    names = ";".join(f"{type(model).__qualname__}", *state)
+    names = ";".join([type(model).__qualname__, *state])
     return hashlib.sha256((names + digest(*state.values())).encode()).hexdigest()
 
 
@@ -128,6 +128,8 @@ class WorkFolder:
                 belongs to another evaluation (the message names the fields that differ).
         """
         folder = cls(Path(path))
+        if folder.path.exists() and not folder._holds_work():
+            folder.remove()  # stopped before any stage finished: nothing to keep
         if folder.path.exists():
             if not resume:
                 raise DeepCloakError(
@@ -141,6 +143,12 @@ class WorkFolder:
         folder._stages.mkdir()
         write_json_atomic(folder.path / _FINGERPRINT, dict(fingerprint))
         return folder
+
+    def _holds_work(self) -> bool:
+        """Whether a stage or a crafted set was saved here."""
+        return any(
+            f.is_file() for d in (self._stages, self._crafted) if d.is_dir() for f in d.iterdir()
+        )
 
     def _check(self, fingerprint: Mapping[str, Any]) -> None:
         try:

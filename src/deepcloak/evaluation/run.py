@@ -433,12 +433,14 @@ def evaluate_sources(
     cloak_file: Path | None = None,
     surrogate: ModelSource | None = None,
     progress: ProgressFn | None = None,
+    work_dir: Path | None = None,
+    resume: bool = False,
 ) -> EvaluationReport:
     """Load a model and a data set named on the command line, and evaluate (``deepcloak evaluate``).
 
     The validation split is held out of the training split (``data.val_samples``); the cloak is
     read from ``cloak_file`` or fit on the rest of the training split; every loader uses
-    ``config.batch_size``.
+    ``config.batch_size``. ``work_dir`` and ``resume``: as in :func:`evaluate_cloak`.
 
     Raises:
         DeepCloakError: as :func:`evaluate_cloak`, or files that cannot be loaded.
@@ -469,5 +471,5 @@ def evaluate_sources(
     return evaluate_cloak(
         loaded.model, train, DataLoader(val_set, batch_size=bs),
         DataLoader(test_set, batch_size=bs), config=config, surrogate=surrogate_net,
-        progress=progress, metadata=metadata,
+        progress=progress, metadata=metadata, work_dir=work_dir, resume=resume,
     )  # fmt: skip
