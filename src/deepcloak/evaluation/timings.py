@@ -16,11 +16,25 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["AttackPass", "StageTime", "Timings", "clock"]
+__all__ = ["AttackPass", "StageTime", "Timings", "clock", "use_clock"]
 
-#: The clock of every timing (wall time). ``bench/run.py`` swaps in the process time so that
-#: other jobs on a shared machine do not skew its ratio.
-clock: Callable[[], float] = time.perf_counter
+_clock: Callable[[], float] = time.perf_counter
+
+
+def clock() -> float:
+    """The time now, in seconds, on the clock of every timing (wall time by default)."""
+    return _clock()
+
+
+def use_clock(new: Callable[[], float]) -> Callable[[], float]:
+    """Time with ``new`` from now on; returns the clock used before.
+
+    ``bench/run.py`` uses the process's CPU time, so that other jobs on a shared machine do not
+    skew its ratio of the evaluation to its attack passes.
+    """
+    global _clock
+    old, _clock = _clock, new
+    return old
 
 
 @dataclass
