@@ -383,11 +383,18 @@ def _keeps_stages(work: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as e:
-        if work.is_dir() and str(work) not in str(e):  # not an error about the folder itself
+        from deepcloak.evaluation.resume import WorkFolder
+
+        folder = WorkFolder(work)
+        if str(work) in str(e):  # an error about the folder itself: leave it as it is
+            raise
+        if folder.holds_work():
             console.print(
                 f"finished stages are saved in {work}: rerun the same command with --resume "
                 "to continue", highlight=False,
             )  # fmt: skip
+        else:
+            folder.remove()  # nothing finished (bad input): leave nothing behind
         raise
 
 

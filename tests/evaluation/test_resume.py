@@ -152,3 +152,20 @@ def test_the_cli_resumes_and_removes_the_work_folder(
     for key in ("results", "eps_curve", "ratio_curve", "sanity_checks", "ratio_choice", "cloak"):
         assert a[key] == b[key], key
     assert [s["resumed"] for s in b["timings"]["stages"]].count(True) == 4
+
+
+def test_a_cloak_of_another_model_saves_no_stage(tmp_path: Path) -> None:
+    from torch import nn
+
+    from deepcloak.attacks.native import FGSM
+    from deepcloak.cloak.fit import fit
+    from deepcloak.evaluation.resume import WorkFolder
+
+    other = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    cloak = fit(other, loader(32, 1), attack=FGSM(eps=0.05))
+    work = tmp_path / "work"
+    with pytest.raises(DeepCloakError, match="is this the same model"):
+        evaluate_cloak(
+            trained_mlp(0), cloak, loader(20, 2), loader(20, 3), config=FIXED, work_dir=work
+        )
+    assert not WorkFolder(work).holds_work()  # the CLI removes such a folder

@@ -128,7 +128,7 @@ class WorkFolder:
                 belongs to another evaluation (the message names the fields that differ).
         """
         folder = cls(Path(path))
-        if folder.path.exists() and not folder._holds_work():
+        if folder.path.exists() and not folder.holds_work():
             folder.remove()  # stopped before any stage finished: nothing to keep
         if folder.path.exists():
             if not resume:
@@ -144,7 +144,7 @@ class WorkFolder:
         write_json_atomic(folder.path / _FINGERPRINT, dict(fingerprint))
         return folder
 
-    def _holds_work(self) -> bool:
+    def holds_work(self) -> bool:
         """Whether a stage or a crafted set was saved here."""
         return any(
             f.is_file() for d in (self._stages, self._crafted) if d.is_dir() for f in d.iterdir()

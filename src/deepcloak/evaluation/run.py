@@ -147,17 +147,20 @@ def _loader(samples: Samples) -> DataLoader[Any]:
 
 
 def _fit_or_use(
-    model: nn.Module, train: Iterable[Any] | Cloak, config: EvaluationConfig, progress: ProgressFn,
-    store: CraftedSets,
+    model: nn.Module, train: Iterable[Any] | Cloak, splits: _Splits, config: EvaluationConfig,
+    progress: ProgressFn, store: CraftedSets,
 ) -> Cloak:  # fmt: skip
-    """The given cloak, or one fit on ``train`` with FGSM at ``fit_eps`` (its pass timed)."""
+    """The given cloak, or one fit on ``train`` with FGSM at ``fit_eps`` (its attack pass timed);
+    checked against the model (before a stage saves it)."""
     if isinstance(train, Cloak):
+        check_cloak_fits(model, train, splits.test.x)
         return train
     attack = TimedAttack(FGSM(eps=config.fit_eps if config.fit_eps is not None else config.eps))
     cloak = fit(
         model, train, attack=attack, layer=config.layer, side=config.side, score=config.score,
         max_samples=config.max_fit_samples, seed=config.seed, progress=progress,
     )  # fmt: skip
+    check_cloak_fits(model, cloak, splits.test.x)
     if attack.samples:
         on = target(UNMASKED)
         store.record(
@@ -300,10 +303,9 @@ def evaluate_cloak(
     stages.timings.stages.append(StageTime("prepare", clock() - prepare_start))
     store, work = stages.store, stages.work
     cloak = stages.run(
-        "fit", lambda: _fit_or_use(model, train_loader_or_cloak, cfg, report, store),
+        "fit", lambda: _fit_or_use(model, train_loader_or_cloak, splits, cfg, report, store),
         Codec(work.save_cloak, work.load_cloak) if work is not None else None,
     )  # fmt: skip
-    check_cloak_fits(model, cloak, splits.test.x)
     select = build_attack(cfg.select_attack, cfg)
     choice = _choose(
         stages.run(
