@@ -225,7 +225,7 @@ def timings_table(report: EvaluationReport) -> Table:
         caption=f"Each attack pass ran once; stages took crafted sets from earlier ones "
         f"{t.reused} times." + (" Stages marked resumed were read back." if resumed else ""),
     )
-    for col in ("stage", "seconds", "attack passes", "attack seconds", "share of attacks"):
+    for col in ("stage", "seconds", "attack passes", "attack seconds", "in attacks"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in t.stages:
         attack = t.stage_attack_seconds(s.name)
