@@ -169,3 +169,10 @@ def test_a_cloak_of_another_model_saves_no_stage(tmp_path: Path) -> None:
             trained_mlp(0), cloak, loader(20, 2), loader(20, 3), config=FIXED, work_dir=work
         )
     assert not WorkFolder(work).holds_work()  # the CLI removes such a folder
+
+
+def test_a_folder_of_other_files_is_never_used_or_removed(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DeepCloakError, match="is not a deepcloak work folder"):
+        _evaluate(tmp_path, config=dataclasses.replace(FIXED, attacks=("fgsm",)))
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -128,6 +128,11 @@ class WorkFolder:
                 belongs to another evaluation (the message names the fields that differ).
         """
         folder = cls(Path(path))
+        if folder.path.exists() and not folder._is_ours():
+            raise DeepCloakError(
+                f"{folder.path} exists but is not a deepcloak work folder; give a new path for "
+                "the saved stages (deepcloak evaluate puts them beside --out)"
+            )
         if folder.path.exists() and not folder.holds_work():
             folder.remove()  # stopped before any stage finished: nothing to keep
         if folder.path.exists():
@@ -143,6 +148,16 @@ class WorkFolder:
         folder._stages.mkdir()
         write_json_atomic(folder.path / _FINGERPRINT, dict(fingerprint))
         return folder
+
+    def _is_ours(self) -> bool:
+        """Whether the path is a folder that holds only what a work folder holds."""
+        if not self.path.is_dir():
+            return False
+        ours = {_FINGERPRINT, _CLOAK, "stages", "crafted"}
+        return all(
+            e.name in ours or (e.name.startswith(".") and e.name.endswith(".tmp"))
+            for e in self.path.iterdir()
+        )
 
     def holds_work(self) -> bool:
         """Whether a stage or a crafted set was saved here."""
