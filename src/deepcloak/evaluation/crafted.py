@@ -13,6 +13,10 @@ stage already crafted gets them back instead of attacking again:
   white-box attack at ratio 0 is the gray-box one;
 - an attack with budget 0 returns its input (the only point of its ball), without running.
 
+The key assumes what holds in an evaluation: an attack's spec names everything that shapes its
+output (attacks seed every call from their ``seed``), and every set is crafted in batches of the
+same size (``config.batch_size``), since random starts are drawn per batch.
+
 Every pass run is timed into :class:`~deepcloak.evaluation.timings.Timings`; a store given a
 :class:`Saved` back end (``--resume``) saves each set as it is crafted and reads back the sets of
 an interrupted run.
