@@ -176,3 +176,27 @@ def test_a_folder_of_other_files_is_never_used_or_removed(tmp_path: Path) -> Non
     with pytest.raises(DeepCloakError, match="is not a deepcloak work folder"):
         _evaluate(tmp_path, config=dataclasses.replace(FIXED, attacks=("fgsm",)))
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_stopped_inside_a_stage_keeps_the_sets_it_crafted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, real, calls = tmp_path / "work", Samples.craft, [0]
+
+    def craft(self: Samples, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if stop_after is not None and calls[0] > stop_after:
+            raise Stop
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Samples, "craft", craft)
+    stop_after: int | None = 10  # inside the attacks stage: gray-box 4, transfer 4, white-box 2
+    with pytest.raises(Stop):
+        _evaluate(work)
+    assert len(list((work / "crafted").iterdir())) == 10
+    assert not (work / "stages" / "attacks.json").exists()
+    stop_after, calls[0] = None, 0
+    resumed = _evaluate(work, resume=True)
+    assert calls[0] == 34 - 10  # only the sets not crafted before
+    assert compact(resumed) == compact(toy_report(0.1))
+    assert sum(p.resumed for p in resumed.timings.passes) == 11  # the fit's and the 10 sets
