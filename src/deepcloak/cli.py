@@ -345,10 +345,12 @@ def evaluate(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/evaluate"),
+    resume: Annotated[bool, typer.Option(help="Reuse the stages an interrupted run with this --out saved.")] = False,
 ) -> None:  # fmt: skip
     """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
     check_output_folder(out_dir)
     from deepcloak.evaluation.config import EvaluationConfig
+    from deepcloak.evaluation.resume import WorkFolder, work_folder_for
     from deepcloak.evaluation.run import evaluate_sources
     from deepcloak.evaluation.sources import DataSource, ModelSource
     from deepcloak.report.evaluation import write_evaluation
@@ -362,7 +364,8 @@ def evaluate(
         whitebox_baselines=whitebox_baselines, max_samples=None,
         max_fit_samples=fit_samples, seed=seed, precision=precision,
     )  # fmt: skip
-    with progress_bars() as progress:
+    work = work_folder_for(out_dir)
+    with progress_bars() as progress, _keeps_stages(work):
         report = evaluate_sources(
             ModelSource(
                 spec=model, weights=weights, allow_pickle=allow_pickle,
@@ -374,14 +377,36 @@ def evaluate(
             config, cloak_file=cloak,
             surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle, device=device)
             if surrogate else None,
-            progress=progress,
+            progress=progress, work_dir=work, resume=resume,
         )  # fmt: skip
     for table in evaluation_tables(report):
         out.print(table)
     for check in report.warnings:
         console.print(f"[bold yellow]warning:[/] {check.name}: {check.message}", highlight=False)
     paths = write_evaluation(report, out_dir, per_sample=per_sample)
+    WorkFolder(work).remove()  # the outputs are written: the saved stages are no longer needed
     out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@contextlib.contextmanager
+def _keeps_stages(work: Path) -> Iterator[None]:
+    """Say where an evaluation that stops early left its finished stages."""
+    try:
+        yield
+    except BaseException as e:
+        from deepcloak.evaluation.resume import WorkFolder
+
+        folder = WorkFolder(work)
+        if str(work) in str(e):  # an error about the folder itself: leave it as it is
+            raise
+        if folder.holds_work():
+            console.print(
+                f"finished stages are saved in {work}: rerun the same command with --resume "
+                "to continue", highlight=False,
+            )  # fmt: skip
+        else:
+            folder.remove()  # nothing finished (bad input): leave nothing behind
+        raise
 
 
 class Interrupted(BaseException):

@@ -22,7 +22,8 @@ from deepcloak.cloak.fit import Cloak
 from deepcloak.cloak.mask import keep_mask, masked
 from deepcloak.evaluation.baselines import feature_squeezing, spatial_smoothing
 from deepcloak.evaluation.config import EvaluationConfig
-from deepcloak.evaluation.passes import Stage, correct, craft, worst_case
+from deepcloak.evaluation.crafted import SURROGATE, CraftedSets, Samples, Target, target
+from deepcloak.evaluation.passes import Stage, worst_case
 from deepcloak.evaluation.results import (
     ACTIVATION,
     CLOAKED,
@@ -33,6 +34,7 @@ from deepcloak.evaluation.results import (
     ThreatModel,
 )
 from deepcloak.evaluation.sweep import random_rankings
+from deepcloak.evaluation.timings import Timings
 from deepcloak.progress import ProgressFn
 
 __all__ = ["Defense", "Samples", "build_defenses", "measure_defenses"]
@@ -40,23 +42,6 @@ __all__ = ["Defense", "Samples", "build_defenses", "measure_defenses"]
 log = logging.getLogger(__name__)
 
 Enter = Callable[[], contextlib.AbstractContextManager[nn.Module]]
-
-
-@dataclass(frozen=True)
-class Samples:
-    """Test samples held in memory, and the batch size to pass them through a model."""
-
-    x: torch.Tensor  # (N, C, H, W)
-    y: torch.Tensor  # (N,)
-    batch_size: int
-
-    def correct(self, model: nn.Module, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample correctness ``(N,)`` of ``model`` on ``x`` (default: the clean samples)."""
-        return correct(model, self.x if x is None else x, self.y, self.batch_size)
-
-    def craft(self, attack: Attack, model: nn.Module, stage: Stage | None = None) -> torch.Tensor:
-        """Adversarial versions of the samples, crafted on ``model``."""
-        return craft(attack, model, self.x, self.y, batch_size=self.batch_size, stage=stage)
 
 
 @dataclass(frozen=True)
@@ -71,6 +56,12 @@ class Defense:
     spec: dict[str, Any]
     variants: tuple[Enter, ...]
     whitebox: bool
+    ratio: float | None = None  # of a mask; None without one
+
+    def target(self, variant: int = 0) -> Target:
+        """What the store names this defence (its ``variant``-th model) as."""
+        mask = variant if len(self.variants) > 1 else None
+        return target(self.name, self.ratio, mask=mask)
 
 
 @contextlib.contextmanager
@@ -105,19 +96,19 @@ def build_defenses(
         Defense(UNMASKED, {"kind": "none"}, (lambda: _as_is(model),), False),
         Defense(
             CLOAKED, {**mask_spec, "score": cloak.score_name},
-            (_mask(model, cloak, keep_mask(cloak.ranking, ratio, shape)),), True,
+            (_mask(model, cloak, keep_mask(cloak.ranking, ratio, shape)),), True, ratio,
         ),
         Defense(
             RANDOM, {**mask_spec, "score": "random", "n_random": cfg.n_random, "seed": cfg.seed},
             tuple(_mask(model, cloak, keep_mask(r, ratio, shape)) for r in randoms),
-            cfg.whitebox_baselines,
+            cfg.whitebox_baselines, ratio,
         ),
         Defense(
             ACTIVATION,
             {**mask_spec, "score": "activation", "fit_split": "validation",
              "n_samples": activation.n_samples},
             (_mask(model, cloak, keep_mask(activation.ranking, ratio, shape)),),
-            cfg.whitebox_baselines,
+            cfg.whitebox_baselines, ratio,
         ),
     ]  # fmt: skip
     notes: list[str] = []
@@ -155,10 +146,17 @@ def _under(
 
 
 def _whitebox(
-    defense: Defense, samples: Samples, attacks: Mapping[str, Attack], stage: Stage
+    defense: Defense,
+    samples: Samples,
+    attacks: Mapping[str, Attack],
+    store: CraftedSets,
+    stage: Stage,
 ) -> dict[str, torch.Tensor]:
     with defense.variants[0]() as m:
-        return {n: samples.correct(m, samples.craft(a, m, stage)) for n, a in attacks.items()}
+        return {
+            n: samples.correct(m, store.get(a, m, defense.target(), samples, stage))
+            for n, a in attacks.items()
+        }
 
 
 def _results(
@@ -199,19 +197,28 @@ def measure_defenses(
     ratio: float,
     surrogate: nn.Module | None,
     progress: ProgressFn,
+    store: CraftedSets | None = None,
 ) -> list[AccuracyResult]:
     """Every defence, clean and under every threat model and attack, plus the worst case.
 
     Gray-box samples are crafted once on the unmasked ``model`` and transfer samples once on the
-    ``surrogate``; white-box attacks run through each defence that allows it.
+    ``surrogate``; white-box attacks run through each defence that allows it. Every set comes
+    from ``store`` (a fresh one by default), which crafts it only if no stage did before.
     """
+    store = store if store is not None else CraftedSets(Timings())
     n = samples.y.numel()
     stage = Stage(progress, "gray-box attacks", len(attacks) * n)
-    crafted = {ThreatModel.GRAYBOX: {k: samples.craft(a, model, stage) for k, a in attacks.items()}}
+    unmasked = target(UNMASKED)
+    crafted = {
+        ThreatModel.GRAYBOX: {
+            k: store.get(a, model, unmasked, samples, stage) for k, a in attacks.items()
+        }
+    }
     if surrogate is not None:
         stage = Stage(progress, "transfer attacks", len(attacks) * n)
+        on = target(SURROGATE)
         crafted[ThreatModel.TRANSFER] = {
-            k: samples.craft(a, surrogate, stage) for k, a in attacks.items()
+            k: store.get(a, surrogate, on, samples, stage) for k, a in attacks.items()
         }
     n_white = sum(d.whitebox for d in defenses)
     white_stage = Stage(progress, "white-box attacks", len(attacks) * n_white * n)
@@ -225,7 +232,7 @@ def measure_defenses(
         if d.name == UNMASKED:  # crafted on this very model: gray-box and white-box coincide
             by_tm[ThreatModel.WHITEBOX] = dict(by_tm[ThreatModel.GRAYBOX])
         elif d.whitebox:
-            by_tm[ThreatModel.WHITEBOX] = _whitebox(d, samples, attacks, white_stage)
+            by_tm[ThreatModel.WHITEBOX] = _whitebox(d, samples, attacks, store, white_stage)
         for tm in ThreatModel:
             if tm in by_tm:
                 results += _results(d, tm, by_tm[tm], specs, at, config)

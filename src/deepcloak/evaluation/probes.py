@@ -14,7 +14,8 @@ from torch import nn
 from deepcloak.attacks import art as art_attacks
 from deepcloak.attacks.native import PGD, Attack, Norm
 from deepcloak.evaluation.config import EvaluationConfig, build_attack
-from deepcloak.evaluation.defenses import Enter, Samples
+from deepcloak.evaluation.crafted import CraftedSets, Samples, Target, target
+from deepcloak.evaluation.defenses import Enter
 from deepcloak.evaluation.passes import Stage, worst_case
 from deepcloak.evaluation.results import (
     CLOAKED,
@@ -67,8 +68,12 @@ def eps_curve(
     *,
     ratio: float,
     progress: ProgressFn,
+    store: CraftedSets,
 ) -> tuple[list[AccuracyResult], SanityCheck]:
     """Unmasked and cloaked (gray-box, white-box) accuracy under PGD at each budget of the grid.
+
+    At the evaluation's own budget the PGD samples are those the defences were measured on
+    (same spec, same models): ``store`` hands them back instead of attacking again.
 
     Args:
         model: the unmasked model.
@@ -77,6 +82,7 @@ def eps_curve(
         config: the settings (grid, norm, steps, tolerance).
         ratio: the evaluated ratio (recorded on the cloaked results).
         progress: ``progress(task, done, total)`` callback.
+        store: the crafted sets of the evaluation.
 
     Returns:
         The curve's results (each attack spec carries its ``eps``) and the ``eps-growth``
@@ -86,21 +92,23 @@ def eps_curve(
     stage = Stage(progress, "accuracy vs eps", (2 * len(grid) + 1) * samples.y.numel())
     points: list[AccuracyResult] = []
     white: list[tuple[float, float]] = []
+    on_cloaked = target(CLOAKED, ratio)
     for eps in grid:
         attack = build_attack("pgd", config, eps=eps)
         spec = attack.spec()
-        x_gray = samples.craft(attack, model, stage)
+        x_gray = store.get(attack, model, target(UNMASKED), samples, stage)
         points.append(
             AccuracyResult(UNMASKED, ThreatModel.GRAYBOX, spec, samples.correct(model, x_gray))
         )
         with cloaked() as m:
             gray = samples.correct(m, x_gray)
-            whitebox = samples.correct(m, samples.craft(attack, m, stage))
+            whitebox = samples.correct(m, store.get(attack, m, on_cloaked, samples, stage))
         points.append(AccuracyResult(CLOAKED, ThreatModel.GRAYBOX, spec, gray, ratio, conf))
         points.append(AccuracyResult(CLOAKED, ThreatModel.WHITEBOX, spec, whitebox, ratio, conf))
         white.append((eps, whitebox.double().mean().item()))
     with cloaked() as m:
-        probe = samples.correct(m, samples.craft(unbounded_probe(config), m, stage))
+        x_probe = store.get(unbounded_probe(config), m, on_cloaked, samples, stage)
+        probe = samples.correct(m, x_probe)
     check = check_eps_growth(
         white,
         unbounded_eps=UNBOUNDED_EPS,
@@ -118,22 +126,19 @@ def _mean(correct: torch.Tensor) -> float:
 
 def _more_steps(
     cloaked: Enter,
+    on: Target,
     samples: Samples,
     config: EvaluationConfig,
-    whitebox: Mapping[str, torch.Tensor],
-    attacks: Mapping[str, Attack],
+    store: CraftedSets,
     progress: ProgressFn,
 ) -> SanityCheck:
-    base = build_attack("pgd", config)
+    base = build_attack("pgd", config)  # the white-box PGD of the defences, when they ran it
     more_steps = config.steps * config.more_steps_factor
     more = build_attack("pgd", config, steps=more_steps)
-    reuse = "pgd" in whitebox and attacks["pgd"].spec() == base.spec()
-    stage = Stage(progress, "sanity checks", (1 if reuse else 2) * samples.y.numel())
+    stage = Stage(progress, "sanity checks", 2 * samples.y.numel())
     with cloaked() as m:
-        base_correct = (
-            whitebox["pgd"] if reuse else samples.correct(m, samples.craft(base, m, stage))
-        )
-        more_correct = samples.correct(m, samples.craft(more, m, stage))
+        base_correct = samples.correct(m, store.get(base, m, on, samples, stage))
+        more_correct = samples.correct(m, store.get(more, m, on, samples, stage))
     return check_more_steps(
         _mean(base_correct), _mean(more_correct), steps=config.steps, more_steps=more_steps,
         n=samples.y.numel(), tolerance=config.sanity_tolerance,
@@ -147,10 +152,14 @@ def sanity_checks(
     results: Sequence[AccuracyResult],
     attacks: Mapping[str, Attack],
     progress: ProgressFn,
+    *,
+    ratio: float,
+    store: CraftedSets,
 ) -> list[SanityCheck]:
     """The checks on the cloaked model under white-box attacks (where masking would show).
 
-    Reuses the white-box results already measured; runs PGD once more with more steps.
+    Reuses the white-box results already measured and the crafted sets in ``store``; runs PGD
+    once more with more steps.
     """
     n, tol = samples.y.numel(), config.sanity_tolerance
     whitebox = {
@@ -160,7 +169,8 @@ def sanity_checks(
         and r.threat_model is ThreatModel.WHITEBOX
         and r.attack_name in attacks
     }
-    checks = [_more_steps(cloaked, samples, config, whitebox, attacks, progress)]
+    on = target(CLOAKED, ratio)
+    checks = [_more_steps(cloaked, on, samples, config, store, progress)]
     free = {k: v for k, v in whitebox.items() if k in art_attacks.GRADIENT_FREE}
     grad = {k: v for k, v in whitebox.items() if k not in art_attacks.GRADIENT_FREE}
     checks.append(check_gradient_free(grad, free, tolerance=tol))

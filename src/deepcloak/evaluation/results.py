@@ -23,6 +23,7 @@ from deepcloak.cloak.taps import LayerRef
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.sanity import SanityCheck
 from deepcloak.evaluation.stats import McNemarResult, mcnemar_exact, mean_interval, wilson_interval
+from deepcloak.evaluation.timings import Timings
 
 if TYPE_CHECKING:
     from deepcloak.evaluation.config import EvaluationConfig
@@ -416,6 +417,7 @@ class EvaluationReport:
     ratio_curve: SweepResult
     notes: list[str]
     environment: dict[str, Any] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
 
     @property
     def ratio(self) -> float:
@@ -467,6 +469,7 @@ class EvaluationReport:
             "eps_curve": [r.to_json() for r in self.eps_curve],
             "ratio_curve": self.ratio_curve.to_json(),
             "notes": list(self.notes),
+            "timings": self.timings.to_json(),
         }
 
 

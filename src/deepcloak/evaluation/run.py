@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,10 +45,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from deepcloak.attacks import art as art_attacks
 from deepcloak.attacks.native import FGSM, Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
+from deepcloak.cloak.mask import keep_mask, masked
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.config import EvaluationConfig, build_attack, in_config_precision
-from deepcloak.evaluation.defenses import Defense, Samples, build_defenses, measure_defenses
+from deepcloak.evaluation.crafted import CraftedSets, Samples, TimedAttack, target
+from deepcloak.evaluation.defenses import Defense, build_defenses, measure_defenses
 from deepcloak.evaluation.inputs import (
     check_cloak_fits,
     check_model_fits,
@@ -57,12 +60,13 @@ from deepcloak.evaluation.inputs import (
     describe_train,
     shared_samples,
 )
-from deepcloak.evaluation.passes import renamed
+from deepcloak.evaluation.passes import Stage, renamed
 from deepcloak.evaluation.probes import eps_curve, sanity_checks
 from deepcloak.evaluation.ratio_choice import RatioChoice, choose_ratio
 from deepcloak.evaluation.results import (
     CLOAKED,
     UNMASKED,
+    AccuracyResult,
     Comparison,
     EvaluationReport,
     SweepResult,
@@ -70,10 +74,24 @@ from deepcloak.evaluation.results import (
     compare,
     find_result,
 )
+from deepcloak.evaluation.resume import (
+    CHECKS,
+    CURVE,
+    MAYBE_SWEEP,
+    RESULTS,
+    SWEEP,
+    Codec,
+    StageRunner,
+    WorkFolder,
+    fingerprint,
+)
+from deepcloak.evaluation.sanity import SanityCheck
 from deepcloak.evaluation.sources import DataSource, ModelSource
 from deepcloak.evaluation.sweep import graybox_sweep
+from deepcloak.evaluation.timings import AttackPass, StageTime, Timings, clock
 from deepcloak.models.precision import current_precision
 from deepcloak.progress import ProgressFn, no_progress
+from deepcloak.validation import check_ratios
 
 __all__ = ["evaluate_cloak", "evaluate_sources"]
 
@@ -120,7 +138,8 @@ def _prepare(
             )
     bs = config.batch_size
     overlap = shared_samples(x_val, x)
-    return _Splits(Samples(x, y, bs), Samples(x_val, y_val, bs), num_classes, overlap)
+    test, val = Samples(x, y, bs, "test"), Samples(x_val, y_val, bs, "validation")
+    return _Splits(test, val, num_classes, overlap)
 
 
 def _loader(samples: Samples) -> DataLoader[Any]:
@@ -129,48 +148,84 @@ def _loader(samples: Samples) -> DataLoader[Any]:
 
 
 def _fit_or_use(
-    model: nn.Module, train: Iterable[Any] | Cloak, config: EvaluationConfig, progress: ProgressFn
-) -> Cloak:
-    """The given cloak, or one fit on ``train`` with FGSM at ``fit_eps``."""
+    model: nn.Module, train: Iterable[Any] | Cloak, splits: _Splits, config: EvaluationConfig,
+    progress: ProgressFn, store: CraftedSets,
+) -> Cloak:  # fmt: skip
+    """The given cloak, or one fit on ``train`` with FGSM at ``fit_eps`` (its attack pass timed);
+    checked against the model (before a stage saves it)."""
     if isinstance(train, Cloak):
+        check_cloak_fits(model, train, splits.test.x)
         return train
-    return fit(
-        model, train, attack=FGSM(eps=config.fit_eps if config.fit_eps is not None else config.eps),
-        layer=config.layer, side=config.side, score=config.score,
+    attack = TimedAttack(FGSM(eps=config.fit_eps if config.fit_eps is not None else config.eps))
+    cloak = fit(
+        model, train, attack=attack, layer=config.layer, side=config.side, score=config.score,
         max_samples=config.max_fit_samples, seed=config.seed, progress=progress,
     )  # fmt: skip
-
-
-def _choose(
-    model: nn.Module, cloak: Cloak, val: Samples, select: Attack, config: EvaluationConfig,
-    progress: ProgressFn,
-) -> RatioChoice:  # fmt: skip
-    """The user's fixed ratio, or the one chosen on the validation split."""
-    if config.ratio is not None:
-        return RatioChoice(
-            ratio=config.ratio, clean_budget=config.clean_budget, baseline_clean_accuracy=None,
-            baseline_graybox_accuracy=None, candidates=(), n_samples=0, attack={}, split="fixed",
-            reason="ratio fixed by the user; no validation choice made",
+    check_cloak_fits(model, cloak, splits.test.x)
+    if attack.samples:
+        on = target(UNMASKED)
+        store.record(
+            AttackPass(attack.spec(), on.key, on.defense, None, None, "train", store.stage,
+                       attack.samples, attack.seconds)
         )  # fmt: skip
-    sweep = graybox_sweep(
+    return cloak
+
+
+def _validation_sweep(
+    model: nn.Module, cloak: Cloak, val: Samples, select: Attack, config: EvaluationConfig,
+    progress: ProgressFn, store: CraftedSets,
+) -> SweepResult | None:  # fmt: skip
+    """The gray-box sweep on the validation split that the ratio is chosen on (none if fixed)."""
+    if config.ratio is not None:
+        return None
+    stage = Stage(renamed(progress, "validation: "), "gray-box attack", val.y.numel())
+    return graybox_sweep(
         model, cloak, _loader(val), attack=select, ratios=config.ratios, n_random=0,
         seed=config.seed, confidence=config.confidence,
         progress=renamed(progress, "validation: "),
+        adversarial=store.get(select, model, target(UNMASKED), val, stage),
     )  # fmt: skip
+
+
+def _choose(sweep: SweepResult | None, config: EvaluationConfig) -> RatioChoice:
+    """The user's fixed ratio, or the one chosen on the validation sweep."""
+    if sweep is None or config.ratio is not None:
+        return RatioChoice(
+            ratio=config.ratio or 0.0, clean_budget=config.clean_budget,
+            baseline_clean_accuracy=None, baseline_graybox_accuracy=None, candidates=(),
+            n_samples=0, attack={}, split="fixed",
+            reason="ratio fixed by the user; no validation choice made",
+        )  # fmt: skip
     return choose_ratio(sweep, config.clean_budget)
 
 
 def _ratio_curve(
     model: nn.Module, cloak: Cloak, test: Samples, select: Attack, ratio: float,
-    config: EvaluationConfig, progress: ProgressFn,
+    config: EvaluationConfig, progress: ProgressFn, store: CraftedSets,
 ) -> SweepResult:  # fmt: skip
-    """The gray-box sweep on the test split, with white-box points and random masks."""
+    """The gray-box sweep on the test split, with white-box points and random masks.
+
+    Its gray-box samples and white-box attacks come from ``store``: the defences' stage crafted
+    the gray-box set and the white-box one at the evaluated ratio (and ratio 0 is the unmasked
+    model), so usually only the other white-box ratios are attacked here.
+    """
+    white_ratios = check_ratios(sorted({*config.whitebox_ratios, ratio}))
+    named = renamed(progress, "ratio sweep: ")
+    stage = Stage(named, "white-box attack", (1 + len(white_ratios)) * test.y.numel())
+    x_adv = store.get(select, model, target(UNMASKED), test, stage)
+    white = {}
+    for r in white_ratios:
+        with masked(model, cloak.layer, keep_mask(cloak.ranking, r, cloak.feature_shape)) as m:
+            correct = test.correct(m, store.get(select, m, target(CLOAKED, r), test, stage))
+        spec = select.spec()
+        white[r] = (
+            AccuracyResult(CLOAKED, ThreatModel.WHITEBOX, spec, correct, r, config.confidence),
+        )
     return graybox_sweep(
         model, cloak, _loader(test), attack=select,
         ratios=sorted({*config.ratios, *config.whitebox_ratios, ratio}), n_random=config.n_random,
-        seed=config.seed, whitebox_attacks=[select],
-        whitebox_ratios=sorted({*config.whitebox_ratios, ratio}), confidence=config.confidence,
-        progress=renamed(progress, "ratio sweep: "),
+        seed=config.seed, whitebox_attacks=[select], whitebox_ratios=white_ratios,
+        confidence=config.confidence, progress=named, adversarial=x_adv, whitebox=white,
     )  # fmt: skip
 
 
@@ -206,11 +261,15 @@ def evaluate_cloak(
     surrogate: nn.Module | None = None,
     progress: ProgressFn | None = None,
     metadata: Mapping[str, Any] | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
 ) -> EvaluationReport:
     """Evaluate DeepCloak on ``model`` honestly: threat models, attacks, baselines, statistics.
 
     The model is used in eval mode and left as it was (masks are inserted for each measurement
-    and removed again; train/eval modes are restored).
+    and removed again; train/eval modes are restored). Each attack pass runs once: stages share
+    the crafted sets (:mod:`deepcloak.evaluation.crafted`), and the report's ``timings`` say
+    what each stage and pass cost.
 
     Args:
         model: the trained classifier, taking inputs in [0, 1].
@@ -223,6 +282,10 @@ def evaluate_cloak(
         surrogate: an independently trained model for the transfer threat model (optional).
         progress: ``progress(task, done, total)`` callback.
         metadata: free-form facts recorded in the report's ``run``.
+        work_dir: save finished stages and crafted sets here as they finish
+            (:mod:`deepcloak.evaluation.resume`); the caller removes it once the report is
+            written. ``None``: save nothing.
+        resume: reuse the stages an interrupted run saved in ``work_dir``.
 
     Returns:
         An :class:`~deepcloak.evaluation.results.EvaluationReport`.
@@ -230,27 +293,32 @@ def evaluate_cloak(
     Raises:
         DeepCloakError: bad settings, empty loaders, inputs outside [0, 1], data that does not
             match the model (input shape or label range), a surrogate that does not match, a
-            cloak from another model, or ART missing for an ART attack.
+            cloak from another model, ART missing for an ART attack, or a ``work_dir`` that
+            holds another evaluation (or an interrupted one, without ``resume``).
     """
     cfg, report = config if config is not None else EvaluationConfig(), progress or no_progress
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    started, t0, prepare_start = datetime.now(timezone.utc), time.perf_counter(), clock()
     splits = _prepare(model, val_loader, test_loader, surrogate, cfg)
-    cloak = _fit_or_use(model, train_loader_or_cloak, cfg, report)
-    check_cloak_fits(model, cloak, splits.test.x)
-    select = build_attack(cfg.select_attack, cfg)
-    choice = _choose(model, cloak, splits.val, select, cfg, report)
-    log.info("evaluating at ratio %.4g (%s)", choice.ratio, choice.reason)
-    defenses, notes = _defenses_at(model, cloak, splits, choice.ratio, cfg)
-    attacks = {name: build_attack(name, cfg) for name in cfg.attacks}
-    results = measure_defenses(
-        defenses, attacks, splits.test, model, cfg, ratio=choice.ratio, surrogate=surrogate,
-        progress=report,
-    )  # fmt: skip
-    cloaked = defenses[1].variants[0]
-    curve, eps_check = eps_curve(
-        model, cloaked, splits.test, cfg, ratio=choice.ratio, progress=report
+    stages = _stage_runner(
+        model, train_loader_or_cloak, splits, surrogate, cfg, metadata, work_dir, resume
     )
-    checks = [*sanity_checks(cloaked, splits.test, cfg, results, attacks, report), eps_check]
+    stages.timings.stages.append(StageTime("prepare", clock() - prepare_start))
+    store, work = stages.store, stages.work
+    cloak = stages.run(
+        "fit", lambda: _fit_or_use(model, train_loader_or_cloak, splits, cfg, report, store),
+        Codec(work.save_cloak, work.load_cloak) if work is not None else None,
+    )  # fmt: skip
+    select = build_attack(cfg.select_attack, cfg)
+    choice = _choose(
+        stages.run(
+            "ratio choice",
+            lambda: _validation_sweep(model, cloak, splits.val, select, cfg, report, store),
+            MAYBE_SWEEP,
+        ), cfg,
+    )  # fmt: skip
+    log.info("evaluating at ratio %.4g (%s)", choice.ratio, choice.reason)
+    found = _measure(stages, model, cloak, choice.ratio, splits, surrogate, cfg, report)
+    report_start = clock()
     data = _describe_splits(splits, train_loader_or_cloak, val_loader, test_loader)
     run = {
         "seed": cfg.seed, "data": data, "model": describe_model(model),
@@ -259,14 +327,85 @@ def evaluate_cloak(
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "duration_s": round(time.perf_counter() - t0, 3), "metadata": dict(metadata or {}),
     }  # fmt: skip
-    return EvaluationReport(
+    out = EvaluationReport(
         run=run, config=cfg, cloak=cloak.metadata(choice.ratio), ratio_choice=choice,
-        defenses={d.name: d.spec for d in defenses}, results=results,
-        comparisons=_comparisons(results), sanity=checks, eps_curve=curve,
-        ratio_curve=_ratio_curve(model, cloak, splits.test, select, choice.ratio, cfg, report),
-        notes=[NOTE_ALL_SAMPLES, *_overlap_notes(splits.overlap), *notes],
+        defenses={d.name: d.spec for d in found.defenses}, results=found.results,
+        comparisons=_comparisons(found.results), sanity=found.checks, eps_curve=found.eps_curve,
+        ratio_curve=found.ratio_curve,
+        notes=[NOTE_ALL_SAMPLES, *_overlap_notes(splits.overlap), *found.notes],
         environment=environment(model_device(model), precision=current_precision().recorded),
+        timings=stages.timings,
     )  # fmt: skip
+    stages.timings.stages.append(StageTime("report", clock() - report_start))
+    return out
+
+
+def _stage_runner(
+    model: nn.Module, train: Iterable[Any] | Cloak, splits: _Splits, surrogate: nn.Module | None,
+    config: EvaluationConfig, metadata: Mapping[str, Any] | None,
+    work_dir: str | os.PathLike[str] | None, resume: bool,
+) -> StageRunner:  # fmt: skip
+    """The runner of the stages: fresh timings, the crafted-set store, the work folder if any."""
+    work = None
+    if work_dir is not None:
+        tensors = {
+            "test inputs": splits.test.x, "test labels": splits.test.y,
+            "validation inputs": splits.val.x, "validation labels": splits.val.y,
+        }  # fmt: skip
+        facts = fingerprint(model, train, tensors, surrogate, config.to_json(), metadata)
+        work = WorkFolder.open(work_dir, facts, resume=resume)
+    timings = Timings()
+    return StageRunner(timings, CraftedSets(timings, work), work)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What the stages after the ratio choice measured."""
+
+    defenses: list[Defense]
+    notes: list[str]
+    results: list[AccuracyResult]
+    eps_curve: list[AccuracyResult]
+    checks: list[SanityCheck]
+    ratio_curve: SweepResult
+
+
+def _measure(
+    stages: StageRunner, model: nn.Module, cloak: Cloak, ratio: float, splits: _Splits,
+    surrogate: nn.Module | None, cfg: EvaluationConfig, report: ProgressFn,
+) -> _Measured:  # fmt: skip
+    """The defences at ``ratio`` under every attack, the eps curve, the checks, the ratio curve."""
+    store, test = stages.store, splits.test
+    defenses, notes = stages.run("defenses", lambda: _defenses_at(model, cloak, splits, ratio, cfg))
+    attacks = {name: build_attack(name, cfg) for name in cfg.attacks}
+    results = stages.run(
+        "attacks",
+        lambda: measure_defenses(
+            defenses, attacks, test, model, cfg, ratio=ratio, surrogate=surrogate,
+            progress=report, store=store,
+        ),
+        RESULTS,
+    )  # fmt: skip
+    cloaked = defenses[1].variants[0]
+    curve, eps_check = stages.run(
+        "eps curve",
+        lambda: eps_curve(model, cloaked, test, cfg, ratio=ratio, progress=report, store=store),
+        CURVE,
+    )
+    checks = stages.run(
+        "sanity checks",
+        lambda: sanity_checks(
+            cloaked, test, cfg, results, attacks, report, ratio=ratio, store=store
+        ),
+        CHECKS,
+    )
+    select = build_attack(cfg.select_attack, cfg)
+    ratio_curve = stages.run(
+        "ratio curve",
+        lambda: _ratio_curve(model, cloak, test, select, ratio, cfg, report, store),
+        SWEEP,
+    )
+    return _Measured(defenses, notes, results, curve, [*checks, eps_check], ratio_curve)
 
 
 def _overlap_notes(overlap: int) -> list[str]:
@@ -299,12 +438,14 @@ def evaluate_sources(
     cloak_file: Path | None = None,
     surrogate: ModelSource | None = None,
     progress: ProgressFn | None = None,
+    work_dir: Path | None = None,
+    resume: bool = False,
 ) -> EvaluationReport:
     """Load a model and a data set named on the command line, and evaluate (``deepcloak evaluate``).
 
     The validation split is held out of the training split (``data.val_samples``); the cloak is
     read from ``cloak_file`` or fit on the rest of the training split; every loader uses
-    ``config.batch_size``.
+    ``config.batch_size``. ``work_dir`` and ``resume``: as in :func:`evaluate_cloak`.
 
     Raises:
         DeepCloakError: as :func:`evaluate_cloak`, or files that cannot be loaded.
@@ -335,5 +476,5 @@ def evaluate_sources(
     return evaluate_cloak(
         loaded.model, train, DataLoader(val_set, batch_size=bs),
         DataLoader(test_set, batch_size=bs), config=config, surrogate=surrogate_net,
-        progress=progress, metadata=metadata,
+        progress=progress, metadata=metadata, work_dir=work_dir, resume=resume,
     )  # fmt: skip

@@ -58,6 +58,11 @@ class SanityCheck:
         d["status"] = self.status.value
         return d
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SanityCheck:
+        """The check back from :meth:`to_json`."""
+        return cls(d["name"], CheckStatus(d["status"]), d["message"], dict(d["values"]))
+
 
 def _tol(tolerance: float, n: int) -> float:
     return max(tolerance, 1.0 / max(n, 1))

@@ -16,7 +16,7 @@ samples, not only the clean-correct ones.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from deepcloak.cloak.fit import Cloak, layer_features, model_device, unpack_batc
 from deepcloak.cloak.mask import keep_mask, masked, removal_count
 from deepcloak.cloak.taps import LayerRef, Side, tap
 from deepcloak.errors import DeepCloakError
+from deepcloak.evaluation.crafted import Replay
 from deepcloak.evaluation.grids import DEFAULT_RATIOS
 from deepcloak.evaluation.mask_grid import MaskGrid, head_outcomes, model_outcomes
 from deepcloak.evaluation.results import (
@@ -341,6 +342,8 @@ def graybox_sweep(
     confidence: float = 0.95,
     progress: ProgressFn | None = None,
     precision: Precision | str | None = None,
+    adversarial: torch.Tensor | None = None,
+    whitebox: Mapping[float, tuple[AccuracyResult, ...]] | None = None,
 ) -> SweepResult:
     """Clean and gray-box accuracy of the cloaked model at each ratio, with baselines.
 
@@ -360,6 +363,10 @@ def graybox_sweep(
         progress: ``progress(task, done, total)`` callback.
         precision: of the forward-only passes (feature caching, masked predictions); attacks
             run in float32. Default: the current one (:mod:`deepcloak.models.precision`).
+        adversarial: the gray-box samples, already crafted by ``attack`` on the unmasked model,
+            one per loader sample in loader order: the sweep then crafts nothing.
+        whitebox: the white-box results per ratio, already measured for ``whitebox_attacks``:
+            the sweep then runs no white-box attack.
 
     Returns:
         A :class:`~deepcloak.evaluation.results.SweepResult`.
@@ -372,11 +379,14 @@ def graybox_sweep(
     attack = attack if attack is not None else attack_from_spec(cloak.attack)
     report = progress or no_progress
     precision = current_precision() if precision is None else parse_precision(precision)
+    replay = Replay(attack, adversarial) if adversarial is not None else None
     cache = cache_features(
-        model, loader, cloak.layer, attack, progress=progress, precision=precision
+        model, loader, cloak.layer, replay or attack, progress=progress, precision=precision
     )
+    if replay is not None:
+        replay.check_complete()
     check_cloak_features(cloak, tuple(cache.clean.shape[1:]))
-    white = whitebox_results(
+    white = dict(whitebox) if whitebox is not None else whitebox_results(
         model, cloak, loader if whitebox_loader is None else whitebox_loader,
         whitebox_attacks, whitebox_ratios if whitebox_attacks else (),
         confidence=confidence, progress=progress,

@@ -33,6 +33,7 @@ __all__ = [
     "summary_table",
     "sweep_markdown",
     "sweep_table",
+    "timings_table",
 ]
 
 _STATUS_STYLE = {"pass": "[green]pass[/green]", "warn": "[bold yellow]warn[/bold yellow]"}
@@ -213,11 +214,35 @@ def sanity_table(report: EvaluationReport) -> Table:
     return table
 
 
+def timings_table(report: EvaluationReport) -> Table:
+    """Where the time went: each stage, its attack passes, and the overhead over them."""
+    t = report.timings
+    overhead = "-" if t.overhead is None else f"{t.overhead:.2f}x"
+    resumed = any(s.resumed for s in t.stages)
+    table = _table(
+        title=f"Time: {t.total_seconds:.1f} s, of which attack passes {t.attack_seconds:.1f} s "
+        f"(overhead {overhead})",
+        caption=f"Each attack pass ran once; stages took crafted sets from earlier ones "
+        f"{t.reused} times." + (" Stages marked resumed were read back." if resumed else ""),
+    )
+    for col in ("stage", "seconds", "attack passes", "attack seconds", "in attacks"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in t.stages:
+        attack = t.stage_attack_seconds(s.name)
+        n = sum(p.stage == s.name for p in t.passes)
+        table.add_row(
+            s.name + (" (resumed)" if s.resumed else ""), f"{s.seconds:.2f}", str(n),
+            f"{attack:.2f}", f"{attack / s.seconds:.0%}" if s.seconds > 0 else "-",
+        )  # fmt: skip
+    return table
+
+
 def evaluation_tables(report: EvaluationReport) -> list[Table]:
-    """All tables of a report, in reading order: summary, attacks, McNemar, sanity checks."""
+    """All tables of a report, in reading order: summary, attacks, McNemar, sanity, time."""
     return [
         summary_table(report),
         attacks_table(report),
         comparisons_table(report),
         sanity_table(report),
+        timings_table(report),
     ]
