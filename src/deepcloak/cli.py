@@ -11,9 +11,10 @@ import contextlib
 import functools
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +30,10 @@ from rich.progress import (
 
 from deepcloak.errors import DeepCloakError
 from deepcloak.report.files import check_output_file, check_output_folder
+
+if TYPE_CHECKING:
+    from deepcloak.distributed import Distributed
+    from deepcloak.progress import ProgressFn
 
 app = typer.Typer(
     help="Harden a trained image classifier with DeepCloak (arXiv 1702.06763), and measure "
@@ -68,6 +73,41 @@ def progress_bars() -> Iterator[RichProgress]:
         transient=False,
     ) as bars:
         yield RichProgress(bars)
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[ProgressFn]:
+    """No progress bars (the processes of ``torchrun`` other than rank 0 draw none)."""
+    from deepcloak.progress import no_progress
+
+    yield no_progress
+
+
+@contextlib.contextmanager
+def distributed_command(device: str) -> Iterator[tuple[Distributed, str]]:
+    """Join ``torchrun``'s process group (if any) for one command, and leave it at the end.
+
+    Yields this process's place and the device it runs on (``cuda:LOCAL_RANK`` under torchrun
+    on GPUs). Only rank 0 should print and write; the other processes log errors only. On
+    success every process waits for the others (rank 0 may still be writing); on an error the
+    process leaves at once and torchrun stops the others.
+    """
+    import torch.distributed as dist
+
+    from deepcloak.devices import resolve_device
+    from deepcloak.distributed import close_distributed, setup_distributed
+
+    ctx, resolved = setup_distributed(resolve_device(device))
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.ERROR)
+        warnings.simplefilter("ignore")  # rank 0 warns about the same data
+    try:
+        yield ctx, str(resolved)
+    except BaseException:
+        if ctx.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    close_distributed()
 
 
 def user_errors(command: F) -> F:
@@ -126,16 +166,19 @@ def demo(
     from deepcloak.demo import DemoConfig, run_demo, write_demo
     from deepcloak.report.tables import sweep_table
 
-    config = DemoConfig(eps=eps, ratio=ratio, epochs=epochs, seed=seed, device=device)
-    with progress_bars() as progress:
-        result = run_demo(config, progress=progress)
-    out.print(
-        f"ResNet on digits: test accuracy {100 * (result.training.test_accuracy or 0):.1f}% "
-        f"({result.training.epochs} epochs, {result.training.seconds:.1f} s)"
-    )
-    out.print(sweep_table(result.hardened.sweep))
-    paths = write_demo(result, out_dir)
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
+    with distributed_command(device) as (ctx, run_on):
+        config = DemoConfig(eps=eps, ratio=ratio, epochs=epochs, seed=seed, device=run_on)
+        with progress_bars() if ctx.is_main else quiet_progress() as progress:
+            result = run_demo(config, progress=progress)
+        if not ctx.is_main:  # every process trained the same model; rank 0 reports it
+            return
+        out.print(
+            f"ResNet on digits: test accuracy {100 * (result.training.test_accuracy or 0):.1f}% "
+            f"({result.training.epochs} epochs, {result.training.seconds:.1f} s)"
+        )
+        out.print(sweep_table(result.hardened.sweep))
+        paths = write_demo(result, out_dir)
+        out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
 
 @app.command()
@@ -227,6 +270,14 @@ SeedOpt = Annotated[int, typer.Option(help="Seed of subsets, attacks and random 
 DeviceOpt = Annotated[
     str, typer.Option(help="Where to run: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
 ]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(help="Samples per attack batch (default 256 for harden, 128 for evaluate); "
+                 "results depend on it, not on the number of processes."),
+]  # fmt: skip
+WorkersOpt = Annotated[
+    int, typer.Option(help="Processes decoding an image folder (in-memory data sets need none).")
+]
 OutputOpt = Annotated[
     str | None,
     typer.Option(help="Index or key of the logits, for a model that returns a tuple or dict."),
@@ -238,6 +289,11 @@ def _output_key(text: str | None) -> int | str | None:
     if text is None:
         return None
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options that were given (not ``None``): the others keep the config's default."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _floats(text: str | None) -> tuple[float, ...] | None:
@@ -274,6 +330,8 @@ def harden(
     val_samples: Annotated[int, typer.Option(help="With --select: training samples held out to choose the mask on.")] = 1000,
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/harden"),
 ) -> None:  # fmt: skip
     """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
@@ -285,20 +343,23 @@ def harden(
     config = HardenConfig(
         attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
         n_random=random_masks, seed=seed, select=select, clean_budget=clean_budget,
-        val_samples=val_samples,
-    )  # fmt: skip
-    source = ModelSource(
-        spec=model, weights=weights, allow_pickle=allow_pickle, output=_output_key(output),
-        device=device,
+        val_samples=val_samples, **_given(batch_size=batch_size),
     )  # fmt: skip
     data_source = DataSource(
         name=data, root=root, fit_samples=fit_samples, test_samples=test_samples, seed=seed
     )
-    with progress_bars() as progress:
-        result = harden_sources(source, data_source, config, progress=progress)
-    out.print(sweep_table(result.sweep))
-    paths = write_harden(result, out_dir, title=f"DeepCloak: {model} on {data}")
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
+    with distributed_command(device) as (ctx, run_on):
+        source = ModelSource(
+            spec=model, weights=weights, allow_pickle=allow_pickle, output=_output_key(output),
+            device=run_on,
+        )  # fmt: skip
+        with progress_bars() if ctx.is_main else quiet_progress() as progress:
+            result = harden_sources(source, data_source, config, progress=progress, workers=workers)
+        if not ctx.is_main:  # rank 0 prints and writes the results, the same on every process
+            return
+        out.print(sweep_table(result.sweep))
+        paths = write_harden(result, out_dir, title=f"DeepCloak: {model} on {data}")
+        out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
 
 @app.command()
@@ -333,6 +394,8 @@ def evaluate(
     seed: SeedOpt = 0,
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/evaluate"),
 ) -> None:  # fmt: skip
     """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
@@ -350,27 +413,34 @@ def evaluate(
         layer=layer, side=side, score=score, preprocessing_baselines=preprocessing_baselines,
         whitebox_baselines=whitebox_baselines, max_samples=None,
         max_fit_samples=fit_samples, seed=seed,
+        **_given(batch_size=batch_size),
     )  # fmt: skip
-    with progress_bars() as progress:
-        report = evaluate_sources(
-            ModelSource(
-                spec=model, weights=weights, allow_pickle=allow_pickle,
-                output=_output_key(output), device=device,
-            ),
-            DataSource(
-                name=data, root=root, val_samples=val_samples, test_samples=test_samples, seed=seed
-            ),
-            config, cloak_file=cloak,
-            surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle, device=device)
-            if surrogate else None,
-            progress=progress,
-        )  # fmt: skip
-    for table in evaluation_tables(report):
-        out.print(table)
-    for check in report.warnings:
-        console.print(f"[bold yellow]warning:[/] {check.name}: {check.message}", highlight=False)
-    paths = write_evaluation(report, out_dir, per_sample=per_sample)
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    with distributed_command(device) as (ctx, run_on):
+        with progress_bars() if ctx.is_main else quiet_progress() as progress:
+            report = evaluate_sources(
+                ModelSource(
+                    spec=model, weights=weights, allow_pickle=allow_pickle,
+                    output=_output_key(output), device=run_on,
+                ),
+                DataSource(
+                    name=data, root=root, val_samples=val_samples, test_samples=test_samples,
+                    seed=seed,
+                ),
+                config, cloak_file=cloak,
+                surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle, device=run_on)
+                if surrogate else None,
+                progress=progress, workers=workers,
+            )  # fmt: skip
+        if not ctx.is_main:  # rank 0 prints and writes the results, the same on every process
+            return
+        for table in evaluation_tables(report):
+            out.print(table)
+        for check in report.warnings:
+            console.print(
+                f"[bold yellow]warning:[/] {check.name}: {check.message}", highlight=False
+            )
+        paths = write_evaluation(report, out_dir, per_sample=per_sample)
+        out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 class Interrupted(BaseException):

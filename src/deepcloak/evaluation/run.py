@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from deepcloak.attacks import art as art_attacks
 from deepcloak.attacks.native import FGSM, Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
+from deepcloak.data.loader import BatchLoader, make_loader
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.config import EvaluationConfig, build_attack
@@ -122,9 +123,8 @@ def _prepare(
     return _Splits(Samples(x, y, bs), Samples(x_val, y_val, bs), num_classes, overlap)
 
 
-def _loader(samples: Samples) -> DataLoader[Any]:
-    dataset = TensorDataset(samples.x, samples.y)
-    return DataLoader(dataset, batch_size=samples.batch_size, shuffle=False)
+def _loader(samples: Samples) -> BatchLoader:
+    return make_loader(TensorDataset(samples.x, samples.y), batch_size=samples.batch_size)
 
 
 def _fit_or_use(
@@ -297,12 +297,14 @@ def evaluate_sources(
     cloak_file: Path | None = None,
     surrogate: ModelSource | None = None,
     progress: ProgressFn | None = None,
+    workers: int = 0,
 ) -> EvaluationReport:
     """Load a model and a data set named on the command line, and evaluate (``deepcloak evaluate``).
 
     The validation split is held out of the training split (``data.val_samples``); the cloak is
-    read from ``cloak_file`` or fit on the rest of the training split; every loader uses
-    ``config.batch_size``.
+    read from ``cloak_file`` or fit on the rest of the training split; every loader is
+    :func:`~deepcloak.data.loader.make_loader`'s with ``config.batch_size`` (``workers``
+    processes decode an image folder; in-memory sets need none).
 
     Raises:
         DeepCloakError: as :func:`evaluate_cloak`, or files that cannot be loaded.
@@ -318,10 +320,12 @@ def evaluate_sources(
     fit_set, val_set = data.train_and_validation()
     if val_set is None:  # pragma: no cover - val_samples >= 1 was checked above
         raise DeepCloakError("no validation samples were held out")
-    bs = config.batch_size
-    train: Iterable[Any] | Cloak = (
-        Cloak.load(cloak_file)[0] if cloak_file else DataLoader(fit_set, batch_size=bs)
-    )
+    device = model_device(loaded.model)
+
+    def loader(dataset: Dataset[Any]) -> BatchLoader:
+        return make_loader(dataset, batch_size=config.batch_size, workers=workers, device=device)
+
+    train: Iterable[Any] | Cloak = Cloak.load(cloak_file)[0] if cloak_file else loader(fit_set)
     metadata = {
         "model": model.spec, "model_info": loaded.info,
         "surrogate": surrogate.spec if surrogate else None, "data": data.name,
@@ -331,7 +335,7 @@ def evaluate_sources(
         f"(seed {data.seed})",
     }  # fmt: skip
     return evaluate_cloak(
-        loaded.model, train, DataLoader(val_set, batch_size=bs),
-        DataLoader(test_set, batch_size=bs), config=config, surrogate=surrogate_net,
+        loaded.model, train, loader(val_set), loader(test_set), config=config,
+        surrogate=surrogate_net,
         progress=progress, metadata=metadata,
     )  # fmt: skip

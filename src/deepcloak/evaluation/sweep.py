@@ -13,6 +13,7 @@ samples, not only the clean-correct ones.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from deepcloak.attacks import Attack, attack_from_spec
 from deepcloak.cloak.fit import Cloak, layer_features, model_device, unpack_batch
 from deepcloak.cloak.mask import keep_mask, masked, removal_count
 from deepcloak.cloak.taps import LayerRef, Side, tap
+from deepcloak.distributed import Distributed, from_main, gather_batches, iter_owned
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS
 from deepcloak.evaluation.results import (
@@ -127,42 +129,52 @@ def cache_features(
 ) -> FeatureCache:
     """Craft adversarial samples on the unmasked ``model`` and cache features at ``layer``.
 
+    Under ``torchrun`` each process attacks its batches of ``loader`` (the whole test data on
+    every process) and the cache is gathered back in batch order on every process.
+
     Raises:
         DeepCloakError: the loader is empty, or inputs or labels are invalid.
     """
     device = model_device(model)
     report = progress or no_progress
     total = len(getattr(loader, "dataset", ())) or None
-    clean, adv, labels, inputs, adv_inputs = [], [], [], [], []
-    head: nn.Module | None = None
-    first = True
+    ctx = Distributed.current()
+    batches = iter_owned(loader, ctx)
+    first = next(batches, None)
+    # Whether a head can replace the model after L is decided on the first 16 samples of batch
+    # 0 (rank 0's first), the same on every process.
+    example = from_main(
+        unpack_batch(first, device)[0][:16].cpu() if first is not None and ctx.is_main else None
+    )
+    if example is None:
+        raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
     with eval_mode(model):
-        for batch in loader:
+        head = _find_head(model, layer, example.to(device))
+        if head is None:
+            log.warning("no separable head after %s: the sweep runs the full model", layer)
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", "adv", "y", "x", "x_adv")}
+        for batch in itertools.chain([first] if first is not None else [], batches):
             x, y = unpack_batch(batch, device)
             x_adv = attack(model, x, y)
             f_clean, f_adv, logits = layer_features(model, layer, x, x_adv)
             check_labels(y, logits.shape[-1])
-            if first:
-                head, first = _find_head(model, layer, x[:16]), False
-                if head is None:
-                    log.warning("no separable head after %s: the sweep runs the full model", layer)
-            clean.append(f_clean.cpu())
-            adv.append(f_adv.cpu())
-            labels.append(y.cpu())
+            parts["clean"].append(f_clean.cpu())
+            parts["adv"].append(f_adv.cpu())
+            parts["y"].append(y.cpu())
             if head is None:
-                inputs.append(x.cpu())
-                adv_inputs.append(x_adv.cpu())
-            report("attack test set", sum(t.numel() for t in labels), total)
-    if not labels:
-        raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
+                parts["x"].append(x.cpu())
+                parts["x_adv"].append(x_adv.cpu())
+            done = sum(t.numel() for t in parts["y"]) * ctx.world_size
+            report("attack test set", min(done, total) if total else done, total)
+    cached = {k: gather_batches(v, ctx) for k, v in parts.items()}
     return FeatureCache(
         layer=layer,
-        clean=torch.cat(clean),
-        adv=torch.cat(adv),
-        labels=torch.cat(labels),
+        clean=torch.cat(cached["clean"]),
+        adv=torch.cat(cached["adv"]),
+        labels=torch.cat(cached["y"]),
         head=head,
-        inputs=torch.cat(inputs) if inputs else None,
-        adv_inputs=torch.cat(adv_inputs) if adv_inputs else None,
+        inputs=torch.cat(cached["x"]) if head is None else None,
+        adv_inputs=torch.cat(cached["x_adv"]) if head is None else None,
     )
 
 
@@ -360,11 +372,12 @@ def whitebox_results(
         keep = keep_mask(cloak.ranking, ratio, cloak.feature_shape)
         per_attack: list[list[torch.Tensor]] = [[] for _ in attacks]
         with masked(model, cloak.layer, keep), eval_mode(model):
-            for batch in loader:
+            for batch in iter_owned(loader):  # this process's batches, gathered below
                 x, y = unpack_batch(batch, device)
                 for got, attack in zip(per_attack, attacks, strict=True):
                     with torch.no_grad():
                         got.append((model(attack(model, x, y)).argmax(-1) == y).cpu())
+        per_attack = [gather_batches(got) for got in per_attack]
         if not per_attack or not per_attack[0]:
             raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
         out[ratio] = tuple(
