@@ -118,7 +118,9 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except DeepCloakError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            rank = os.environ.get("RANK", "0")  # torchrun's; the group may be gone by now
+            where = f" (rank {rank})" if rank != "0" else ""
+            console.print(f"[bold red]error{where}:[/] {e}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -340,14 +340,11 @@ def _score_shards(
         ]  # fmt: skip
         if sum(keep) == 0:
             break
-        if ref is None:  # rank 0 holds batch 0: the one process's first batch
-            ref = from_main(
-                _resolve_and_check(job.model, job.layer, job.side, x[:1])
-                if ctx.is_main and x is not None
-                else None
-            )
-        if ref is None:  # cannot be: batch 0, rank 0's, exists when any batch does
-            raise DeepCloakError("rank 0 holds no batch to resolve the layer on")
+        if ref is None:  # on batch 0's first sample, as one process; errors on every process
+            example = from_main(x[:1].cpu() if ctx.is_main and x is not None else None)
+            if example is None:  # cannot be: batch 0, rank 0's, exists when any batch does
+                raise DeepCloakError("rank 0 holds no batch to resolve the layer on")
+            ref = _resolve_and_check(job.model, job.layer, job.side, example.to(device))
         part = new_scorer()
         if x is not None and y is not None and keep[ctx.rank] > 0:
             _update(job, ref, part, x[: keep[ctx.rank]], y[: keep[ctx.rank]])
