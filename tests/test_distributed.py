@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.multiprocessing.spawn import start_processes
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from deepcloak.attacks.native import PGD
 from deepcloak.cloak.fit import fit
@@ -25,6 +25,7 @@ from deepcloak.distributed import (
     owned_rows,
     setup_distributed,
 )
+from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.passes import correct, craft
 from deepcloak.evaluation.sweep import graybox_sweep
 from tests.conftest import TinyVGG
@@ -57,6 +58,13 @@ def test_iter_owned_skips_the_others_batches_or_asks_the_loader() -> None:
     held = make_loader(TensorDataset(x, y), batch_size=3)  # serves only the owned batches
     got = [yb.tolist() for _, yb in iter_owned(held, Distributed(1, 2))]
     assert got == [[3, 4, 5], [9]]
+
+
+def test_a_loader_sharded_already_is_refused() -> None:
+    data = TensorDataset(torch.zeros(6, 1), torch.zeros(6, dtype=torch.int64))
+    sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=False)
+    with pytest.raises(DeepCloakError, match="already sharded by a DistributedSampler"):
+        next(iter_owned(DataLoader(data, sampler=sampler), Distributed(0, 2)))
 
 
 def test_one_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:

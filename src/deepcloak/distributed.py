@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 from deepcloak.errors import DeepCloakError
 
@@ -130,11 +131,19 @@ def iter_owned(loader: Iterable[T], ctx: Distributed | None = None) -> Iterator[
     Args:
         loader: the whole data, the same on every process.
         ctx: the process group (default: :meth:`Distributed.current`).
+
+    Raises:
+        DeepCloakError: ``loader`` is sharded already (its sampler is a ``DistributedSampler``).
     """
     ctx = ctx if ctx is not None else Distributed.current()
     if not ctx.enabled:
         yield from loader
         return
+    if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        raise DeepCloakError(
+            "the loader is already sharded by a DistributedSampler; give every process the "
+            "whole data set: deepcloak splits the batches among the processes itself"
+        )
     sharded = getattr(loader, "sharded", None)
     if callable(sharded):
         yield from sharded(ctx)
