@@ -19,6 +19,7 @@ from deepcloak.data.loader import make_loader
 from deepcloak.distributed import (
     Distributed,
     all_reduce_sum,
+    distributed_run,
     from_main,
     gather_batches,
     iter_owned,
@@ -76,6 +77,10 @@ def test_one_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.equal(torch.cat(gather_batches([t, t + 3])), torch.arange(6))
     assert all_reduce_sum(t, ctx) is t
     assert from_main("mine") == "mine"
+    with distributed_run(torch.device("cpu")) as (ctx, device):
+        assert (ctx, device) == (Distributed(), torch.device("cpu"))
+    with pytest.raises(DeepCloakError, match="raised inside"), distributed_run(device):
+        raise DeepCloakError("raised inside")  # propagates, with no group to leave
 
 
 # --------------------------------------------------------------------- across processes

@@ -85,29 +85,19 @@ def quiet_progress() -> Iterator[ProgressFn]:
 
 @contextlib.contextmanager
 def distributed_command(device: str) -> Iterator[tuple[Distributed, str]]:
-    """Join ``torchrun``'s process group (if any) for one command, and leave it at the end.
+    """Run one command in ``torchrun``'s process group, if any (see
+    :func:`~deepcloak.distributed.distributed_run`); yields this process's place and device.
 
-    Yields this process's place and the device it runs on (``cuda:LOCAL_RANK`` under torchrun
-    on GPUs). Only rank 0 should print and write; the other processes log errors only. On
-    success every process waits for the others (rank 0 may still be writing); on an error the
-    process leaves at once and torchrun stops the others.
+    Only rank 0 should print and write; the other processes log errors only.
     """
-    import torch.distributed as dist
-
     from deepcloak.devices import resolve_device
-    from deepcloak.distributed import close_distributed, setup_distributed
+    from deepcloak.distributed import distributed_run
 
-    ctx, resolved = setup_distributed(resolve_device(device))
-    if not ctx.is_main:
-        logging.getLogger().setLevel(logging.ERROR)
-        warnings.simplefilter("ignore")  # rank 0 warns about the same data
-    try:
+    with distributed_run(resolve_device(device)) as (ctx, resolved):
+        if not ctx.is_main:
+            logging.getLogger().setLevel(logging.ERROR)
+            warnings.simplefilter("ignore")  # rank 0 warns about the same data
         yield ctx, str(resolved)
-    except BaseException:
-        if ctx.enabled and dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    close_distributed()
 
 
 def user_errors(command: F) -> F:

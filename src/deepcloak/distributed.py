@@ -21,6 +21,7 @@ waiting in a collective gives up at the process group's timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "Shardable",
     "all_reduce_sum",
     "close_distributed",
+    "distributed_run",
     "from_main",
     "gather_batches",
     "iter_owned",
@@ -113,6 +115,25 @@ def close_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_run(device: torch.device) -> Iterator[tuple[Distributed, torch.device]]:
+    """One command's time in ``torchrun``'s process group (:func:`setup_distributed`).
+
+    Yields this process's place and device. On success every process waits for the others at
+    the end (rank 0 may still be writing) and leaves the group; on an error the process leaves
+    at once (waiting would hang if the others carry on) and the error propagates: the process
+    exits, and torchrun stops the others.
+    """
+    ctx, device = setup_distributed(device)
+    try:
+        yield ctx, device
+    except BaseException:
+        if ctx.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    close_distributed()
 
 
 class Shardable(Protocol):
