@@ -63,7 +63,9 @@ def test_iter_owned_skips_the_others_batches_or_asks_the_loader() -> None:
 
 def test_a_loader_sharded_already_is_refused() -> None:
     data = TensorDataset(torch.zeros(6, 1), torch.zeros(6, dtype=torch.int64))
-    sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=False)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        data, num_replicas=2, rank=0, shuffle=False
+    )
     with pytest.raises(DeepCloakError, match="already sharded by a DistributedSampler"):
         next(iter_owned(DataLoader(data, sampler=sampler), Distributed(0, 2)))
 
