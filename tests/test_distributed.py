@@ -13,6 +13,7 @@ from torch import nn
 from torch.multiprocessing.spawn import start_processes
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+import deepcloak.distributed
 from deepcloak.attacks.native import PGD
 from deepcloak.cloak.fit import fit
 from deepcloak.data.loader import make_loader
@@ -147,6 +148,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         assert Distributed.current() == Distributed(rank, WORLD)
         assert from_main(f"rank {rank}") == "rank 0"
+        # Gather in pieces of 3 rows of 8x8 float32 images (and many rows of smaller ones).
+        deepcloak.distributed.GATHER_CHUNK_BYTES = 3 * 64 * 4
         torch.save(_run_passes(), f"{out_dir}/{rank}.pt")
     finally:
         dist.destroy_process_group()

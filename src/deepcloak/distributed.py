@@ -22,6 +22,7 @@ waiting in a collective gives up at the process group's timeout.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -247,17 +248,39 @@ def gather_batches(
         )
     ((trailing, dtype),) = shapes
     wire = torch.uint8 if dtype == torch.bool else dtype  # gloo cannot gather bool tensors
-    rows = [sum(m[0]) for m in metas]
-    padded = torch.zeros((max(rows), *trailing), dtype=wire, device=_comm_device())
-    if local:
-        padded[: rows[ctx.rank]] = torch.cat([t.to(padded.device, wire) for t in local])
-    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
-    dist.all_gather(parts, padded)  # equal shapes: every part padded to the longest
-    per_rank = [
-        list(torch.split(part[:n].cpu().to(dtype), m[0]))
-        for part, n, m in zip(parts, rows, metas, strict=True)
-    ]
+    empty = torch.empty((0, *trailing), dtype=wire)
+    flat = torch.cat([t.cpu().to(wire) for t in local]) if local else empty
+    parts = _gather_rows(flat, [sum(m[0]) for m in metas], trailing, wire, ctx)
+    per_rank = [list(torch.split(p.to(dtype), m[0])) for p, m in zip(parts, metas, strict=True)]
     out = []
     for i in range(max(len(batches) for batches in per_rank)):
         out += [batches[i] for batches in per_rank if i < len(batches)]
     return out
+
+
+#: Bytes per rank in one all-gather: on GPUs the gathered rows pass through device memory, so a
+#: large gather (the inputs of a whole test set) goes in pieces of this size.
+GATHER_CHUNK_BYTES = 64 * 2**20
+
+
+def _gather_rows(
+    flat: torch.Tensor, rows: list[int], trailing: tuple[int, ...], wire: torch.dtype,
+    ctx: Distributed,
+) -> list[torch.Tensor]:  # fmt: skip
+    """Each process's ``flat`` (``rows[r]`` rows of shape ``trailing``), on the CPU, gathered
+    in pieces: an all-gather needs equal shapes, so each piece is padded to the longest."""
+    device = _comm_device()
+    parts = [torch.empty((n, *trailing), dtype=wire) for n in rows]
+    row_bytes = max(1, math.prod(trailing) * wire.itemsize)
+    step = max(1, GATHER_CHUNK_BYTES // row_bytes)
+    for start in range(0, max(rows), step):
+        stop = min(start + step, max(rows))
+        piece = torch.zeros((stop - start, *trailing), dtype=wire, device=device)
+        mine = flat[start:stop]
+        piece[: mine.shape[0]] = mine.to(device)
+        pieces = [torch.empty_like(piece) for _ in range(ctx.world_size)]
+        dist.all_gather(pieces, piece)
+        for part, got, n in zip(parts, pieces, rows, strict=True):
+            if start < n:
+                part[start : min(stop, n)] = got[: min(stop, n) - start].cpu()
+    return parts
