@@ -11,9 +11,10 @@ import contextlib
 import functools
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +30,10 @@ from rich.progress import (
 
 from deepcloak.errors import DeepCloakError
 from deepcloak.report.files import check_output_file, check_output_folder
+
+if TYPE_CHECKING:
+    from deepcloak.distributed import Distributed
+    from deepcloak.progress import ProgressFn
 
 app = typer.Typer(
     help="Harden a trained image classifier with DeepCloak (arXiv 1702.06763), and measure "
@@ -70,6 +75,31 @@ def progress_bars() -> Iterator[RichProgress]:
         yield RichProgress(bars)
 
 
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[ProgressFn]:
+    """No progress bars (the processes of ``torchrun`` other than rank 0 draw none)."""
+    from deepcloak.progress import no_progress
+
+    yield no_progress
+
+
+@contextlib.contextmanager
+def distributed_command(device: str) -> Iterator[tuple[Distributed, str]]:
+    """Run one command in ``torchrun``'s process group, if any (see
+    :func:`~deepcloak.distributed.distributed_run`); yields this process's place and device.
+
+    Only rank 0 should print and write; the other processes log errors only.
+    """
+    from deepcloak.devices import resolve_device
+    from deepcloak.distributed import distributed_run
+
+    with distributed_run(resolve_device(device)) as (ctx, resolved):
+        if not ctx.is_main:
+            logging.getLogger().setLevel(logging.ERROR)
+            warnings.simplefilter("ignore")  # rank 0 warns about the same data
+        yield ctx, str(resolved)
+
+
 def user_errors(command: F) -> F:
     """Show a :class:`DeepCloakError` as one line on stderr and exit with status 2."""
 
@@ -78,7 +108,9 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except DeepCloakError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            rank = os.environ.get("RANK", "0")  # torchrun's; the group may be gone by now
+            where = f" (rank {rank})" if rank != "0" else ""
+            console.print(f"[bold red]error{where}:[/] {e}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -127,18 +159,26 @@ def demo(
     from deepcloak.demo import DemoConfig, run_demo, write_demo
     from deepcloak.report.tables import sweep_table
 
-    config = DemoConfig(
-        eps=eps, ratio=ratio, epochs=epochs, seed=seed, device=device, precision=precision
-    )
-    with progress_bars() as progress:
-        result = run_demo(config, progress=progress)
-    out.print(
-        f"ResNet on digits: test accuracy {100 * (result.training.test_accuracy or 0):.1f}% "
-        f"({result.training.epochs} epochs, {result.training.seconds:.1f} s)"
-    )
-    out.print(sweep_table(result.hardened.sweep))
-    paths = write_demo(result, out_dir)
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
+    with distributed_command(device) as (ctx, run_on):
+        config = DemoConfig(
+            eps=eps,
+            ratio=ratio,
+            epochs=epochs,
+            seed=seed,
+            device=run_on,
+            precision=precision,
+        )
+        with progress_bars() if ctx.is_main else quiet_progress() as progress:
+            result = run_demo(config, progress=progress)
+        if not ctx.is_main:  # every process trained the same model; rank 0 reports it
+            return
+        out.print(
+            f"ResNet on digits: test accuracy {100 * (result.training.test_accuracy or 0):.1f}% "
+            f"({result.training.epochs} epochs, {result.training.seconds:.1f} s)"
+        )
+        out.print(sweep_table(result.hardened.sweep))
+        paths = write_demo(result, out_dir)
+        out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
 
 @app.command()
@@ -236,6 +276,14 @@ PrecisionOpt = Annotated[
         help="Precision of the passes that only predict: fp32 or bf16 (attacks stay float32)."
     ),
 ]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(help="Samples per attack batch (default 256 for harden, 128 for evaluate); "
+                 "results depend on it, not on the number of processes."),
+]  # fmt: skip
+WorkersOpt = Annotated[
+    int, typer.Option(help="Processes decoding an image folder (in-memory data sets need none).")
+]
 OutputOpt = Annotated[
     str | None,
     typer.Option(help="Index or key of the logits, for a model that returns a tuple or dict."),
@@ -247,6 +295,11 @@ def _output_key(text: str | None) -> int | str | None:
     if text is None:
         return None
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options that were given (not ``None``): the others keep the config's default."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _floats(text: str | None) -> tuple[float, ...] | None:
@@ -284,6 +337,8 @@ def harden(
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/harden"),
 ) -> None:  # fmt: skip
     """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
@@ -295,20 +350,23 @@ def harden(
     config = HardenConfig(
         attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
         n_random=random_masks, seed=seed, select=select, clean_budget=clean_budget,
-        val_samples=val_samples, precision=precision,
-    )  # fmt: skip
-    source = ModelSource(
-        spec=model, weights=weights, allow_pickle=allow_pickle, output=_output_key(output),
-        device=device,
+        val_samples=val_samples, precision=precision, **_given(batch_size=batch_size),
     )  # fmt: skip
     data_source = DataSource(
         name=data, root=root, fit_samples=fit_samples, test_samples=test_samples, seed=seed
     )
-    with progress_bars() as progress:
-        result = harden_sources(source, data_source, config, progress=progress)
-    out.print(sweep_table(result.sweep))
-    paths = write_harden(result, out_dir, title=f"DeepCloak: {model} on {data}")
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
+    with distributed_command(device) as (ctx, run_on):
+        source = ModelSource(
+            spec=model, weights=weights, allow_pickle=allow_pickle, output=_output_key(output),
+            device=run_on,
+        )  # fmt: skip
+        with progress_bars() if ctx.is_main else quiet_progress() as progress:
+            result = harden_sources(source, data_source, config, progress=progress, workers=workers)
+        if not ctx.is_main:  # rank 0 prints and writes the results, the same on every process
+            return
+        out.print(sweep_table(result.sweep))
+        paths = write_harden(result, out_dir, title=f"DeepCloak: {model} on {data}")
+        out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
 
 @app.command()
@@ -344,6 +402,8 @@ def evaluate(
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/evaluate"),
     resume: Annotated[bool, typer.Option(help="Reuse the stages an interrupted run with this --out saved.")] = False,
 ) -> None:  # fmt: skip
@@ -363,29 +423,47 @@ def evaluate(
         layer=layer, side=side, score=score, preprocessing_baselines=preprocessing_baselines,
         whitebox_baselines=whitebox_baselines, max_samples=None,
         max_fit_samples=fit_samples, seed=seed, precision=precision,
+        **_given(batch_size=batch_size),
     )  # fmt: skip
     work = work_folder_for(out_dir)
-    with progress_bars() as progress, _keeps_stages(work):
-        report = evaluate_sources(
-            ModelSource(
-                spec=model, weights=weights, allow_pickle=allow_pickle,
-                output=_output_key(output), device=device,
-            ),
-            DataSource(
-                name=data, root=root, val_samples=val_samples, test_samples=test_samples, seed=seed
-            ),
-            config, cloak_file=cloak,
-            surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle, device=device)
-            if surrogate else None,
-            progress=progress, work_dir=work, resume=resume,
-        )  # fmt: skip
-    for table in evaluation_tables(report):
-        out.print(table)
-    for check in report.warnings:
-        console.print(f"[bold yellow]warning:[/] {check.name}: {check.message}", highlight=False)
-    paths = write_evaluation(report, out_dir, per_sample=per_sample)
-    WorkFolder(work).remove()  # the outputs are written: the saved stages are no longer needed
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    with distributed_command(device) as (ctx, run_on):
+        if ctx.enabled and resume:
+            raise DeepCloakError(
+                "--resume works in one process: the saved stages are not shared between "
+                "torchrun's processes; rerun without torchrun, or without --resume"
+            )
+        # Under torchrun no process saves stages: their writes would race on one folder.
+        stages_at = None if ctx.enabled else work
+        with (
+            progress_bars() if ctx.is_main else quiet_progress() as progress,
+            _keeps_stages(work) if stages_at else contextlib.nullcontext(),
+        ):
+            report = evaluate_sources(
+                ModelSource(
+                    spec=model, weights=weights, allow_pickle=allow_pickle,
+                    output=_output_key(output), device=run_on,
+                ),
+                DataSource(
+                    name=data, root=root, val_samples=val_samples, test_samples=test_samples,
+                    seed=seed,
+                ),
+                config, cloak_file=cloak,
+                surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle, device=run_on)
+                if surrogate else None,
+                progress=progress, workers=workers, work_dir=stages_at, resume=resume,
+            )  # fmt: skip
+        if not ctx.is_main:  # rank 0 prints and writes the results, the same on every process
+            return
+        for table in evaluation_tables(report):
+            out.print(table)
+        for check in report.warnings:
+            console.print(
+                f"[bold yellow]warning:[/] {check.name}: {check.message}", highlight=False
+            )
+        paths = write_evaluation(report, out_dir, per_sample=per_sample)
+        if stages_at:  # the outputs are written: the saved stages are no longer needed
+            WorkFolder(stages_at).remove()
+        out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 @contextlib.contextmanager

@@ -1,25 +1,53 @@
 """Running one command across processes with ``torch.distributed``, as ``torchrun`` launches it.
 
-``torchrun --nproc-per-node K -m deepcloak harden ...`` starts K copies of the command; each reads
-its rank from the environment, works on its own shard of the data, and the shards' results are
-summed (score sums, correctness counts) or gathered back into sample order (per-sample
-correctness). Only rank 0 writes files. NCCL joins GPUs, gloo CPUs. Without torchrun (no
-``WORLD_SIZE`` above 1 in the environment) everything here is a no-op on one process.
+``torchrun --nproc-per-node K -m deepcloak harden ...`` starts K copies of the command. Each
+joins the process group (:func:`setup_distributed`), and the passes that cost attacks split
+their work **by batch**: process ``rank`` takes batches ``rank, rank + K, rank + 2K, ...`` of
+exactly the batches one process would form (:func:`iter_owned`, :func:`owned_rows`), then the
+per-batch results are gathered back into batch order on every process (:func:`gather_batches`).
+Sharding by batch rather than by sample matters: an attack seeds its random start per call, so
+a batch of the same samples gives the same adversarial samples, bit for bit, whichever process
+crafts it; a sample-strided shard would form other batches and other numbers.
+
+Nothing is passed down the call chain: the library's passes read the group from
+``torch.distributed``'s global state (:meth:`Distributed.current`), as ``DistributedSampler``
+does. Without torchrun (no process group) every function here is a no-op on one process.
+
+Every process must make the same collective calls in the same order. Errors that depend on the
+data (a bad label in one batch) are raised only by the process that holds that batch: it exits,
+and torchrun's agent then stops the other processes of the node. Across nodes, a process left
+waiting in a collective gives up at the process group's timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from deepcloak.errors import DeepCloakError
 
-__all__ = ["Distributed", "ShardSampler", "all_reduce_sum", "gather_shards", "setup_distributed"]
+__all__ = [
+    "Distributed",
+    "Shardable",
+    "all_reduce_sum",
+    "close_distributed",
+    "distributed_run",
+    "from_main",
+    "gather_batches",
+    "iter_owned",
+    "owned_rows",
+    "setup_distributed",
+]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,6 +56,13 @@ class Distributed:
 
     rank: int = 0
     world_size: int = 1
+
+    @classmethod
+    def current(cls) -> Distributed:
+        """The default process group of ``torch.distributed``, or one process when there is none."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
+        return cls()
 
     @property
     def enabled(self) -> bool:
@@ -39,9 +74,15 @@ class Distributed:
         """Whether this process writes outputs and prints (rank 0)."""
         return self.rank == 0
 
+    def owns(self, batch: int) -> bool:
+        """Whether batch number ``batch`` (counted from 0 in one pass) is this process's."""
+        return batch % self.world_size == self.rank
+
 
 def setup_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     """Join the process group ``torchrun`` describes in the environment, if any.
+
+    NCCL joins CUDA processes (one GPU each), gloo CPU processes.
 
     Args:
         device: the device asked for; under torchrun a CUDA device becomes ``cuda:LOCAL_RANK``
@@ -67,25 +108,87 @@ def setup_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size()), device
+    return Distributed.current(), device
 
 
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world_size, ...`` of a data set of ``n`` samples, in order.
+def close_distributed() -> None:
+    """Wait for every process (rank 0 may still be writing), then leave the process group."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
-    Unlike ``DistributedSampler``, shards are not padded to equal length: padding repeats
-    samples, and a repeated sample would be counted twice in every accuracy. Together the
-    shards cover each index exactly once, so summed counts equal a one-process run's.
+
+@contextlib.contextmanager
+def distributed_run(device: torch.device) -> Iterator[tuple[Distributed, torch.device]]:
+    """One command's time in ``torchrun``'s process group (:func:`setup_distributed`).
+
+    Yields this process's place and device. On success every process waits for the others at
+    the end (rank 0 may still be writing) and leaves the group; on an error the process leaves
+    at once (waiting would hang if the others carry on) and the error propagates: the process
+    exits, and torchrun stops the others.
     """
+    ctx, device = setup_distributed(device)
+    try:
+        yield ctx, device
+    except BaseException:
+        if ctx.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    close_distributed()
 
-    def __init__(self, n: int, ctx: Distributed) -> None:
-        self.indices = range(ctx.rank, n, ctx.world_size)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
+class Shardable(Protocol):
+    """A loader that can serve only one process's batches without loading the others
+    (:func:`~deepcloak.data.loader.make_loader`'s loaders)."""
 
-    def __len__(self) -> int:
-        return len(self.indices)
+    def sharded(self, ctx: Distributed) -> Iterable[Any]: ...
+
+
+def iter_owned(loader: Iterable[T], ctx: Distributed | None = None) -> Iterator[T]:
+    """The batches of ``loader`` this process works on: numbers ``rank, rank + K, ...``.
+
+    A loader with a ``sharded(ctx)`` method (:class:`Shardable`) serves only those batches;
+    any other is iterated whole and the other processes' batches are skipped.
+
+    Args:
+        loader: the whole data, the same on every process.
+        ctx: the process group (default: :meth:`Distributed.current`).
+
+    Raises:
+        DeepCloakError: ``loader`` is sharded already (its sampler is a ``DistributedSampler``).
+    """
+    ctx = ctx if ctx is not None else Distributed.current()
+    if not ctx.enabled:
+        yield from loader
+        return
+    if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        raise DeepCloakError(
+            "the loader is already sharded by a DistributedSampler; give every process the "
+            "whole data set: deepcloak splits the batches among the processes itself"
+        )
+    sharded = getattr(loader, "sharded", None)
+    if callable(sharded):
+        yield from sharded(ctx)
+        return
+    for b, batch in enumerate(loader):
+        if ctx.owns(b):
+            yield batch
+
+
+def owned_rows(n: int, batch_size: int, ctx: Distributed | None = None) -> list[slice]:
+    """The row ranges of this process's batches when ``n`` rows are cut into ``batch_size``."""
+    ctx = ctx if ctx is not None else Distributed.current()
+    step = batch_size * ctx.world_size
+    return [
+        slice(start, min(start + batch_size, n)) for start in range(ctx.rank * batch_size, n, step)
+    ]
+
+
+def _comm_device() -> torch.device:
+    """Where tensors must be for the group's collectives (NCCL: this process's GPU)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: Distributed) -> torch.Tensor:
@@ -95,33 +198,89 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: Distributed) -> torch.Tensor:
     return tensor
 
 
-def gather_shards(local: torch.Tensor, ctx: Distributed, n: int) -> torch.Tensor:
-    """Rebuild a per-sample tensor of ``n`` rows from every process's :class:`ShardSampler` rows.
+def from_main(value: T, ctx: Distributed | None = None) -> T:
+    """Rank 0's ``value`` on every process (``value`` itself when not distributed).
+
+    Pickled, so only for small values that the processes of one run send each other.
+    """
+    ctx = ctx if ctx is not None else Distributed.current()
+    if not ctx.enabled:
+        return value
+    box: list[Any] = [value if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[no-any-return]
+
+
+def gather_batches(
+    local: Sequence[torch.Tensor], ctx: Distributed | None = None
+) -> list[torch.Tensor]:
+    """Every process's batches, in batch order, on every process (on the CPU).
 
     Args:
-        local: this process's rows, in the order its ``ShardSampler`` gave the samples.
-        ctx: the process group.
-        n: the data set's size.
+        local: this process's per-batch tensors, in the order :func:`iter_owned` or
+            :func:`owned_rows` gave the batches: its ``i``-th is batch ``rank + i * K``.
+            Batches may differ in rows, not in the other dimensions nor dtype.
+        ctx: the process group (default: :meth:`Distributed.current`).
 
     Returns:
-        All ``n`` rows in sample order, on every process.
+        All batches of all processes, batch ``b`` at position ``b`` (``local`` itself when
+        not distributed; empty when no process has a batch).
+
+    Raises:
+        DeepCloakError: processes hold batches of different shapes or dtypes.
     """
+    ctx = ctx if ctx is not None else Distributed.current()
     if not ctx.enabled:
-        return local
-    sizes = [len(range(r, n, ctx.world_size)) for r in range(ctx.world_size)]
-    if local.shape[0] != sizes[ctx.rank]:
+        return [t.cpu() for t in local]
+    mine = (
+        [t.shape[0] for t in local],
+        tuple(local[0].shape[1:]) if local else None,
+        local[0].dtype if local else None,
+    )
+    metas: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(metas, mine)
+    shapes = {(m[1], m[2]) for m in metas if m[1] is not None}
+    if not shapes:
+        return []
+    if len(shapes) > 1 or any(tuple(t.shape[1:]) != mine[1] for t in local):
         raise DeepCloakError(
-            f"rank {ctx.rank} holds {local.shape[0]} rows, expected {sizes[ctx.rank]} of {n}"
+            f"processes hold batches of different shapes or dtypes: {sorted(map(str, shapes))}"
         )
-    dtype = local.dtype
-    if dtype == torch.bool:  # gloo cannot gather bool tensors
-        local = local.to(torch.uint8)
-    # all_gather needs equal shapes: pad every shard to the longest, then trim.
-    padded = local.new_zeros((max(sizes), *local.shape[1:]))
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
-    dist.all_gather(parts, padded)
-    out = local.new_empty((n, *local.shape[1:]))
-    for rank, (part, size) in enumerate(zip(parts, sizes, strict=True)):
-        out[rank :: ctx.world_size] = part[:size]
-    return out.to(dtype)
+    ((trailing, dtype),) = shapes
+    wire = torch.uint8 if dtype == torch.bool else dtype  # gloo cannot gather bool tensors
+    empty = torch.empty((0, *trailing), dtype=wire)
+    flat = torch.cat([t.cpu().to(wire) for t in local]) if local else empty
+    parts = _gather_rows(flat, [sum(m[0]) for m in metas], trailing, wire, ctx)
+    per_rank = [list(torch.split(p.to(dtype), m[0])) for p, m in zip(parts, metas, strict=True)]
+    out = []
+    for i in range(max(len(batches) for batches in per_rank)):
+        out += [batches[i] for batches in per_rank if i < len(batches)]
+    return out
+
+
+#: Bytes per rank in one all-gather: on GPUs the gathered rows pass through device memory, so a
+#: large gather (the inputs of a whole test set) goes in pieces of this size.
+GATHER_CHUNK_BYTES = 64 * 2**20
+
+
+def _gather_rows(
+    flat: torch.Tensor, rows: list[int], trailing: tuple[int, ...], wire: torch.dtype,
+    ctx: Distributed,
+) -> list[torch.Tensor]:  # fmt: skip
+    """Each process's ``flat`` (``rows[r]`` rows of shape ``trailing``), on the CPU, gathered
+    in pieces: an all-gather needs equal shapes, so each piece is padded to the longest."""
+    device = _comm_device()
+    parts = [torch.empty((n, *trailing), dtype=wire) for n in rows]
+    row_bytes = max(1, math.prod(trailing) * wire.itemsize)
+    step = max(1, GATHER_CHUNK_BYTES // row_bytes)
+    for start in range(0, max(rows), step):
+        stop = min(start + step, max(rows))
+        piece = torch.zeros((stop - start, *trailing), dtype=wire, device=device)
+        mine = flat[start:stop]
+        piece[: mine.shape[0]] = mine.to(device)
+        pieces = [torch.empty_like(piece) for _ in range(ctx.world_size)]
+        dist.all_gather(pieces, piece)
+        for part, got, n in zip(parts, pieces, rows, strict=True):
+            if start < n:
+                part[start : min(stop, n)] = got[: min(stop, n) - start].cpu()
+    return parts

@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from deepcloak.attacks.native import Attack, create_attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.search import search_mask
 from deepcloak.cloak.selectors import SELECTORS
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
+from deepcloak.data.loader import BatchLoader, make_loader
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
@@ -169,12 +170,16 @@ def harden(
     *,
     input_shape: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
+    workers: int = 0,
 ) -> HardenResult:
     """Fit DeepCloak on ``train_set`` and sweep ratios on ``test_set`` (gray-box and white-box).
 
     ``input_shape``, if known, is the ``(C, H, W)`` the model was trained on; see
     :func:`check_model_fits_data`. The sweep is :func:`~deepcloak.evaluation.sweep.graybox_sweep`
-    with the configured attack as the gray-box and the white-box attack.
+    with the configured attack as the gray-box and the white-box attack. Data sets are batched
+    by :func:`~deepcloak.data.loader.make_loader` (``workers`` processes decode an image
+    folder; in-memory sets need none). Under ``torchrun`` the fit and the sweep's attacks are
+    shared among the processes by batch, with the same results as one process.
 
     Raises:
         DeepCloakError: the model does not fit the data, or bad settings.
@@ -185,23 +190,29 @@ def harden(
     check_precision_supported(config.precision, model_device(model))
     # fit and the sweeps use eval mode themselves and restore every module's own mode.
     model = cloakable(model, train_set[0][0][None].to(model_device(model)))
-    attack, bs = config.make_attack(), config.batch_size
+    attack = config.make_attack()
+    device = model_device(model)
+
+    def loader(data: Dataset[Any]) -> BatchLoader:
+        return make_loader(data, batch_size=config.batch_size, workers=workers, device=device)
+
     fit_set, val_set = _hold_out(train_set, config.val_samples if config.select else 0, config.seed)
+    fit_loader = loader(fit_set)
     cloak = fit(
-        model, DataLoader(fit_set, batch_size=bs), attack=attack, layer=config.layer,
-        side=config.side, score=config.score, seed=config.seed, progress=progress,
+        model, fit_loader, attack=attack, layer=config.layer, side=config.side,
+        score=config.score, seed=config.seed, progress=progress,
     )  # fmt: skip
     if config.select is not None:
         found = search_mask(
-            model, DataLoader(fit_set, batch_size=bs), DataLoader(val_set, batch_size=bs),
-            layer=cloak, selector=config.select, clean_budget=config.clean_budget,
+            model, fit_loader, loader(val_set), layer=cloak, selector=config.select,
+            clean_budget=config.clean_budget,
         )  # fmt: skip
         # The search's removal order ranks the features, so the sweep shows its prefixes and
         # the saved mask (at the chosen ratio) is exactly the searched one.
         cloak, ratio = found.to_cloak(seed=config.seed)
         config = replace(config, ratio=ratio)
     sweep = graybox_sweep(
-        model, cloak, DataLoader(test_set, batch_size=bs), attack=attack,
+        model, cloak, loader(test_set), attack=attack,
         ratios=config.sweep_ratios(), n_random=config.n_random, seed=config.seed,
         whitebox_attacks=[attack], whitebox_ratios=sorted({*config.whitebox_ratios, config.ratio}),
         progress=progress, precision=config.precision,
@@ -229,8 +240,10 @@ def harden_sources(
     config: HardenConfig,
     *,
     progress: ProgressFn | None = None,
+    workers: int = 0,
 ) -> HardenResult:
-    """Load a model and a data set named on the command line, and :func:`harden` it.
+    """Load a model and a data set named on the command line, and :func:`harden` it
+    (``workers``: processes decoding an image folder).
 
     Raises:
         DeepCloakError: files that cannot be loaded, a model that does not fit the data, or
@@ -242,7 +255,7 @@ def harden_sources(
     loaded = model.load_for(test_set)
     result = harden(
         loaded.model, train_set, test_set, config,
-        input_shape=trained_input_shape(loaded.info), progress=progress,
+        input_shape=trained_input_shape(loaded.info), progress=progress, workers=workers,
     )  # fmt: skip
     result.model_info = loaded.info
     result.data_info = data.describe(

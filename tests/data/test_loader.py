@@ -15,7 +15,7 @@ from deepcloak.data import images
 from deepcloak.data.folder import ImageFolderDataset, read_image_folder
 from deepcloak.data.loader import TensorLoader, make_loader
 from deepcloak.data.sets import ImageDataset, load_dataset
-from deepcloak.distributed import Distributed, ShardSampler
+from deepcloak.distributed import Distributed
 from deepcloak.errors import DeepCloakError
 
 
@@ -98,23 +98,40 @@ def test_every_path_serves_the_same_batches(tmp_path: Path, shuffle: bool) -> No
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-@pytest.mark.parametrize("world", [2, 3])
-def test_shards_together_are_the_unsharded_pass(tmp_path: Path, shuffle: bool, world: int) -> None:
-    folder, held = folder_and_copy(tmp_path)
+@pytest.mark.parametrize("world", [2, 3, 7])
+def test_shards_hold_whole_batches_of_the_unsharded_pass(
+    tmp_path: Path, shuffle: bool, world: int
+) -> None:
+    """Rank r serves batches r, r + world, ... of one process's pass, each the same samples;
+    an uneven last batch stays whole and 7 ranks for 5 batches leave two ranks without any."""
+    folder, held = folder_and_copy(tmp_path)  # 17 training samples: batches 4, 4, 4, 4, 1
     for data in (folder, held):
-        x_ref, y_ref = concat(list(make_loader(data, batch_size=4, shuffle=shuffle, seed=2)))
-        x_out, y_out = torch.empty_like(x_ref), torch.empty_like(y_ref)
+        ref = list(make_loader(data, batch_size=4, shuffle=shuffle, seed=2))
+        got: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for rank in range(world):
             shard = Distributed(rank=rank, world_size=world)
-            loader = make_loader(data, batch_size=4, shuffle=shuffle, seed=2, shard=shard)
-            x, y = concat(list(loader))
-            assert len(y) == len(ShardSampler(len(data), shard))  # not padded
-            assert len(loader) == -(-len(y) // 4)
-            x_out[rank::world], y_out[rank::world] = (
-                x,
-                y,
-            )  # position p of the pass is on rank p % world
-        assert torch.equal(x_out, x_ref) and torch.equal(y_out, y_ref)
+            fresh = make_loader(data, batch_size=4, shuffle=shuffle, seed=2)  # its first pass
+            for loader in (
+                make_loader(data, batch_size=4, shuffle=shuffle, seed=2, shard=shard),
+                fresh.sharded(shard),  # type: ignore[attr-defined]
+            ):
+                batches = list(loader)
+                assert len(batches) == len(loader) == len(range(rank, len(ref), world))
+                for b, batch in zip(range(rank, len(ref), world), batches, strict=True):
+                    got[b] = batch
+        assert sorted(got) == list(range(len(ref)))  # each batch once, none padded
+        for b, (x_ref, y_ref) in enumerate(ref):
+            assert torch.equal(got[b][0], x_ref) and torch.equal(got[b][1], y_ref)
+
+
+def test_a_sharded_stream_loader_keeps_its_workers_between_passes(tmp_path: Path) -> None:
+    folder, _ = folder_and_copy(tmp_path)
+    full = make_loader(folder, batch_size=4, workers=1)
+    shard = Distributed(rank=1, world_size=2)
+    assert full.sharded(shard) is full.sharded(shard)  # type: ignore[attr-defined]
+    assert full.sharded(Distributed()) is full  # type: ignore[attr-defined]
+    with pytest.raises(DeepCloakError, match="already one process's shard"):
+        full.sharded(shard).sharded(shard)  # type: ignore[attr-defined]
 
 
 def test_a_shared_generator_moves_as_under_a_dataloader() -> None:

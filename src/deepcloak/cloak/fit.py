@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from deepcloak.cloak.taps import (
     resolve_layer,
     tap,
 )
+from deepcloak.distributed import Distributed, from_main, gather_batches, iter_owned
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.models.outputs import check_finite_logits, select_logits
 from deepcloak.models.runtime import eval_mode, model_device, model_dtype
@@ -230,6 +231,11 @@ def fit(
         seed: seed for random scorers.
         progress: ``progress(task, done, total)`` callback, called after each batch.
 
+    Under ``torchrun`` (a ``torch.distributed`` process group), every process passes the same
+    ``loader`` (the whole data): each attacks batches ``rank, rank + K, ...`` and the per-batch
+    score sums are added in batch order on every process, so scores and masks are bit for bit
+    those of one process.
+
     Returns:
         A :class:`Cloak` holding the scores and the ranking.
 
@@ -242,11 +248,12 @@ def fit(
     """
     attack = attack if attack is not None else FGSM(eps=DEFAULT_EPS)
     scorer = create_scorer(score, seed=seed)
+    job = _Job(model, attack, layer, side, max_samples, progress or no_progress)
     with eval_mode(model):
-        ref = _score_batches(
-            model, loader, attack, scorer, layer, side, max_samples, progress or no_progress
-        )
-    scorer.all_reduce()
+        if Distributed.current().enabled:
+            ref = _score_shards(job, loader, scorer, lambda: create_scorer(score, seed=seed))
+        else:
+            ref = _score_batches(job, loader, scorer)
     return Cloak(
         layer=ref,
         scores=scorer.compute().cpu(),
@@ -257,18 +264,22 @@ def fit(
     )
 
 
-def _score_batches(
-    model: nn.Module,
-    loader: Iterable[Any],
-    attack: Attack,
-    scorer: FeatureScore,
-    layer: str | None,
-    side: Side | str | None,
-    max_samples: int | None,
-    report: ProgressFn,
-) -> LayerRef:
+@dataclass(frozen=True)
+class _Job:
+    """What every batch of a fit needs besides the batch."""
+
+    model: nn.Module
+    attack: Attack
+    layer: str | None
+    side: Side | str | None
+    max_samples: int | None
+    report: ProgressFn
+
+
+def _score_batches(job: _Job, loader: Iterable[Any], scorer: FeatureScore) -> LayerRef:
     """Feed every batch (up to ``max_samples``) to ``scorer``; return the layer scored."""
-    device, dtype = model_device(model), model_dtype(model)
+    device, dtype = model_device(job.model), model_dtype(job.model)
+    max_samples = job.max_samples
     total = max_samples if max_samples is not None else _dataset_size(loader)
     ref: LayerRef | None = None
     done = 0
@@ -277,18 +288,74 @@ def _score_batches(
         if max_samples is not None:
             x, y = x[: max_samples - done], y[: max_samples - done]
         if ref is None:
-            ref = _resolve_and_check(model, layer, side, x[:1])
-        if scorer.needs_adversarial:
-            _, clean, adv, logits = attacked_features(model, ref, attack, x, y)
-        else:
-            clean, logits = layer_features(model, ref, x)
-            adv = clean
-        check_labels(y, logits.shape[-1])
-        scorer.update(clean, adv)
+            ref = _resolve_and_check(job.model, job.layer, job.side, x[:1])
+        _update(job, ref, scorer, x, y)
         done += x.shape[0]
-        report("fit", done, total)
+        job.report("fit", done, total)
         if max_samples is not None and done >= max_samples:
             break
+    if ref is None or done == 0:
+        raise DeepCloakError("the data loader yielded no samples; expected at least one batch")
+    return ref
+
+
+def _update(
+    job: _Job, ref: LayerRef, scorer: FeatureScore, x: torch.Tensor, y: torch.Tensor
+) -> None:
+    """Attack one batch (if the scorer needs it) and add its features to ``scorer``."""
+    if scorer.needs_adversarial:
+        _, clean, adv, logits = attacked_features(job.model, ref, job.attack, x, y)
+    else:
+        clean, logits = layer_features(job.model, ref, x)
+        adv = clean
+    check_labels(y, logits.shape[-1])
+    scorer.update(clean, adv)
+
+
+def _score_shards(
+    job: _Job, loader: Iterable[Any], scorer: FeatureScore, new_scorer: Callable[[], FeatureScore]
+) -> LayerRef:
+    """:func:`_score_batches` across processes, in rounds of one batch per process.
+
+    In each round the processes share their batch sizes (so each knows where its batch starts
+    and where ``max_samples`` cuts), score their own batch, and gather the per-batch sums,
+    which every process adds to ``scorer`` in batch order: the additions of one process, in its
+    order, so the float64 sums are bit for bit equal.
+    """
+    ctx = Distributed.current()
+    device, dtype = model_device(job.model), model_dtype(job.model)
+    total = job.max_samples if job.max_samples is not None else _dataset_size(loader)
+    batches = iter_owned(loader, ctx)
+    ref: LayerRef | None = None
+    done = 0
+    while job.max_samples is None or done < job.max_samples:
+        batch = next(batches, None)
+        x, y = unpack_batch(batch, device, dtype) if batch is not None else (None, None)
+        sizes = gather_batches([torch.tensor([0 if y is None else y.shape[0]])], ctx)
+        starts = [done + sum(int(s) for s in sizes[:r]) for r in range(len(sizes))]
+        keep = [
+            max(0, min(int(n), job.max_samples - start)) if job.max_samples is not None
+            else int(n)
+            for n, start in zip(sizes, starts, strict=True)
+        ]  # fmt: skip
+        if sum(keep) == 0:
+            break
+        if ref is None:  # on batch 0's first sample, as one process; errors on every process
+            example = from_main(x[:1].cpu() if ctx.is_main and x is not None else None)
+            if example is None:  # cannot be: batch 0, rank 0's, exists when any batch does
+                raise DeepCloakError("rank 0 holds no batch to resolve the layer on")
+            ref = _resolve_and_check(job.model, job.layer, job.side, example.to(device))
+        part = new_scorer()
+        if x is not None and y is not None and keep[ctx.rank] > 0:
+            _update(job, ref, part, x[: keep[ctx.rank]], y[: keep[ctx.rank]])
+        for total_b, n in zip(gather_batches([] if part.total is None else [part.total[None]], ctx),
+                              [k for k in keep if k > 0], strict=True):  # fmt: skip
+            if scorer.total is None:  # as FeatureScore.update: zeros, then +=
+                scorer.total = torch.zeros_like(total_b[0], device=device)
+            scorer.total += total_b[0].to(device)
+            scorer.count += n
+        done += sum(keep)
+        job.report("fit", done, total)
     if ref is None or done == 0:
         raise DeepCloakError("the data loader yielded no samples; expected at least one batch")
     return ref

@@ -9,9 +9,11 @@ samples. Sets that read from disk (:class:`~deepcloak.data.folder.ImageFolderDat
 ``Dataset``) go through a ``DataLoader`` whose worker processes decode in parallel, into pinned
 memory when the batches are bound for a GPU.
 
-Both paths draw the same order from the same generator and shard it the same way (every
-``world_size``-th sample of the pass, as :class:`~deepcloak.distributed.ShardSampler`, each
-sample once), so a data set gives the same batches whichever path serves it.
+Both paths draw the same order from the same generator, so a data set gives the same batches
+whichever path serves it. Under ``torchrun`` a loader shards **by batch** (``shard`` or
+:meth:`TensorLoader.sharded`): process ``rank`` gets batches ``rank, rank + world_size, ...`` of
+the batches one process would get, each sample once, never padded (see
+:mod:`deepcloak.distributed` for why by batch).
 
 Example:
     >>> train = load_dataset("digits")
@@ -22,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -36,7 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchLoader",
+    "PassBatchSampler",
     "PassSampler",
+    "StreamLoader",
     "TensorLoader",
     "end_pass",
     "make_loader",
@@ -55,7 +59,7 @@ class BatchLoader(Protocol):
 
 
 def make_loader(
-    dataset: Dataset[Batch],
+    dataset: Dataset[Any],
     *,
     batch_size: int = 256,
     shuffle: bool = False,
@@ -83,11 +87,14 @@ def make_loader(
         device: where the batches will go; on CUDA, a ``DataLoader`` collates into pinned
             memory so that ``x.to(device, non_blocking=True)`` overlaps the copy.
         shard: this process's place among ``torchrun``'s; with ``world_size > 1`` it gets
-            positions ``rank, rank + world_size, ...`` of each pass's order (not padded: over
-            all ranks every sample comes exactly once).
+            batches ``rank, rank + world_size, ...`` of each pass (each the same samples as in
+            one process; not padded: over all ranks every sample comes exactly once). The
+            library's passes shard the whole loader themselves
+            (:func:`~deepcloak.distributed.iter_owned`); give them an unsharded one.
 
     Returns:
-        An iterable of ``(x, y)`` CPU batches with ``len()`` (batches per pass, this shard's).
+        An iterable of ``(x, y)`` CPU batches with ``len()`` (batches per pass, this shard's)
+        and ``sharded(ctx)``, the same batches for one process of several.
 
     Raises:
         DeepCloakError: ``batch_size`` or ``workers`` is out of range, or ``dataset`` has no
@@ -113,22 +120,54 @@ def make_loader(
     on_cuda = (
         device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available()
     )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=PassSampler(len(dataset), shuffle=shuffle, generator=generator, shard=shard),
-        drop_last=drop_last,
-        num_workers=workers,
-        pin_memory=on_cuda,
-        persistent_workers=workers > 0,
-        # Only for the workers' seeds (the order is the sampler's): the global RNG stays as is.
-        generator=torch.Generator().manual_seed(seed),
-    )
+    settings: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": on_cuda,
+        "persistent_workers": workers > 0,
+    }
+    # Only for the workers' seeds (the order is the sampler's): the global RNG stays as is.
+    seeds = torch.Generator().manual_seed(seed)
+    if shard is not None and shard.enabled:
+        batches = PassBatchSampler(
+            len(dataset), batch_size, shuffle=shuffle, generator=generator,
+            drop_last=drop_last, shard=shard,
+        )  # fmt: skip
+        return StreamLoader(dataset, batch_sampler=batches, generator=seeds, **settings)
+    loader = StreamLoader(
+        dataset, batch_size=batch_size, drop_last=drop_last, generator=seeds,
+        sampler=PassSampler(len(dataset), shuffle=shuffle, generator=generator), **settings,
+    )  # fmt: skip
+    loader.shard_settings = {
+        "batch_size": batch_size, "shuffle": shuffle, "seed": seed, "generator": generator,
+        "drop_last": drop_last, "workers": workers, "device": device,
+    }  # fmt: skip
+    return loader
 
 
-def pass_order(
-    n: int, *, shuffle: bool, generator: torch.Generator | None, shard: Distributed | None
-) -> Tensor | None:
+class StreamLoader(DataLoader[Batch]):
+    """The ``DataLoader`` :func:`make_loader` builds for a data set read from disk.
+
+    :meth:`sharded` gives one process's batches of it (a second ``DataLoader`` over the same
+    data set and order, kept for later passes so that its workers are reused).
+    """
+
+    shard_settings: dict[str, Any] | None = None
+    _shards: dict[Distributed, BatchLoader] | None = None
+
+    def sharded(self, ctx: Distributed) -> BatchLoader:
+        """Batches ``ctx.rank, ctx.rank + ctx.world_size, ...`` of each pass of this loader."""
+        if not ctx.enabled:
+            return self
+        if self.shard_settings is None:
+            raise DeepCloakError("this loader is already one process's shard")
+        if self._shards is None:
+            self._shards = {}
+        if ctx not in self._shards:
+            self._shards[ctx] = make_loader(self.dataset, shard=ctx, **self.shard_settings)
+        return self._shards[ctx]
+
+
+def pass_order(n: int, *, shuffle: bool, generator: torch.Generator | None) -> Tensor | None:
     """The sample indices of one pass over ``n`` samples, or ``None`` for ``0..n-1`` in order.
 
     With a ``generator``, one 64-bit number is drawn first, as a ``DataLoader`` draws its
@@ -139,10 +178,19 @@ def pass_order(
     """
     if generator is not None:
         torch.empty((), dtype=torch.int64).random_(generator=generator)
-    order = torch.randperm(n, generator=generator) if shuffle else None
-    if shard is not None and shard.enabled:
-        order = (torch.arange(n) if order is None else order)[shard.rank :: shard.world_size]
-    return order
+    return torch.randperm(n, generator=generator) if shuffle else None
+
+
+def batch_count(n: int, batch_size: int, *, drop_last: bool) -> int:
+    """Batches of ``batch_size`` in a pass over ``n`` samples."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def owned_batches(n_batches: int, shard: Distributed | None) -> range:
+    """The batch numbers of one pass that ``shard`` serves (all of them without a shard)."""
+    if shard is None:
+        return range(n_batches)
+    return range(shard.rank, n_batches, shard.world_size)
 
 
 def end_pass(n: int, *, shuffle: bool, generator: torch.Generator | None) -> None:
@@ -156,23 +204,47 @@ class PassSampler(Sampler[int]):
     """A ``DataLoader`` sampler giving :func:`pass_order`'s indices, a new draw at each pass."""
 
     def __init__(
+        self, n: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> None:
+        self.n, self.shuffle, self.generator = n, shuffle, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        order = pass_order(self.n, shuffle=self.shuffle, generator=self.generator)
+        yield from range(self.n) if order is None else order.tolist()
+        end_pass(self.n, shuffle=self.shuffle, generator=self.generator)
+
+
+class PassBatchSampler(Sampler[list[int]]):
+    """A ``DataLoader`` batch sampler giving one process's batches of :func:`pass_order`'s
+    pass: numbers ``rank, rank + world_size, ...``, each the samples one process would batch."""
+
+    def __init__(
         self,
         n: int,
+        batch_size: int,
         *,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        drop_last: bool = False,
         shard: Distributed | None = None,
     ) -> None:
-        self.n, self.shuffle, self.generator, self.shard = n, shuffle, generator, shard
+        self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+        self.drop_last, self.shard = drop_last, shard
 
     def __len__(self) -> int:
-        if self.shard is None or not self.shard.enabled:
-            return self.n
-        return len(range(self.shard.rank, self.n, self.shard.world_size))
+        return len(owned_batches(batch_count(self.n, self.batch_size, drop_last=self.drop_last),
+                                 self.shard))  # fmt: skip
 
-    def __iter__(self) -> Iterator[int]:
-        order = pass_order(self.n, shuffle=self.shuffle, generator=self.generator, shard=self.shard)
-        yield from range(self.n) if order is None else order.tolist()
+    def __iter__(self) -> Iterator[list[int]]:
+        order = pass_order(self.n, shuffle=self.shuffle, generator=self.generator)
+        full = torch.arange(self.n) if order is None else order
+        for b in owned_batches(
+            batch_count(self.n, self.batch_size, drop_last=self.drop_last), self.shard
+        ):
+            yield full[b * self.batch_size : (b + 1) * self.batch_size].tolist()
         end_pass(self.n, shuffle=self.shuffle, generator=self.generator)
 
 
@@ -193,7 +265,7 @@ class TensorLoader:
         generator: the random source of ``shuffle`` (seed it for a reproducible order); see
             :func:`pass_order` for what each pass draws from it.
         drop_last: leave out the last batch when it is smaller than ``batch_size``.
-        shard: serve only this process's positions of each pass (see :func:`make_loader`).
+        shard: serve only this process's batches of each pass (see :func:`make_loader`).
 
     Raises:
         DeepCloakError: ``batch_size`` is not a positive int.
@@ -220,21 +292,28 @@ class TensorLoader:
         self.shuffle = shuffle
         self.generator = generator
         self.drop_last = drop_last
-        self.shard = shard
-        self._sampler = PassSampler(len(dataset), shuffle=shuffle, generator=generator, shard=shard)
+        self.shard = shard if shard is not None and shard.enabled else None
+
+    def sharded(self, ctx: Distributed) -> TensorLoader:
+        """Batches ``ctx.rank, ctx.rank + ctx.world_size, ...`` of each pass of this loader
+        (drawing each pass's order from the same generator)."""
+        return TensorLoader(
+            self.dataset, batch_size=self.batch_size, shuffle=self.shuffle,
+            generator=self.generator, drop_last=self.drop_last, shard=ctx,
+        )  # fmt: skip
+
+    def _batches(self) -> range:
+        n = batch_count(len(self.dataset), self.batch_size, drop_last=self.drop_last)
+        return owned_batches(n, self.shard)
 
     def __len__(self) -> int:
-        n = len(self._sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self._batches())
 
     def __iter__(self) -> Iterator[Batch]:
         x_all, y_all, scale = self._held()
-        order = pass_order(
-            len(y_all), shuffle=self.shuffle, generator=self.generator, shard=self.shard
-        )
-        n = len(y_all) if order is None else len(order)
-        for b in range(len(self)):
-            start, stop = b * self.batch_size, min((b + 1) * self.batch_size, n)
+        order = pass_order(len(y_all), shuffle=self.shuffle, generator=self.generator)
+        for b in self._batches():
+            start, stop = b * self.batch_size, min((b + 1) * self.batch_size, len(y_all))
             if order is None:
                 x, y = x_all[start:stop], y_all[start:stop]  # views: copied just below
             else:

@@ -1,7 +1,9 @@
 """Batched passes over samples held in memory: craft adversarial inputs, record correctness.
 
-Every stage of an evaluation calls these two, so batching, devices, eval mode and progress are
-handled once.
+Every stage of an evaluation calls these two, so batching, devices, eval mode, progress and
+sharding are handled once. Under ``torchrun`` each process runs batches ``rank, rank + K, ...``
+of the batches one process would run (:func:`~deepcloak.distributed.owned_rows`), and the
+results are gathered back in sample order on every process: bit for bit a one-process run's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import nn
 
 from deepcloak.attacks.native import Attack, eval_mode
 from deepcloak.cloak.fit import model_device
+from deepcloak.distributed import Distributed, gather_batches, owned_rows
 from deepcloak.models.precision import forward_autocast
 from deepcloak.progress import ProgressFn
 
@@ -42,9 +45,11 @@ class Stage:
 def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Per-sample correctness, boolean ``(N,)`` on the CPU, of ``model`` on ``x``."""
     device = model_device(model)
+    preds = []
     with eval_mode(model), forward_autocast(device):  # bf16 inside forward_precision("bf16")
-        preds = [model(xb.to(device)).argmax(-1).cpu() for xb in torch.split(x, batch_size)]  # (B,)
-    return torch.cat(preds) == y.cpu()
+        for rows in owned_rows(x.shape[0], batch_size):
+            preds.append(model(x[rows].to(device)).argmax(-1).cpu() == y[rows].cpu())  # (B,)
+    return _joined(gather_batches(preds), torch.bool)
 
 
 def craft(
@@ -58,13 +63,22 @@ def craft(
 ) -> torch.Tensor:
     """Adversarial versions of ``x`` (on the CPU), crafted batch by batch on the model's device."""
     device = model_device(model)
+    world, n = Distributed.current().world_size, x.shape[0]
     out = []
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+    for rows in owned_rows(n, batch_size):
+        xb, yb = x[rows].to(device), y[rows].to(device)
         out.append(attack(model, xb, yb).detach().cpu())
-        if stage is not None:
-            stage.advance(xb.shape[0])
-    return torch.cat(out)
+        if stage is not None:  # the round's samples: all processes advance together
+            first = rows.start - rows.start // batch_size % world * batch_size
+            stage.advance(min(n, first + world * batch_size) - first)
+    return _joined(gather_batches(out), x.dtype, x.shape[1:])
+
+
+def _joined(
+    batches: list[torch.Tensor], dtype: torch.dtype, shape: Sequence[int] = ()
+) -> torch.Tensor:
+    """The batches as one tensor (empty ``(0, *shape)`` when there are none)."""
+    return torch.cat(batches) if batches else torch.empty((0, *shape), dtype=dtype)
 
 
 def worst_case(vectors: Sequence[torch.Tensor]) -> torch.Tensor:

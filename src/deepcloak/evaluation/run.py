@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from deepcloak.attacks import art as art_attacks
 from deepcloak.attacks.native import FGSM, Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.mask import keep_mask, masked
+from deepcloak.data.loader import BatchLoader, make_loader
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.config import EvaluationConfig, build_attack, in_config_precision
@@ -142,9 +143,8 @@ def _prepare(
     return _Splits(test, val, num_classes, overlap)
 
 
-def _loader(samples: Samples) -> DataLoader[Any]:
-    dataset = TensorDataset(samples.x, samples.y)
-    return DataLoader(dataset, batch_size=samples.batch_size, shuffle=False)
+def _loader(samples: Samples) -> BatchLoader:
+    return make_loader(TensorDataset(samples.x, samples.y), batch_size=samples.batch_size)
 
 
 def _fit_or_use(
@@ -440,12 +440,15 @@ def evaluate_sources(
     progress: ProgressFn | None = None,
     work_dir: Path | None = None,
     resume: bool = False,
+    workers: int = 0,
 ) -> EvaluationReport:
     """Load a model and a data set named on the command line, and evaluate (``deepcloak evaluate``).
 
     The validation split is held out of the training split (``data.val_samples``); the cloak is
-    read from ``cloak_file`` or fit on the rest of the training split; every loader uses
-    ``config.batch_size``. ``work_dir`` and ``resume``: as in :func:`evaluate_cloak`.
+    read from ``cloak_file`` or fit on the rest of the training split; every loader is
+    :func:`~deepcloak.data.loader.make_loader`'s with ``config.batch_size`` (``workers``
+    processes decode an image folder; in-memory sets need none). ``work_dir`` and ``resume``:
+    as in :func:`evaluate_cloak`.
 
     Raises:
         DeepCloakError: as :func:`evaluate_cloak`, or files that cannot be loaded.
@@ -461,10 +464,12 @@ def evaluate_sources(
     fit_set, val_set = data.train_and_validation()
     if val_set is None:  # pragma: no cover - val_samples >= 1 was checked above
         raise DeepCloakError("no validation samples were held out")
-    bs = config.batch_size
-    train: Iterable[Any] | Cloak = (
-        Cloak.load(cloak_file)[0] if cloak_file else DataLoader(fit_set, batch_size=bs)
-    )
+    device = model_device(loaded.model)
+
+    def loader(dataset: Dataset[Any]) -> BatchLoader:
+        return make_loader(dataset, batch_size=config.batch_size, workers=workers, device=device)
+
+    train: Iterable[Any] | Cloak = Cloak.load(cloak_file)[0] if cloak_file else loader(fit_set)
     metadata = {
         "model": model.spec, "model_info": loaded.info,
         "surrogate": surrogate.spec if surrogate else None, "data": data.name,
@@ -474,7 +479,7 @@ def evaluate_sources(
         f"(seed {data.seed})",
     }  # fmt: skip
     return evaluate_cloak(
-        loaded.model, train, DataLoader(val_set, batch_size=bs),
-        DataLoader(test_set, batch_size=bs), config=config, surrogate=surrogate_net,
-        progress=progress, metadata=metadata, work_dir=work_dir, resume=resume,
+        loaded.model, train, loader(val_set), loader(test_set), config=config,
+        surrogate=surrogate_net, progress=progress, metadata=metadata, work_dir=work_dir,
+        resume=resume,
     )  # fmt: skip

@@ -15,6 +15,7 @@ samples, not only the clean-correct ones.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from deepcloak.attacks import Attack, attack_from_spec
 from deepcloak.cloak.fit import Cloak, layer_features, model_device, unpack_batch
 from deepcloak.cloak.mask import keep_mask, masked, removal_count
 from deepcloak.cloak.taps import LayerRef, Side, tap
+from deepcloak.distributed import Distributed, from_main, gather_batches, iter_owned
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.crafted import Replay
 from deepcloak.evaluation.grids import DEFAULT_RATIOS
@@ -163,51 +165,68 @@ def cache_features(
     *,
     progress: ProgressFn | None = None,
     precision: Precision | str | None = None,
+    shard: bool = True,
 ) -> FeatureCache:
     """Craft adversarial samples on the unmasked ``model`` and cache features at ``layer``.
 
     The attack runs in float32; the forward pass that reads the features runs in ``precision``
-    (default: the current forward precision, :mod:`deepcloak.models.precision`).
+    (default: the current forward precision, :mod:`deepcloak.models.precision`). Under
+    ``torchrun`` each process attacks its batches of ``loader`` (the whole test data on every
+    process) and the cache is gathered back in batch order on every process; ``shard=False``
+    has every process read every batch (for an attack that only replays stored samples).
 
     Raises:
         DeepCloakError: the loader is empty, or inputs or labels are invalid.
     """
-    device = store = model_device(model)
+    device, store = model_device(model), None
     report = progress or no_progress
     total = len(getattr(loader, "dataset", ())) or None
-    clean, adv, labels, inputs, adv_inputs = [], [], [], [], []
-    head: nn.Module | None = None
-    first = True
+    ctx = Distributed.current() if shard else Distributed()
+    batches = iter_owned(loader, ctx)
+    first = next(batches, None)
+    # Whether a head can replace the model after L is decided on the first 16 samples of batch
+    # 0 (rank 0's first), the same on every process.
+    example = from_main(
+        unpack_batch(first, device)[0][:16].cpu() if first is not None and ctx.is_main else None
+    )
+    if example is None:
+        raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
     with eval_mode(model):
-        for batch in loader:
+        head = _find_head(model, layer, example.to(device))
+        if head is None:
+            log.warning("no separable head after %s: the sweep runs the full model", layer)
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", "adv", "y", "x", "x_adv")}
+        for batch in itertools.chain([first] if first is not None else [], batches):
             x, y = unpack_batch(batch, device)
             x_adv = attack(model, x, y)
             with torch.no_grad(), forward_autocast(device, precision):
                 f_clean, f_adv, logits = layer_features(model, layer, x, x_adv)
             check_labels(y, logits.shape[-1])
-            if first:
-                head, first = _find_head(model, layer, x[:16]), False
-                if head is None:
-                    log.warning("no separable head after %s: the sweep runs the full model", layer)
+            if store is None:  # the first batch sizes the cache
                 held = (f_clean, f_adv, y) if head is not None else (f_clean, f_adv, y, x, x_adv)
                 store = cache_device(device, total, _bytes_per_sample(*held))
-            clean.append(f_clean.to(store))
-            adv.append(f_adv.to(store))
-            labels.append(y.to(store))
+            parts["clean"].append(f_clean.to(store))
+            parts["adv"].append(f_adv.to(store))
+            parts["y"].append(y.to(store))
             if head is None:
-                inputs.append(x.to(store))
-                adv_inputs.append(x_adv.to(store))
-            report("attack test set", sum(t.numel() for t in labels), total)
-    if not labels:
-        raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
+                parts["x"].append(x.to(store))
+                parts["x_adv"].append(x_adv.to(store))
+            done = sum(t.numel() for t in parts["y"]) * ctx.world_size
+            report("attack test set", min(done, total) if total else done, total)
+    # Gathers travel through host memory; one process keeps its cache where it is.
+    cached = (
+        {k: [t.to(store) for t in gather_batches(v, ctx)] for k, v in parts.items()}
+        if ctx.enabled
+        else parts
+    )
     return FeatureCache(
         layer=layer,
-        clean=torch.cat(clean),
-        adv=torch.cat(adv),
-        labels=torch.cat(labels),
+        clean=torch.cat(cached["clean"]),
+        adv=torch.cat(cached["adv"]),
+        labels=torch.cat(cached["y"]),
         head=head,
-        inputs=torch.cat(inputs) if inputs else None,
-        adv_inputs=torch.cat(adv_inputs) if adv_inputs else None,
+        inputs=torch.cat(cached["x"]) if head is None else None,
+        adv_inputs=torch.cat(cached["x_adv"]) if head is None else None,
     )
 
 
@@ -381,8 +400,9 @@ def graybox_sweep(
     precision = current_precision() if precision is None else parse_precision(precision)
     replay = Replay(attack, adversarial) if adversarial is not None else None
     cache = cache_features(
-        model, loader, cloak.layer, replay or attack, progress=progress, precision=precision
-    )
+        model, loader, cloak.layer, replay or attack, progress=progress, precision=precision,
+        shard=replay is None,  # replaying costs no attack: nothing to share out
+    )  # fmt: skip
     if replay is not None:
         replay.check_complete()
     check_cloak_features(cloak, tuple(cache.clean.shape[1:]))
@@ -443,11 +463,12 @@ def whitebox_results(
         keep = keep_mask(cloak.ranking, ratio, cloak.feature_shape)
         per_attack: list[list[torch.Tensor]] = [[] for _ in attacks]
         with masked(model, cloak.layer, keep), eval_mode(model):
-            for batch in loader:
+            for batch in iter_owned(loader):  # this process's batches, gathered below
                 x, y = unpack_batch(batch, device)
                 for got, attack in zip(per_attack, attacks, strict=True):
                     with torch.no_grad():
                         got.append((model(attack(model, x, y)).argmax(-1) == y).cpu())
+        per_attack = [gather_batches(got) for got in per_attack]
         if not per_attack or not per_attack[0]:
             raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
         out[ratio] = tuple(
