@@ -46,7 +46,7 @@ def assert_same(a: HeadFeatures, b: HeadFeatures) -> None:
 
 def test_multi_budget_cache_equals_concatenated_single_caches() -> None:
     model, loader = tiny_setup()
-    attacks = [FGSM(eps=0.02), FGSM(eps=0.04), PGD(eps=0.08, steps=3, step_size=0.02)]
+    attacks = [FGSM(eps=0.02), FGSM(eps=0.04), PGD(eps=0.08, steps=2, step_size=0.04)]
     multi = cache_head_features_multi(model, loader, FC, attacks)
     singles = [cache_head_features(model, loader, FC, a) for a in attacks]
     assert multi.n_samples == 3 * 48
