@@ -524,7 +524,26 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             "budget): "
             + ("reached." if b["gray"] >= 0.10 and -b["clean"] <= BUDGET else "not reached.")
         )
+        lines += [f"  {x}" for x in details(run)]
     return lines
+
+
+def details(run: dict[str, Any]) -> list[str]:
+    """Growth with the fit-set size, and what each round of iterative cloaking did."""
+    grow = [(v["fit_rows"], gains(run, k)) for k, v in run["variants"].items()
+            if v["fed"].startswith("FGSM 0.04,") and v["selector"] == "beam4-w2"
+            and v["layer"] == next(iter(run["variants"].values()))["layer"]]  # fmt: skip
+    out = [
+        "- fit samples -> gray-box gain (clean change): "
+        + ", ".join(f"{n / 1000:g}k -> {pts(g['gray'])} ({pts(g['clean'])})" for n, g in grow)
+    ]
+    for label, v in run["variants"].items():
+        for i, r in enumerate(v.get("rounds", []), 1):
+            out.append(
+                f"- `{label}` round {i}: crafted through {len(r['start'])} removed features, "
+                f"proposed {r['proposed']} new sets; chosen after it: {len(r['chosen'])} removed."
+            )
+    return out
 
 
 def document(results: dict[str, Any]) -> str:
@@ -550,7 +569,9 @@ def document(results: dict[str, Any]) -> str:
         "the gray-box difference to the reference mask (FGSM 0.04 on "
         f"{results['fit_sizes'][0] / 1000:g}k fit samples, "
         "beam4-w2, today's best) and the exact McNemar p-values of 'better' and 'worse' on the "
-        "same test samples. Only the fit samples the "
+        "same test samples (they compare masks on one trained model; between training runs "
+        "of one recipe gains vary by about ±3 points, see `docs/results.md`). Only the fit "
+        "samples the "
         f"selector sees change. Selectors search with {SPEND:g} budgets of clean drop on the fit "
         "samples (`greedy-w2`: greedy, score = adversarial + 2 x clean fit samples correct; "
         "`beam4-w2`: the same with a beam of 4), as in `docs/results.md`.",
