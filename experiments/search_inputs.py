@@ -16,10 +16,18 @@ Issue 10, item 2. Same recipes, attack and validation rule as ``experiments/beyo
   non-linear head by an exact greedy search written here).
 
 Writes ``docs/search_inputs.md``, ``docs/search_inputs.json`` and
-``docs/figures/search_inputs_gain_vs_cost.png``:
+``docs/figures/search_inputs_gain_vs_cost.png`` (rendered by ``search_inputs_report.py``). The
+published run did each family in its own process (CPU time shared with other jobs), then
+merged them:
+
+    python experiments/search_inputs.py --families resnet --seeds 0
+    python experiments/search_inputs.py --families vgg --seeds 0 --docs runs/docs_vgg
+    python experiments/search_inputs.py --render-only --merge-from runs/docs_vgg/search_inputs.json
+
+In one go:
 
     python experiments/search_inputs.py --families resnet,vgg --seeds 0
-    python experiments/search_inputs.py --quick      # smoke run under runs/quick, not published
+    python experiments/search_inputs.py --quick      # smoke run under runs/paper/quick, not published
 """
 
 from __future__ import annotations
