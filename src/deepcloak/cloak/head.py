@@ -15,7 +15,7 @@ A sample counts as correct when its true-class logit is *strictly* above every o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from deepcloak.attacks.native import Attack, eval_mode
 from deepcloak.cloak.fit import layer_features, model_device, unpack_batch
+from deepcloak.cloak.mask import masked
 from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.validation import check_finite, check_labels
@@ -33,7 +34,9 @@ __all__ = [
     "Outcomes",
     "apply_removal",
     "cache_head_features",
+    "cache_head_features_multi",
     "candidate_outcomes",
+    "concat_head_features",
     "full_logits",
     "linear_head",
     "margins",
@@ -169,6 +172,114 @@ def cache_head_features(
     check_finite(feats.clean, "clean features")
     check_finite(feats.adv, "adversarial features")
     return feats
+
+
+def concat_head_features(parts: Sequence[HeadFeatures]) -> HeadFeatures:
+    """One cache holding the samples of every part, in order (the parts share one head).
+
+    Raises:
+        DeepCloakError: no parts, or parts whose heads differ.
+    """
+    if not parts:
+        raise DeepCloakError("concat_head_features needs at least one HeadFeatures")
+    first = parts[0]
+    for p in parts[1:]:
+        same = p.weight.shape == first.weight.shape and torch.equal(p.weight, first.weight)
+        if not same or not torch.equal(p.bias, first.bias):
+            raise DeepCloakError("head features to concatenate must come from the same head")
+    return HeadFeatures(
+        torch.cat([p.clean for p in parts]),
+        torch.cat([p.adv for p in parts]),
+        torch.cat([p.labels for p in parts]),
+        first.weight,
+        first.bias,
+    )
+
+
+@torch.no_grad()
+def cache_head_features_multi(
+    model: nn.Module,
+    loader: Iterable[Any],
+    layer: LayerRef,
+    attacks: Sequence[Attack],
+    *,
+    keep: torch.Tensor | None = None,
+    max_samples: int | None = None,
+) -> HeadFeatures:
+    """Cache the features of several attacks (e.g. budgets) on the same samples, in one pass.
+
+    The result equals ``concat_head_features([cache_head_features(model, loader, layer, a)
+    for a in attacks])``: the samples of the first attack, then those of the second, ...,
+    each with its clean features (repeated per attack), so a selector weighs every attack
+    equally. The loader is read once, so it may shuffle.
+
+    Args:
+        model: the classifier (left unmodified).
+        loader: ``(x, y)`` batches.
+        layer: the input of the final ``nn.Linear`` (see :func:`cache_head_features`).
+        attacks: the attacks that craft the adversarial samples, at least one.
+        keep: if given, ``(F,)`` boolean mask at ``layer`` *through which* the samples are
+            crafted (re-attacking a cloaked model); the features are read before the mask.
+        max_samples: cap on the samples per attack.
+
+    Raises:
+        DeepCloakError: no attacks, empty loader, bad inputs, or non-finite features.
+    """
+    if not attacks:
+        raise DeepCloakError("cache_head_features_multi needs at least one attack")
+    head = linear_head(model, layer)
+    device = model_device(model)
+    clean: list[torch.Tensor] = []
+    adv: list[list[torch.Tensor]] = [[] for _ in attacks]
+    labels: list[torch.Tensor] = []
+    done = 0
+    with eval_mode(model):
+        for batch in loader:
+            x, y = unpack_batch(batch, device)
+            if max_samples is not None:
+                x, y = x[: max_samples - done], y[: max_samples - done]
+            for out, attack in zip(adv, attacks, strict=True):
+                with torch.enable_grad():
+                    x_adv = _craft(model, layer, attack, x, y, keep)
+                f_clean, f_adv, logits = layer_features(model, layer, x, x_adv)
+                if done == 0 and not torch.allclose(
+                    head(f_clean), logits[: x.shape[0]], rtol=1e-4, atol=1e-4
+                ):
+                    raise LayerError(f"the nn.Linear at {layer} does not produce the logits")
+                out.append(f_adv.flatten(1))
+            clean.append(f_clean.flatten(1))
+            labels.append(y)
+            done += y.numel()
+            if max_samples is not None and done >= max_samples:
+                break
+    if done == 0:
+        raise DeepCloakError("the data loader yielded no samples; expected at least one batch")
+    bias = head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
+    f_clean_all, y_all = torch.cat(clean), torch.cat(labels)
+    check_finite(f_clean_all, "clean features")
+    parts = []
+    for out in adv:
+        part = HeadFeatures(
+            f_clean_all, torch.cat(out), y_all, head.weight.detach().clone(), bias.detach().clone()
+        )
+        check_finite(part.adv, "adversarial features")
+        parts.append(part)
+    return concat_head_features(parts)
+
+
+def _craft(
+    model: nn.Module,
+    layer: LayerRef,
+    attack: Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    keep: torch.Tensor | None,
+) -> torch.Tensor:
+    """``attack(model, x, y)``, run through the model masked with ``keep`` if one is given."""
+    if keep is None:
+        return attack(model, x, y)
+    with masked(model, layer, keep.to(x.device)) as cloaked:
+        return attack(cloaked, x, y)
 
 
 def full_logits(
