@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,28 +64,38 @@ def _model(path: Path | None) -> Path:
     return DEFAULT_MODEL
 
 
-def run_level(level: EvaluationLevel, model: Path, max_samples: int | None) -> dict[str, Any]:
-    """Evaluate ``model`` at ``level`` (``max_samples``: a cap replacing the level's)."""
+def run_level(
+    level: EvaluationLevel, model: Path, max_samples: int | None, max_fit: int | None
+) -> dict[str, Any]:
+    """Evaluate ``model`` at ``level``; ``max_samples`` and ``max_fit`` replace its caps."""
     overrides: dict[str, Any] = {} if max_samples is None else {"max_samples": max_samples}
+    if max_fit is not None:
+        overrides["max_fit_samples"] = max_fit
     config = EvaluationConfig.for_level(level, **overrides)
+    level_config = EvaluationConfig.for_level(level)
     clock = StageClock()
-    start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    start, cpu = time.perf_counter(), time.process_time()
     report = evaluate_sources(
         ModelSource(spec=str(model), device="cpu"),
         DataSource(name="fashion-mnist", val_samples=500, seed=0),
         config,
         progress=clock,
     )
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     data = report.run["data"]
     return {
         "level": level.value,
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "test_samples": data["test"]["n_used"],
         "test_available": data["test"]["n_available"],
         "validation_samples": data["validation"]["n_used"],
         "fit_samples": config.max_fit_samples or data["train"]["n_available"],
-        "sample_cap_overridden": max_samples is not None,
+        "level_samples": min(level_config.max_samples or 10**9, data["test"]["n_available"]),
+        "level_fit_samples": level_config.max_fit_samples or data["train"]["n_available"],
+        "sample_cap_overridden": max_samples is not None or max_fit is not None,
         "stages": clock.seconds(),
         "threads": torch.get_num_threads(),
         "cloaked_whitebox": report.result("cloaked", "white-box").accuracy,
@@ -128,6 +139,24 @@ def level_rows() -> list[list[str]]:
     ]  # fmt: skip
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _at_level_caps(t: dict[str, Any]) -> str:
+    """The measured time, or its linear scaling to the level's caps (marked ``≈``)."""
+    if not t["sample_cap_overridden"]:
+        return "as measured"
+    fit = t["stages"].get("fit", 0.0)
+    rest = t["seconds"] - fit
+    estimate = fit * t["level_fit_samples"] / t["fit_samples"] + rest * t["level_samples"] / max(
+        1, t["test_samples"]
+    )
+    return f"≈ {_duration(estimate)} ({t['level_samples']:,} test samples)"
+
+
 def markdown(times: dict[str, dict[str, Any]]) -> str:
     """The document: the levels table and the measured times."""
     levels = [lv.value for lv in EvaluationLevel]
@@ -165,21 +194,31 @@ def markdown(times: dict[str, dict[str, Any]]) -> str:
         "A zoo ResNet-8 (width 16, 5 epochs, 92% test accuracy) on Fashion-MNIST, CPU, measured",
         "by `python bench/levels.py` (stages: first to last progress report of each task).",
         "",
-        "| level | wall time | test / validation / fit samples | threads | slowest stages |",
-        "| --- | --- | --- | --- | --- |",
+        "Wall time depends on what else runs on the machine, so the process's CPU time (all its",
+        "threads) and the load average at start and end are recorded beside it.",
+        "",
+        "Where a run lowered the caps to finish on a shared machine, the last column scales it",
+        "to the level's own caps, linearly: the fit by fit samples, every other stage by test",
+        "samples (validation samples follow the same cap). That is an estimate, marked `≈`.",
+        "",
+        "| level | wall time | CPU time | load average | test / validation / fit samples "
+        "| threads | slowest stages | at the level's caps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for lv in levels:
         t = times.get(lv)
         if t is None:
-            lines.append(f"| `{lv}` | not measured | | | |")
+            lines.append(f"| `{lv}` | not measured | | | | | | |")
             continue
         slow = sorted(t["stages"].items(), key=lambda kv: -kv[1])[:3]
         capped = " (cap lowered for this run)" if t["sample_cap_overridden"] else ""
+        load = " → ".join(f"{v:g}" for v in t.get("load_average", []))
         lines.append(
-            f"| `{lv}` | {t['seconds']:.0f} s | {t['test_samples']:,}{capped} / "
+            f"| `{lv}` | {_duration(t['seconds'])} | {_duration(t['cpu_seconds'])} | {load} | "
+            f"{t['test_samples']:,}{capped} / "
             f"{t['validation_samples']:,} / {t['fit_samples']:,} | {t['threads']} | "
             + ", ".join(f"{k} {v:.0f} s" for k, v in slow)
-            + " |"
+            + f" | {_at_level_caps(t)} |"
         )
     notes = sorted({t.get("note", "") for t in times.values()} - {""})
     lines += ["", *notes] if notes else []
@@ -191,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--levels", default="quick,standard,thorough")
     parser.add_argument("--max-samples", type=int, default=None, help="replace the level's cap")
+    parser.add_argument("--max-fit-samples", type=int, default=None, help="replace the fit cap")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="", help="a sentence on the machine's load")
     parser.add_argument("--no-write", action="store_true")
@@ -201,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
     for name in args.levels.split(","):
         level = EvaluationLevel.parse(name.strip())
-        result = run_level(level, model, args.max_samples)
+        result = run_level(level, model, args.max_samples, args.max_fit_samples)
         result["note"] = args.note
         print(json.dumps(result), flush=True)
         times[level.value] = result

@@ -74,7 +74,7 @@ def test_levels_grow_in_cost() -> None:
 
 def test_eps_factors_form_the_curve() -> None:
     config = EvaluationConfig.for_level("quick", eps=0.4)
-    assert config.resolved_eps_grid == (0.0, 0.2, 0.4, 0.8)
+    assert config.resolved_eps_grid == (0.2, 0.4, 0.8)
     assert EvaluationConfig(eps=0.4, eps_factors=(1, 4)).resolved_eps_grid == (0.4, 1.0)
     with pytest.raises(DeepCloakError, match="eps_factors"):
         EvaluationConfig(eps_factors=(-1.0,))
@@ -236,7 +236,7 @@ def test_cli_names_the_level_as_the_cap_source(checkpoint: Path, tmp_path: Path)
     args = ["evaluate", str(checkpoint), *CHEAP, *SMALL_DATA, "--ratio", "0.1"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
-    line = "evaluating 200 of 360 test samples (cap from --level quick; --max-samples all to lift)"
+    line = "evaluating 100 of 360 test samples (cap from --level quick; --max-samples all to lift)"
     assert line in " ".join(result.output.split())
 
 

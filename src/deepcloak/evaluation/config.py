@@ -75,9 +75,9 @@ LEVELS: Mapping[EvaluationLevel, Mapping[str, Any]] = MappingProxyType(
     {
         EvaluationLevel.QUICK: _level(
             attacks=("fgsm", "pgd"), steps=10, restarts=1, max_queries=100, n_random=2,
-            eps_factors=(0.0, 0.5, 1.0, 2.0), whitebox_ratios=(0.0,),
+            eps_factors=(0.5, 1.0, 2.0), whitebox_ratios=(0.0,),
             preprocessing_baselines=False, whitebox_baselines=False, more_steps_factor=2,
-            max_samples=200, max_fit_samples=5000,
+            max_samples=100, max_fit_samples=2000,
         ),
         EvaluationLevel.STANDARD: _level(
             attacks=("fgsm", "pgd", "apgd", "square"), steps=20, restarts=1, max_queries=300,
