@@ -199,7 +199,9 @@ def markdown(times: dict[str, dict[str, Any]]) -> str:
         "",
         "Where a run lowered the caps to finish on a shared machine, the last column scales it",
         "to the level's own caps, linearly: the fit by fit samples, every other stage by test",
-        "samples (validation samples follow the same cap). That is an estimate, marked `≈`.",
+        "samples (validation samples follow the same cap). That is an estimate, marked `≈`,",
+        "and a pessimistic one: a small run passes batches smaller than 128 and pays per-call",
+        "overheads (ART's wrappers, Square's bookkeeping) for few samples.",
         "",
         "| level | wall time | CPU time | load average | test / validation / fit samples "
         "| threads | slowest stages | at the level's caps |",
@@ -234,7 +236,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="", help="a sentence on the machine's load")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only rewrite the doc from JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        DOC.write_text(markdown(json.loads(TIMES.read_text())))
+        return
     torch.set_num_threads(args.threads)
     print(f"threads: {torch.get_num_threads()}", flush=True)
     model = _model(args.model)
