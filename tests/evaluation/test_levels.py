@@ -271,3 +271,27 @@ def test_cli_select_records_the_search(checkpoint: Path, tmp_path: Path) -> None
     assert report["cloak"]["selection"]["selector"] == "greedy"
     assert report["cloak"]["selection"]["clean_budget"] == 0.02
     assert report["ratio_choice"]["reason"].startswith("mask search (greedy)")
+
+
+def test_a_resumed_evaluation_with_select_gives_the_same_choice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deepcloak.evaluation.run as run_module
+
+    first = _evaluate_in(tmp_path, resume=False)
+
+    def no_search(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the search ran again instead of resuming the saved fit stage")
+
+    monkeypatch.setattr(run_module, "search_cloak", no_search)
+    again = _evaluate_in(tmp_path, resume=True)
+    assert again.ratio_choice.to_json() == first.ratio_choice.to_json()
+    assert again.cloak == first.cloak
+
+
+def _evaluate_in(work: Path, *, resume: bool) -> EvaluationReport:
+    with single_thread():
+        return evaluate_cloak(
+            trained_mlp(0), loader(300, 1), loader(60, 2), loader(60, 3), config=SEARCH,
+            work_dir=work / "stages", resume=resume,
+        )  # fmt: skip
