@@ -33,6 +33,7 @@ from deepcloak.report.files import check_output_file, check_output_folder
 
 if TYPE_CHECKING:
     from deepcloak.distributed import Distributed
+    from deepcloak.evaluation.config import EvaluationConfig
     from deepcloak.progress import ProgressFn
 
 app = typer.Typer(
@@ -379,24 +380,27 @@ def evaluate(
     allow_pickle: PickleOpt = False,
     cloak: Annotated[Path | None, typer.Option(help="A saved mask (.safetensors); default: fit one.")] = None,
     surrogate: Annotated[str | None, typer.Option(help="Independently trained model for the transfer threat model.")] = None,
-    attacks: Annotated[str, typer.Option(help="Comma-separated: fgsm, pgd, apgd, square, art-pgd.")] = "fgsm,pgd,apgd,square",
+    level: Annotated[str, typer.Option(help="quick (a first look), standard or thorough: fixes attacks, steps, restarts, queries, random masks, eps grid, white-box ratios, sanity probes and the sample cap; the options below override it.")] = "standard",
+    max_samples: Annotated[str | None, typer.Option(help="Cap on test and validation samples: N or all (default: the level's).")] = None,
+    attacks: Annotated[str | None, typer.Option(help="Comma-separated: fgsm, pgd, apgd, square, art-pgd (default: the level's).")] = None,
     eps: EpsOpt = 8 / 255,
     norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
-    steps: Annotated[int, typer.Option(help="Steps of PGD and APGD.")] = 20,
-    restarts: Annotated[int, typer.Option(help="Random restarts of PGD and APGD.")] = 1,
-    queries: Annotated[int, typer.Option(help="Queries per sample of the Square attack.")] = 300,
+    steps: Annotated[int | None, typer.Option(help="Steps of PGD and APGD (default: the level's).")] = None,
+    restarts: Annotated[int | None, typer.Option(help="Random restarts of PGD and APGD (default: the level's).")] = None,
+    queries: Annotated[int | None, typer.Option(help="Queries per sample of the Square attack (default: the level's).")] = None,
     ratio: Annotated[float | None, typer.Option(help="Mask ratio; default: chosen on the validation split.")] = None,
-    clean_budget: Annotated[float, typer.Option(help="Largest clean-accuracy drop the ratio choice may cost.")] = 0.01,
-    random_masks: Annotated[int, typer.Option(help="Random masks of the chosen size (baseline).")] = 5,
-    eps_grid: Annotated[str | None, typer.Option(help="Budgets of the accuracy-vs-eps curve, comma-separated.")] = None,
+    select: Annotated[str | None, typer.Option(help="Search for the mask instead of ranking by --score: greedy, beam, deepcloak, random (mask and ratio chosen on the validation split).")] = None,
+    clean_budget: Annotated[float, typer.Option(help="Largest clean-accuracy drop the ratio choice (or, with --select, the search at 95% confidence) may cost.")] = 0.01,
+    random_masks: Annotated[int | None, typer.Option(help="Random masks of the chosen size (baseline; default: the level's).")] = None,
+    eps_grid: Annotated[str | None, typer.Option(help="Budgets of the accuracy-vs-eps curve, comma-separated (default: the level's multiples of --eps).")] = None,
     layer: LayerOpt = None,
     side: SideOpt = None,
     score: ScoreOpt = "deepcloak",
     val_samples: Annotated[int, typer.Option(help="Validation samples, held out from training data.")] = 500,
-    test_samples: Annotated[int, typer.Option(help="Test samples.")] = 500,
-    fit_samples: Annotated[int | None, typer.Option(help="Training samples for the fit (default: all).")] = None,
-    preprocessing_baselines: Annotated[bool, typer.Option(help="Compare with FeatureSqueezing and SpatialSmoothing.")] = True,
-    whitebox_baselines: Annotated[bool, typer.Option(help="Also attack the baselines end to end.")] = True,
+    test_samples: Annotated[int | None, typer.Option(help="Draw a seeded random subset of this many test samples first (default: all; the cap then applies).")] = None,
+    fit_samples: Annotated[int | None, typer.Option(help="Training samples for the fit (default: the level's).")] = None,
+    preprocessing_baselines: Annotated[bool | None, typer.Option("--preprocessing-baselines/--no-preprocessing-baselines", help="Compare with FeatureSqueezing and SpatialSmoothing (default: the level's).")] = None,
+    whitebox_baselines: Annotated[bool | None, typer.Option("--whitebox-baselines/--no-whitebox-baselines", help="Also attack the baselines end to end (default: the level's).")] = None,
     per_sample: Annotated[bool, typer.Option(help="Keep per-sample correctness in the JSON.")] = True,
     seed: SeedOpt = 0,
     output: OutputOpt = None,
@@ -416,15 +420,23 @@ def evaluate(
     from deepcloak.report.evaluation import write_evaluation
     from deepcloak.report.tables import evaluation_tables
 
-    config = EvaluationConfig(
-        eps=eps, norm=norm, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
-        steps=steps, restarts=restarts, max_queries=queries, ratio=ratio,
-        clean_budget=clean_budget, n_random=random_masks, eps_grid=_floats(eps_grid),
-        layer=layer, side=side, score=score, preprocessing_baselines=preprocessing_baselines,
-        whitebox_baselines=whitebox_baselines, max_samples=None,
-        max_fit_samples=fit_samples, seed=seed, precision=precision,
+    level_overrides = {
+        "attacks": tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else None,
+        "steps": steps, "restarts": restarts, "max_queries": queries, "n_random": random_masks,
+        "eps_grid": _floats(eps_grid), "preprocessing_baselines": preprocessing_baselines,
+        "whitebox_baselines": whitebox_baselines, "max_fit_samples": fit_samples,
+    }  # fmt: skip
+    if max_samples is not None:
+        level_overrides["max_samples"] = _sample_cap(max_samples)
+    config = EvaluationConfig.for_level(
+        level, eps=eps, norm=norm, ratio=ratio, clean_budget=clean_budget, layer=layer,
+        side=side, score=score, seed=seed, select=select, precision=precision,
+        **{k: v for k, v in level_overrides.items() if v is not None or k == "max_samples"},
         **_given(batch_size=batch_size),
     )  # fmt: skip
+    data_source = DataSource(
+        name=data, root=root, val_samples=val_samples, test_samples=test_samples, seed=seed
+    )
     work = work_folder_for(out_dir)
     with distributed_command(device) as (ctx, run_on):
         if ctx.enabled and resume:
@@ -434,6 +446,8 @@ def evaluate(
             )
         # Under torchrun no process saves stages: their writes would race on one folder.
         stages_at = None if ctx.enabled else work
+        if ctx.is_main:
+            out.print(_cap_line(config, len(data_source.test()), val_samples), highlight=False)
         with (
             progress_bars() if ctx.is_main else quiet_progress() as progress,
             _keeps_stages(work) if stages_at else contextlib.nullcontext(),
@@ -443,11 +457,7 @@ def evaluate(
                     spec=model, weights=weights, allow_pickle=allow_pickle,
                     output=_output_key(output), device=run_on,
                 ),
-                DataSource(
-                    name=data, root=root, val_samples=val_samples, test_samples=test_samples,
-                    seed=seed,
-                ),
-                config, cloak_file=cloak,
+                data_source, config, cloak_file=cloak,
                 surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle, device=run_on)
                 if surrogate else None,
                 progress=progress, workers=workers, work_dir=stages_at, resume=resume,
@@ -485,6 +495,38 @@ def _keeps_stages(work: Path) -> Iterator[None]:
         else:
             folder.remove()  # nothing finished (bad input): leave nothing behind
         raise
+
+
+def _sample_cap(text: str) -> int | None:
+    """``--max-samples``: a positive count, or ``all`` (no cap)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DeepCloakError(f"--max-samples must be a positive count or 'all', got {text!r}")
+    return value
+
+
+def _cap_line(config: EvaluationConfig, n_test: int, n_val: int) -> str:
+    """One line saying how many test (and validation) samples the evaluation will use."""
+    cap = config.max_samples
+    if cap is None:
+        return f"evaluating all {n_test:,} test and {n_val:,} validation samples (no cap)"
+    where = (
+        f"--level {config.level_name}" if config.max_samples_source == "level" else "--max-samples"
+    )
+    if n_test <= cap and n_val <= cap:
+        return (
+            f"evaluating all {n_test:,} test and {n_val:,} validation samples (cap {cap:,} from "
+            f"{where} not reached)"
+        )
+    line = f"evaluating {min(cap, n_test):,} of {n_test:,} test samples"
+    if n_val > cap:
+        line += f" and {cap:,} of {n_val:,} validation samples"
+    return f"{line} (cap from {where}; --max-samples all to lift)"
 
 
 class Interrupted(BaseException):

@@ -1,16 +1,22 @@
-"""Settings of an evaluation, and building its attacks by name.
+"""Settings of an evaluation, its levels, and building its attacks by name.
 
 :class:`EvaluationConfig` is a frozen dataclass checked at construction, so a bad setting
 (unknown attack, eps outside [0, 1], an L-inf-only attack under L2, ...) fails before any work
 is done. The CLI only parses its options into one.
+
+Levels (like AutoAttack's versions) fix the settings that decide an evaluation's cost:
+:meth:`EvaluationConfig.for_level` starts from ``quick``, ``standard`` (the defaults) or
+``thorough`` (:data:`LEVELS`) and lets explicit settings override them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar
 
 from torch import nn
@@ -19,6 +25,7 @@ from deepcloak.attacks import art as art_attacks  # also registers "apgd", "squa
 from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
+from deepcloak.cloak.selectors import SELECTORS
 from deepcloak.cloak.taps import Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
@@ -32,11 +39,72 @@ from deepcloak.models.precision import (
 from deepcloak.models.runtime import model_device
 from deepcloak.validation import check_epsilon, check_ratio, check_ratios
 
-__all__ = ["EvaluationConfig", "build_attack", "in_config_precision"]
+__all__ = ["LEVELS", "EvaluationConfig", "EvaluationLevel", "build_attack", "in_config_precision"]
+
+
+class EvaluationLevel(str, enum.Enum):
+    """How much an evaluation spends on its attacks (``quick``, ``standard``, ``thorough``)."""
+
+    QUICK = "quick"
+    STANDARD = "standard"
+    THOROUGH = "thorough"
+
+    @classmethod
+    def parse(cls, value: EvaluationLevel | str) -> EvaluationLevel:
+        """The level named ``value``.
+
+        Raises:
+            DeepCloakError: an unknown level (the message lists the known ones).
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            known = ", ".join(level.value for level in cls)
+            raise DeepCloakError(f"unknown level {value!r}; expected one of: {known}") from None
+
+
+def _level(**settings: Any) -> Mapping[str, Any]:
+    return MappingProxyType(settings)
+
+
+#: The settings each level fixes; every other setting keeps its default. ``standard`` is the
+#: dataclass defaults (today's evaluation); ``quick`` is a first look in about a minute on a
+#: CPU; ``thorough`` adds restarts, steps, queries, random masks and budgets, on every sample.
+# fmt: off
+LEVELS: Mapping[EvaluationLevel, Mapping[str, Any]] = MappingProxyType(
+    {
+        EvaluationLevel.QUICK: _level(
+            attacks=("fgsm", "pgd"), steps=10, restarts=1, max_queries=100, n_random=2,
+            eps_factors=(0.5, 1.0, 2.0), whitebox_ratios=(0.0,),
+            preprocessing_baselines=False, whitebox_baselines=False, more_steps_factor=2,
+            max_samples=100, max_fit_samples=2000,
+        ),
+        EvaluationLevel.STANDARD: _level(
+            attacks=("fgsm", "pgd", "apgd", "square"), steps=20, restarts=1, max_queries=300,
+            n_random=5, eps_factors=(0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+            whitebox_ratios=EVALUATION_WHITEBOX_RATIOS, preprocessing_baselines=True,
+            whitebox_baselines=True, more_steps_factor=4, max_samples=500, max_fit_samples=None,
+        ),
+        EvaluationLevel.THOROUGH: _level(
+            attacks=("fgsm", "pgd", "apgd", "square"), steps=50, restarts=3, max_queries=1000,
+            n_random=10, eps_factors=(0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0),
+            whitebox_ratios=(0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5),
+            preprocessing_baselines=True, whitebox_baselines=True, more_steps_factor=4,
+            max_samples=None, max_fit_samples=None,
+        ),
+    }
+)
+# fmt: on
+
+_STANDARD = LEVELS[EvaluationLevel.STANDARD]
 
 
 def _default_attacks() -> tuple[str, ...]:
-    return ("fgsm", "pgd", "apgd", "square")
+    return tuple(_STANDARD["attacks"])
+
+
+def _default_eps_factors() -> tuple[float, ...]:
+    return tuple(_STANDARD["eps_factors"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +131,9 @@ class EvaluationConfig:
         clean_budget: largest clean-accuracy drop allowed by the choice (0.01 = 1 point).
         select_attack: the attack crafting gray-box samples for the ratio choice and the sweep.
         n_random: random masks of the chosen size for the random baseline.
-        eps_grid: budgets of the accuracy-vs-epsilon curve (default: eps times 0, 1/4, 1/2, 1,
-            2, 4, capped at 1).
+        eps_grid: budgets of the accuracy-vs-epsilon curve (default: ``eps`` times each of
+            ``eps_factors``, capped at 1).
+        eps_factors: multiples of ``eps`` forming the curve when ``eps_grid`` is not given.
         bit_depth: FeatureSqueezing's bit depth.
         window_size: SpatialSmoothing's median window.
         preprocessing_baselines: include FeatureSqueezing and SpatialSmoothing.
@@ -72,7 +141,8 @@ class EvaluationConfig:
         sanity_tolerance: accuracy slack of the sanity checks (at least one sample).
         more_steps_factor: the "more steps" check runs PGD with this many times the steps.
         max_unbounded_accuracy: accuracy allowed under the unbounded L-inf probe (eps = 1).
-        max_samples: cap on test samples and on validation samples (``None``: all).
+        max_samples: cap on test samples and on validation samples (``None``: all); the report
+            records it and how many samples each split had and used.
         max_fit_samples: cap on training samples for the fit (``None``: all).
         batch_size: samples per attack batch.
         confidence: coverage of the Wilson intervals.
@@ -80,6 +150,13 @@ class EvaluationConfig:
         precision: ``"fp32"`` or ``"bf16"``: the precision of the passes that only predict
             (clean accuracy, predictions through masks, the sweep's feature caching); attacks
             always compute their gradients in float32 (:mod:`deepcloak.models.precision`).
+        select: a mask-search selector (:data:`~deepcloak.cloak.selectors.SELECTORS`:
+            ``"greedy"``, ``"beam"``, ...) or ``None`` to rank features by ``score``. With one,
+            the search runs on the training data (the validation samples held out of it) and
+            chooses the mask and its ratio on the validation split within ``clean_budget``.
+        select_params: the selector's settings (e.g. ``{"width": 8}`` for beam).
+        level: the level these settings started from (:meth:`for_level`); settings that differ
+            from it are listed by :attr:`level_overrides`.
     """
 
     eps: float = DEFAULT_EPS
@@ -100,6 +177,7 @@ class EvaluationConfig:
     select_attack: str = "pgd"
     n_random: int = 5
     eps_grid: tuple[float, ...] | None = None
+    eps_factors: tuple[float, ...] = field(default_factory=_default_eps_factors)
     bit_depth: int = 4
     window_size: int = 2
     preprocessing_baselines: bool = True
@@ -113,9 +191,36 @@ class EvaluationConfig:
     confidence: float = 0.95
     seed: int = 0
     precision: Precision | str = Precision.FP32
+    select: str | None = None
+    select_params: Mapping[str, Any] = field(default_factory=dict)
+    level: EvaluationLevel | str = EvaluationLevel.STANDARD
+
+    @classmethod
+    def for_level(
+        cls, level: EvaluationLevel | str = EvaluationLevel.STANDARD, **overrides: Any
+    ) -> EvaluationConfig:
+        """The settings of ``level`` (:data:`LEVELS`), with ``overrides`` taking precedence.
+
+        Example:
+            >>> EvaluationConfig.for_level("quick", max_samples=None).attacks
+            ('fgsm', 'pgd')
+
+        Raises:
+            DeepCloakError: an unknown level, or a bad setting.
+        """
+        parsed = EvaluationLevel.parse(level)
+        return cls(**{**LEVELS[parsed], **overrides, "level": parsed})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", parse_precision(self.precision))
+        object.__setattr__(self, "level", EvaluationLevel.parse(self.level))
+        if self.select is not None:
+            SELECTORS.get(self.select)  # an unknown selector is an error listing the known ones
+            if self.ratio is not None:
+                raise DeepCloakError(
+                    f"select={self.select!r} chooses the mask and its ratio on validation; "
+                    f"drop the fixed ratio ({self.ratio}) or the selector"
+                )
         check_epsilon(self.eps)
         if self.fit_eps is not None:
             check_epsilon(self.fit_eps, name="fit_eps")
@@ -187,6 +292,15 @@ class EvaluationConfig:
             if not grid:
                 raise DeepCloakError("eps_grid must hold at least one budget")
             set_(self, "eps_grid", tuple(sorted(set(grid))))
+        factors = tuple(self.eps_factors)
+        if not factors or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f < float("inf")
+            for f in factors
+        ):
+            raise DeepCloakError(
+                f"eps_factors must be one or more finite multiples of eps >= 0, got {factors!r}"
+            )
+        set_(self, "eps_factors", tuple(float(f) for f in factors))
 
     @property
     def uses_art(self) -> bool:
@@ -199,7 +313,23 @@ class EvaluationConfig:
         """The budgets of the accuracy-vs-epsilon curve."""
         if self.eps_grid is not None:
             return self.eps_grid
-        return tuple(sorted({min(1.0, self.eps * f) for f in (0, 0.25, 0.5, 1, 2, 4)}))
+        return tuple(sorted({min(1.0, self.eps * f) for f in self.eps_factors}))
+
+    @property
+    def level_overrides(self) -> tuple[str, ...]:
+        """Settings of :data:`LEVELS` whose values here differ from the level's."""
+        fixed = LEVELS[EvaluationLevel.parse(self.level)]
+        return tuple(name for name, value in fixed.items() if getattr(self, name) != value)
+
+    @property
+    def level_name(self) -> str:
+        """The level's name (``"quick"``, ``"standard"`` or ``"thorough"``)."""
+        return EvaluationLevel.parse(self.level).value
+
+    @property
+    def max_samples_source(self) -> str:
+        """Where the sample cap comes from: ``"level"`` or ``"setting"`` (an override)."""
+        return "setting" if "max_samples" in self.level_overrides else "level"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of every setting."""
@@ -212,6 +342,10 @@ class EvaluationConfig:
         d["whitebox_ratios"] = list(self.whitebox_ratios)
         d["eps_grid"] = list(self.resolved_eps_grid)
         d["precision"] = parse_precision(self.precision).value
+        d["eps_factors"] = list(self.eps_factors)
+        d["select_params"] = dict(self.select_params)
+        d["level"] = self.level_name
+        d["level_overrides"] = list(self.level_overrides)
         return d
 
 

@@ -7,7 +7,8 @@ into memory, checked; the ``describe_*`` functions record what was used.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from deepcloak.models.runtime import eval_mode, model_device
 from deepcloak.validation import check_labels
 
 __all__ = [
+    "SampleCap",
     "check_cloak_fits",
     "check_model_fits",
     "collect",
@@ -33,10 +35,45 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class SampleCap:
+    """The cap on test and validation samples, and where it came from (made visible in reports).
+
+    Attributes:
+        max_samples: the cap (``None``: every sample is evaluated).
+        source: ``"level"`` (the level's cap) or ``"setting"`` (set explicitly).
+        level: the evaluation level the settings started from.
+    """
+
+    max_samples: int | None
+    source: str
+    level: str
+
+    def describe(self, splits: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """The cap, and which splits it shortened.
+
+        Args:
+            splits: split name -> :func:`describe_data` of it (``n_available``, ``n_used``).
+        """
+        capped = [
+            name
+            for name, d in splits.items()
+            if self.max_samples is not None
+            and (d["n_used"] < d["n_available"] if d["n_available"] is not None
+                 else d["n_used"] >= self.max_samples)
+        ]  # fmt: skip
+        return {
+            "max_samples": self.max_samples,
+            "source": self.source,
+            "level": self.level,
+            "capped": capped,
+        }
+
+
 def collect(
     loader: Iterable[Any], split: str, max_samples: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ``(x, y)`` of ``loader`` (up to ``max_samples``) as CPU tensors, checked.
+    """All ``(x, y)`` of ``loader`` (up to ``max_samples``: the first ones) as CPU tensors, checked.
 
     Raises:
         DeepCloakError: an empty loader, invalid inputs or labels, or shapes that change.

@@ -53,6 +53,7 @@ from deepcloak.evaluation.config import EvaluationConfig, build_attack, in_confi
 from deepcloak.evaluation.crafted import CraftedSets, Samples, TimedAttack, target
 from deepcloak.evaluation.defenses import Defense, build_defenses, measure_defenses
 from deepcloak.evaluation.inputs import (
+    SampleCap,
     check_cloak_fits,
     check_model_fits,
     collect,
@@ -87,6 +88,7 @@ from deepcloak.evaluation.resume import (
     fingerprint,
 )
 from deepcloak.evaluation.sanity import SanityCheck
+from deepcloak.evaluation.selection import search_choice, search_cloak
 from deepcloak.evaluation.sources import DataSource, ModelSource
 from deepcloak.evaluation.sweep import graybox_sweep
 from deepcloak.evaluation.timings import AttackPass, StageTime, Timings, clock
@@ -109,6 +111,7 @@ class _Splits:
     val: Samples
     num_classes: int
     overlap: int
+    cap: SampleCap
 
 
 def _prepare(
@@ -140,7 +143,8 @@ def _prepare(
     bs = config.batch_size
     overlap = shared_samples(x_val, x)
     test, val = Samples(x, y, bs, "test"), Samples(x_val, y_val, bs, "validation")
-    return _Splits(test, val, num_classes, overlap)
+    cap = SampleCap(config.max_samples, source=config.max_samples_source, level=config.level_name)
+    return _Splits(test, val, num_classes, overlap, cap)
 
 
 def _loader(samples: Samples) -> BatchLoader:
@@ -151,11 +155,22 @@ def _fit_or_use(
     model: nn.Module, train: Iterable[Any] | Cloak, splits: _Splits, config: EvaluationConfig,
     progress: ProgressFn, store: CraftedSets,
 ) -> Cloak:  # fmt: skip
-    """The given cloak, or one fit on ``train`` with FGSM at ``fit_eps`` (its attack pass timed);
-    checked against the model (before a stage saves it)."""
+    """The given cloak, or one fit on ``train`` with FGSM at ``fit_eps`` (its attack pass timed),
+    or, with ``config.select``, the searched one
+    (:func:`~deepcloak.evaluation.selection.search_cloak`); checked against the model (before a
+    stage saves it)."""
     if isinstance(train, Cloak):
+        if config.select is not None:
+            raise DeepCloakError(
+                f"select={config.select!r} searches a mask on training data, but a fitted "
+                "cloak was given; pass training data (drop --cloak) or drop the selector"
+            )
         check_cloak_fits(model, train, splits.test.x)
         return train
+    if config.select is not None:
+        searched = search_cloak(model, train, splits.val, config)
+        check_cloak_fits(model, searched, splits.test.x)
+        return searched
     attack = TimedAttack(FGSM(eps=config.fit_eps if config.fit_eps is not None else config.eps))
     cloak = fit(
         model, train, attack=attack, layer=config.layer, side=config.side, score=config.score,
@@ -309,7 +324,7 @@ def evaluate_cloak(
         Codec(work.save_cloak, work.load_cloak) if work is not None else None,
     )  # fmt: skip
     select = build_attack(cfg.select_attack, cfg)
-    choice = _choose(
+    choice = search_choice(cloak) if cfg.select is not None else _choose(
         stages.run(
             "ratio choice",
             lambda: _validation_sweep(model, cloak, splits.val, select, cfg, report, store),
@@ -421,9 +436,12 @@ def _overlap_notes(overlap: int) -> list[str]:
 def _describe_splits(
     splits: _Splits, train: Any, val_loader: Any, test_loader: Any
 ) -> dict[str, Any]:
+    test = describe_data(test_loader, splits.test.x, splits.test.y)
+    validation = describe_data(val_loader, splits.val.x, splits.val.y)
     return {
-        "test": describe_data(test_loader, splits.test.x, splits.test.y),
-        "validation": describe_data(val_loader, splits.val.x, splits.val.y),
+        "test": test,
+        "validation": validation,
+        "sample_cap": splits.cap.describe({"test": test, "validation": validation}),
         "train": describe_train(train),
         "num_classes": splits.num_classes,
         "validation_test_overlap": splits.overlap,

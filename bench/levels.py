@@ -1,0 +1,262 @@
+"""Wall time of ``deepcloak evaluate`` at each level, for a zoo ResNet-8 on Fashion-MNIST.
+
+Runs the evaluation the command runs (:func:`deepcloak.evaluation.run.evaluate_sources`: the
+validation split held out of the training data, the cloak fit on the rest) once per level, with
+the thread count fixed and printed, and writes ``docs/evaluation-levels.md``: what each level
+runs (from :data:`deepcloak.evaluation.config.LEVELS`, so the table cannot drift from the code)
+and the measured wall time, with the time of each stage (first to last progress report).
+
+Run::
+
+    python bench/levels.py --model runs/resnet-fashion-mnist.safetensors --threads 2
+    python bench/levels.py --model ... --levels thorough --max-samples 100   # a modest count
+
+Without ``--model`` it trains the zoo ResNet-8 recipe first (``deepcloak train --model resnet
+--data fashion-mnist``; about 4 minutes on 2 idle cores). Levels that are not run keep the
+time already written in the document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepcloak.environment import environment
+from deepcloak.evaluation.config import EvaluationConfig, EvaluationLevel
+from deepcloak.evaluation.run import evaluate_sources
+from deepcloak.evaluation.sources import DataSource, ModelSource
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "evaluation-levels.md"
+TIMES = ROOT / "docs" / "evaluation-levels.json"
+DEFAULT_MODEL = ROOT / "runs" / "resnet-fashion-mnist.safetensors"
+
+
+class StageClock:
+    """A progress callback recording when each task was first and last reported."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, list[float]] = {}
+
+    def __call__(self, task: str, done: int, total: int | None) -> None:
+        now = time.perf_counter()
+        self.spans.setdefault(task, [now, now])[1] = now
+
+    def seconds(self) -> dict[str, float]:
+        return {task: round(end - start, 1) for task, (start, end) in self.spans.items()}
+
+
+def _model(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    if not DEFAULT_MODEL.exists():
+        from deepcloak.models.recipes import recipe, train_checkpoint
+
+        print(f"training {DEFAULT_MODEL} (the zoo ResNet-8 recipe)", flush=True)
+        train_checkpoint(recipe("resnet", "fashion-mnist"), DEFAULT_MODEL)
+    return DEFAULT_MODEL
+
+
+def run_level(
+    level: EvaluationLevel, model: Path, max_samples: int | None, max_fit: int | None
+) -> dict[str, Any]:
+    """Evaluate ``model`` at ``level``; ``max_samples`` and ``max_fit`` replace its caps."""
+    overrides: dict[str, Any] = {} if max_samples is None else {"max_samples": max_samples}
+    if max_fit is not None:
+        overrides["max_fit_samples"] = max_fit
+    config = EvaluationConfig.for_level(level, **overrides)
+    level_config = EvaluationConfig.for_level(level)
+    clock = StageClock()
+    load_before = os.getloadavg()[0]
+    start, cpu = time.perf_counter(), time.process_time()
+    report = evaluate_sources(
+        ModelSource(spec=str(model), device="cpu"),
+        DataSource(name="fashion-mnist", val_samples=500, seed=0),
+        config,
+        progress=clock,
+    )
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    data = report.run["data"]
+    return {
+        "level": level.value,
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "test_samples": data["test"]["n_used"],
+        "test_available": data["test"]["n_available"],
+        "validation_samples": data["validation"]["n_used"],
+        "fit_samples": config.max_fit_samples or data["train"]["n_available"],
+        "level_samples": min(level_config.max_samples or 10**9, data["test"]["n_available"]),
+        "level_fit_samples": level_config.max_fit_samples or data["train"]["n_available"],
+        "sample_cap_overridden": max_samples is not None or max_fit is not None,
+        "stages": clock.seconds(),
+        "threads": torch.get_num_threads(),
+        "cloaked_whitebox": report.result("cloaked", "white-box").accuracy,
+        "device": environment(torch.device("cpu"))["device_name"],
+    }
+
+
+def _grid(values: Any) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def level_rows() -> list[list[str]]:
+    """What each level runs, one row per setting (from :data:`LEVELS`)."""
+    levels = list(EvaluationLevel)
+    cfgs = {lv: EvaluationConfig.for_level(lv) for lv in levels}
+
+    def row(name: str, fn: Any) -> list[str]:
+        return [name, *(fn(cfgs[lv]) for lv in levels)]
+
+    def cap(value: int | None) -> str:
+        return "all" if value is None else f"{value:,}"
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    return [
+        row("attacks", lambda c: ", ".join(c.attacks)),
+        row("PGD/APGD steps × restarts", lambda c: f"{c.steps} × {c.restarts}"),
+        row("Square queries per sample",
+            lambda c: str(c.max_queries) if "square" in c.attacks else "–"),
+        row("random masks (baseline)", lambda c: str(c.n_random)),
+        row("eps curve (multiples of eps)", lambda c: _grid(c.eps_factors)),
+        row("white-box ratios of the ratio curve",
+            lambda c: _grid(c.whitebox_ratios) + " + chosen"),
+        row("FeatureSqueezing, SpatialSmoothing", lambda c: yes(c.preprocessing_baselines)),
+        row("baselines attacked white-box", lambda c: yes(c.whitebox_baselines)),
+        row("sanity: more-steps probe", lambda c: f"PGD-{c.steps * c.more_steps_factor}"),
+        row("sanity: unbounded probe, eps growth, gradient-free, FGSM", lambda c: "yes"),
+        row("test and validation samples (cap)", lambda c: cap(c.max_samples)),
+        row("fit samples (cap)", lambda c: cap(c.max_fit_samples)),
+    ]  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _at_level_caps(t: dict[str, Any]) -> str:
+    """The measured time, or its linear scaling to the level's caps (marked ``≈``)."""
+    if not t["sample_cap_overridden"]:
+        return "as measured"
+    fit = t["stages"].get("fit", 0.0)
+    rest = t["seconds"] - fit
+    estimate = fit * t["level_fit_samples"] / t["fit_samples"] + rest * t["level_samples"] / max(
+        1, t["test_samples"]
+    )
+    return f"≈ {_duration(estimate)} ({t['level_samples']:,} test samples)"
+
+
+def markdown(times: dict[str, dict[str, Any]]) -> str:
+    """The document: the levels table and the measured times."""
+    levels = [lv.value for lv in EvaluationLevel]
+    head = ["setting", *(f"`{lv}`" for lv in levels)]
+    lines = [
+        "# Evaluation levels",
+        "",
+        "`deepcloak evaluate --level quick|standard|thorough` (default `standard`), like",
+        "AutoAttack's versions, fixes the settings that decide what an evaluation costs; any",
+        "option given explicitly (`--attacks`, `--steps`, `--restarts`, `--queries`,",
+        "`--random-masks`, `--eps-grid`, `--max-samples`, `--fit-samples`,",
+        "`--[no-]preprocessing-baselines`, `--[no-]whitebox-baselines`) overrides it. In Python:",
+        '`EvaluationConfig.for_level("quick", steps=20)`. The report records the level',
+        "(`config.level`) and the settings changed from it (`config.level_overrides`).",
+        "",
+        "Every level runs the same stages: the fit (FGSM at `--eps`), the ratio choice on the",
+        "validation split (PGD gray-box sweep), every defence (unmasked, cloaked, random mask,",
+        "activation pruning and, where listed, the preprocessing baselines) under every attack",
+        "gray-box and white-box, the accuracy-vs-eps curve, the sanity checks and the test ratio",
+        "curve. `standard` is today's evaluation; `quick` is a first look, not a result to",
+        "publish (no gradient-free attack, so the gradient-masking check cannot pass).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join("---" for _ in head) + " |",
+        *("| " + " | ".join(r) + " |" for r in level_rows()),
+        "",
+        "The sample cap takes the first samples of the test split (and of the validation split,",
+        "500 samples held out of the training data by default); `deepcloak evaluate` prints it",
+        '("evaluating 500 of 10,000 test samples (cap from --level standard; --max-samples all',
+        'to lift)") and `evaluation.json` records it (`run.data.sample_cap`, and `n_available`',
+        "and `n_used` of each split).",
+        "",
+        "## Measured wall time",
+        "",
+        "A zoo ResNet-8 (width 16, 5 epochs, 92% test accuracy) on Fashion-MNIST, CPU, measured",
+        "by `python bench/levels.py` (stages: first to last progress report of each task).",
+        "",
+        "Wall time depends on what else runs on the machine, so the process's CPU time (all its",
+        "threads) and the load average at start and end are recorded beside it.",
+        "",
+        "Where a run lowered the caps to finish on a shared machine, the last column scales it",
+        "to the level's own caps, linearly: the fit by fit samples, every other stage by test",
+        "samples (validation samples follow the same cap). That is an estimate, marked `≈`,",
+        "and a pessimistic one: a small run passes batches smaller than 128 and pays per-call",
+        "overheads (ART's wrappers, Square's bookkeeping) for few samples.",
+        "",
+        "| level | wall time | CPU time | load average | test / validation / fit samples "
+        "| threads | slowest stages | at the level's caps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for lv in levels:
+        t = times.get(lv)
+        if t is None:
+            lines.append(f"| `{lv}` | not measured | | | | | | |")
+            continue
+        slow = sorted(t["stages"].items(), key=lambda kv: -kv[1])[:3]
+        capped = " (cap lowered for this run)" if t["sample_cap_overridden"] else ""
+        load = " → ".join(f"{v:g}" for v in t.get("load_average", []))
+        lines.append(
+            f"| `{lv}` | {_duration(t['seconds'])} | {_duration(t['cpu_seconds'])} | {load} | "
+            f"{t['test_samples']:,}{capped} / "
+            f"{t['validation_samples']:,} / {t['fit_samples']:,} | {t['threads']} | "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in slow)
+            + f" | {_at_level_caps(t)} |"
+        )
+    notes = sorted({t.get("note", "") for t in times.values()} - {""})
+    lines += ["", *notes] if notes else []
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--levels", default="quick,standard,thorough")
+    parser.add_argument("--max-samples", type=int, default=None, help="replace the level's cap")
+    parser.add_argument("--max-fit-samples", type=int, default=None, help="replace the fit cap")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--note", default="", help="a sentence on the machine's load")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only rewrite the doc from JSON")
+    args = parser.parse_args(argv)
+    if args.render:
+        DOC.write_text(markdown(json.loads(TIMES.read_text())))
+        return
+    torch.set_num_threads(args.threads)
+    print(f"threads: {torch.get_num_threads()}", flush=True)
+    model = _model(args.model)
+    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+    for name in args.levels.split(","):
+        level = EvaluationLevel.parse(name.strip())
+        result = run_level(level, model, args.max_samples, args.max_fit_samples)
+        result["note"] = args.note
+        print(json.dumps(result), flush=True)
+        times[level.value] = result
+        if not args.no_write:
+            TIMES.write_text(json.dumps(times, indent=2) + "\n")
+            DOC.write_text(markdown(times))
+    if not args.no_write:
+        print(f"wrote {DOC.relative_to(ROOT)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

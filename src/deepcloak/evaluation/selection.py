@@ -1,0 +1,132 @@
+"""The evaluated mask found by a mask search instead of the paper's ranking (``--select``).
+
+With ``EvaluationConfig.select`` set, :func:`search_cloak` runs
+:func:`~deepcloak.cloak.search.search_mask` on the training data the cloak would be fit on, with
+the evaluation's validation split (held out of the training data, as for the ratio choice) as
+the search's validation samples. The search chooses the mask *and* its size there, so its
+choice (:func:`search_choice`) becomes the evaluation's
+:class:`~deepcloak.evaluation.ratio_choice.RatioChoice`; the returned
+:class:`~deepcloak.cloak.fit.Cloak` ranks the removed features first, in removal order, so its
+mask at that ratio is exactly the searched mask and every test number follows from it as for a
+fitted cloak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from deepcloak.attacks.native import FGSM
+from deepcloak.cloak.fit import Cloak
+from deepcloak.cloak.search import search_mask
+from deepcloak.cloak.taps import LayerRef, resolve_layer
+from deepcloak.errors import DeepCloakError
+from deepcloak.evaluation.config import EvaluationConfig
+from deepcloak.evaluation.crafted import Samples
+from deepcloak.evaluation.ratio_choice import RatioCandidate, RatioChoice
+from deepcloak.evaluation.stats import wilson_interval
+from deepcloak.models.runtime import model_device
+
+__all__ = ["search_choice", "search_cloak"]
+
+
+def _layer(model: nn.Module, config: EvaluationConfig, x: torch.Tensor) -> LayerRef | None:
+    if config.layer is None and config.side is None:
+        return None  # search_mask finds the input of the final nn.Linear itself
+    return resolve_layer(model, config.layer, config.side, example=x[:1].to(model_device(model)))
+
+
+def search_cloak(
+    model: nn.Module, train: Iterable[Any], val: Samples, config: EvaluationConfig
+) -> Cloak:
+    """Search the mask on ``train`` and choose it on ``val``; a cloak whose mask it is.
+
+    The fit samples are crafted with FGSM at ``config.fit_eps`` (default ``eps``), as a fit
+    would be; ``config.max_fit_samples`` caps them. The cloak's metadata records the search
+    (``selection``), from which :func:`search_choice` gives the evaluated ratio.
+
+    Args:
+        model: the trained classifier (left unmodified).
+        train: the training batches (the validation samples already held out of them).
+        val: the evaluation's validation samples.
+        config: the evaluation's settings (``select`` must be set).
+
+    Returns:
+        A cloak whose mask at ``search_choice(cloak).ratio`` is the searched mask.
+
+    Raises:
+        DeepCloakError: bad selector settings, or a layer L that is not the input of the final
+            ``nn.Linear``.
+    """
+    if config.select is None:
+        raise ValueError("search_cloak needs config.select")  # a programming error, not input
+    eps = config.fit_eps if config.fit_eps is not None else config.eps
+    val_loader = DataLoader(TensorDataset(val.x, val.y), batch_size=val.batch_size)
+    found = search_mask(
+        model, train, val_loader, layer=_layer(model, config, val.x), attack=FGSM(eps=eps),
+        selector=config.select, clean_budget=config.clean_budget, confidence=config.confidence,
+        max_samples=config.max_fit_samples, **dict(config.select_params),
+    )  # fmt: skip
+    cloak, _ = found.to_cloak(seed=config.seed)
+    return cloak
+
+
+def _candidate(
+    n_removed: int, n_features: int, clean: float, adv: float, base: Mapping[str, Any],
+    n: int, confidence: float,
+) -> RatioCandidate:  # fmt: skip
+    return RatioCandidate(
+        ratio=n_removed / n_features,
+        n_removed=n_removed,
+        clean_accuracy=clean,
+        graybox_accuracy=adv,
+        graybox_gain=adv - base["baseline_adv_accuracy"],
+        clean_drop=base["baseline_clean_accuracy"] - clean,
+        within_budget=True,  # the unmasked model, and the mask the search chose within budget
+        clean_ci=wilson_interval(round(clean * n), n, confidence),
+        graybox_ci=wilson_interval(round(adv * n), n, confidence),
+        confidence=confidence,
+    )
+
+
+def search_choice(cloak: Cloak) -> RatioChoice:
+    """The search's validation choice, from what ``cloak`` records of it, as a :class:`RatioChoice`.
+
+    The candidates are the unmasked model and the chosen mask (the search's validation figures;
+    ``graybox_accuracy`` is the accuracy on validation samples crafted on the unmasked model by
+    the search's attack). Built from the cloak's metadata alone, so a resumed evaluation (whose
+    cloak was saved and read back) gives the same choice.
+
+    Raises:
+        DeepCloakError: a cloak that records no search.
+    """
+    sel = cloak.selection
+    if sel is None:
+        raise DeepCloakError("this cloak was not found by a mask search (no 'selection' recorded)")
+    v, n, conf = sel["validation"], int(sel["val_samples"]), float(sel["confidence"])
+    removed, n_features = len(sel["removed"]), cloak.n_features
+    base = _candidate(0, n_features, v["baseline_clean_accuracy"], v["baseline_adv_accuracy"],
+                      v, n, conf)  # fmt: skip
+    chosen = _candidate(removed, n_features, v["clean_accuracy"], v["adv_accuracy"], v, n, conf)
+    drop = v["clean_drop"]
+    reason = (
+        f"mask search ({sel['selector']}): the best validation gray-box accuracy among its "
+        f"removal sets whose paired clean-accuracy drop stays within {sel['clean_budget']:.2%} "
+        f"at {conf:.0%} confidence (this one removes {removed} features; drop "
+        f"{drop['drop']:+.2%}, bound {drop['upper']:.2%})"
+    )
+    return RatioChoice(
+        ratio=removed / n_features,
+        clean_budget=float(sel["clean_budget"]),
+        baseline_clean_accuracy=v["baseline_clean_accuracy"],
+        baseline_graybox_accuracy=v["baseline_adv_accuracy"],
+        candidates=(base, chosen) if removed else (base,),
+        n_samples=n,
+        attack=dict(cloak.attack),
+        split="validation",
+        reason=reason,
+    )

@@ -1,0 +1,49 @@
+"""``bench/levels.py``: the levels document is generated from the code and the recorded times."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from deepcloak.evaluation.config import LEVELS, EvaluationLevel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _levels() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_levels", ROOT / "bench" / "levels.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_levels"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_levels_table_comes_from_the_code() -> None:
+    rows = {row[0]: row[1:] for row in _levels().level_rows()}
+    for i, level in enumerate(EvaluationLevel):
+        assert rows["attacks"][i] == ", ".join(LEVELS[level]["attacks"])
+        cap = LEVELS[level]["max_samples"]
+        assert rows["test and validation samples (cap)"][i] == (
+            "all" if cap is None else f"{cap:,}"
+        )
+
+
+def test_the_document_is_the_rendering_of_the_recorded_times() -> None:
+    module = _levels()
+    times = json.loads((ROOT / "docs" / "evaluation-levels.json").read_text())
+    assert (ROOT / "docs" / "evaluation-levels.md").read_text() == module.markdown(times)
+
+
+def test_scaling_to_the_level_caps_is_linear_per_stage() -> None:
+    run = {
+        "seconds": 110.0, "stages": {"fit": 10.0, "attacks": 100.0}, "fit_samples": 1000,
+        "level_fit_samples": 3000, "test_samples": 50, "level_samples": 500,
+        "sample_cap_overridden": True,
+    }  # fmt: skip
+    # 10 s x 3 + 100 s x 10 = 1,030 s
+    assert _levels()._at_level_caps(run) == "≈ 17 min (500 test samples)"
+    assert _levels()._at_level_caps({**run, "sample_cap_overridden": False}) == "as measured"
