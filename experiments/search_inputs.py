@@ -27,7 +27,7 @@ merged them:
 In one go:
 
     python experiments/search_inputs.py --families resnet,vgg --seeds 0
-    python experiments/search_inputs.py --quick      # smoke run under runs/paper/quick, not published
+    python experiments/search_inputs.py --quick  # smoke run (runs/paper/quick), not published
 """
 
 from __future__ import annotations

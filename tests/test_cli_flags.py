@@ -94,6 +94,35 @@ def test_select_saves_the_searched_mask_with_its_selection(tmp_path: Path) -> No
     assert validation["clean_drop"]["upper"] <= 0.01 + 1e-9
 
 
+def test_select_takes_the_selectors_and_the_searchs_settings(tmp_path: Path) -> None:
+    from deepcloak.cloak.fit import Cloak
+
+    out = tmp_path / "o"
+    data = ["--data", "digits", "--fit-samples", "900", "--test-samples", "32"]
+    select = "beam:width=2,clean_weight=2,fit_budget=0.03"
+    args = ["harden", SPEC, *data, "--random-masks", "1", "--output", "0", "--select", select]
+    result = CliRunner().invoke(
+        app, [*args, "--val-samples", "300", "--eps", "0.2", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    cloak, _ = Cloak.load(out / "mask.safetensors")
+    assert cloak.selection is not None and cloak.selection["selector"] == "beam"
+    assert cloak.selection["settings"]["width"] == 2
+    assert cloak.selection["settings"]["clean_weight"] == 2.0
+    assert cloak.selection["fit_budget"] == 0.03
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["select_params"] == {"width": 2, "clean_weight": 2, "fit_budget": 0.03}
+
+
+def test_a_bad_selector_setting_is_one_clear_error(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    for command in ("harden", "evaluate"):
+        args = [command, SPEC, *FAST, "--output", "0", "--select", "beam:depth=3"]
+        result = CliRunner().invoke(app, [*args, "--out", str(out)])
+        assert result.exit_code == 2 and "bad settings for selector 'beam'" in result.output
+        assert not out.exists()
+
+
 def test_an_unknown_selector_is_one_clear_error(tmp_path: Path) -> None:
     args = ["harden", SPEC, *FAST, "--output", "0", "--select", "best", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, args)

@@ -298,6 +298,16 @@ def _output_key(text: str | None) -> int | str | None:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+def _selector(spec: str | None) -> dict[str, Any]:
+    """``--select beam:width=4,clean_weight=2`` as the config's ``select`` and ``select_params``."""
+    if spec is None:
+        return {"select": None}
+    from deepcloak.cloak.selectors import parse_selector
+
+    name, params = parse_selector(spec)
+    return {"select": name, "select_params": params}
+
+
 def _given(**options: Any) -> dict[str, Any]:
     """The options that were given (not ``None``): the others keep the config's default."""
     return {k: v for k, v in options.items() if v is not None}
@@ -332,7 +342,7 @@ def harden(
     test_samples: Annotated[int | None, typer.Option(help="Test samples for the sweep.")] = None,
     random_masks: Annotated[int, typer.Option(help="Random masks per ratio (baseline).")] = 5,
     seed: SeedOpt = 0,
-    select: Annotated[str | None, typer.Option(help="Search for the mask instead of ranking by --score: greedy, beam, deepcloak, random (the saved mask is the one chosen; --ratio is ignored).")] = None,
+    select: Annotated[str | None, typer.Option(help="Search for the mask instead of ranking by --score: greedy, beam, deepcloak, random (the saved mask is the one chosen; --ratio is ignored). A selector's settings follow a colon: beam:width=4,clean_weight=2,fit_budget=0.03 (the study's beam4-w2 at a 1-point budget).")] = None,
     clean_budget: Annotated[float, typer.Option(help="With --select: largest clean-accuracy drop, held at 95% confidence on validation.")] = 0.01,
     val_samples: Annotated[int, typer.Option(help="With --select: training samples held out to choose the mask on.")] = 1000,
     output: OutputOpt = None,
@@ -350,7 +360,7 @@ def harden(
 
     config = HardenConfig(
         attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
-        n_random=random_masks, seed=seed, select=select, clean_budget=clean_budget,
+        n_random=random_masks, seed=seed, **_selector(select), clean_budget=clean_budget,
         val_samples=val_samples, precision=precision, **_given(batch_size=batch_size),
     )  # fmt: skip
     data_source = DataSource(
@@ -389,7 +399,7 @@ def evaluate(
     restarts: Annotated[int | None, typer.Option(help="Random restarts of PGD and APGD (default: the level's).")] = None,
     queries: Annotated[int | None, typer.Option(help="Queries per sample of the Square attack (default: the level's).")] = None,
     ratio: Annotated[float | None, typer.Option(help="Mask ratio; default: chosen on the validation split.")] = None,
-    select: Annotated[str | None, typer.Option(help="Search for the mask instead of ranking by --score: greedy, beam, deepcloak, random (mask and ratio chosen on the validation split).")] = None,
+    select: Annotated[str | None, typer.Option(help="Search for the mask instead of ranking by --score: greedy, beam, deepcloak, random (mask and ratio chosen on the validation split). A selector's settings follow a colon: beam:width=4,clean_weight=2,fit_budget=0.03 (the study's beam4-w2 at a 1-point budget).")] = None,
     clean_budget: Annotated[float, typer.Option(help="Largest clean-accuracy drop the ratio choice (or, with --select, the search at 95% confidence) may cost.")] = 0.01,
     random_masks: Annotated[int | None, typer.Option(help="Random masks of the chosen size (baseline; default: the level's).")] = None,
     eps_grid: Annotated[str | None, typer.Option(help="Budgets of the accuracy-vs-eps curve, comma-separated (default: the level's multiples of --eps).")] = None,
@@ -430,7 +440,7 @@ def evaluate(
         level_overrides["max_samples"] = _sample_cap(max_samples)
     config = EvaluationConfig.for_level(
         level, eps=eps, norm=norm, ratio=ratio, clean_budget=clean_budget, layer=layer,
-        side=side, score=score, seed=seed, select=select, precision=precision,
+        side=side, score=score, seed=seed, **_selector(select), precision=precision,
         **{k: v for k, v in level_overrides.items() if v is not None or k == "max_samples"},
         **_given(batch_size=batch_size),
     )  # fmt: skip

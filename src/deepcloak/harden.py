@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 from deepcloak.attacks.native import Attack, create_attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.search import search_mask
-from deepcloak.cloak.selectors import SELECTORS
+from deepcloak.cloak.selectors import SEARCH_SETTINGS, create_selector
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.data.loader import BatchLoader, make_loader
 from deepcloak.environment import environment
@@ -73,6 +73,9 @@ class HardenConfig:
             a selector name (``"greedy"``, ``"beam"``, ...; see
             :data:`deepcloak.cloak.selectors.SELECTORS`) searches for the mask instead, and the
             saved mask is the one it chooses (``ratio`` is then ignored).
+        select_params: the selector's settings (``{"width": 4, "clean_weight": 2}`` for beam)
+            and the search's own (``fit_budget``, ``max_removed``; see
+            :func:`~deepcloak.cloak.search.search_cached`).
         clean_budget: with ``select``: the largest clean-accuracy drop the mask may cost, held
             at 95% confidence on the validation samples.
         val_samples: with ``select``: training samples held out to choose the mask on.
@@ -93,6 +96,7 @@ class HardenConfig:
     batch_size: int = 256
     seed: int = 0
     select: str | None = None
+    select_params: Mapping[str, Any] = field(default_factory=dict)
     clean_budget: float = 0.01
     val_samples: int = 1000
     notes: dict[str, Any] = field(default_factory=dict)
@@ -102,7 +106,8 @@ class HardenConfig:
         object.__setattr__(self, "precision", parse_precision(self.precision))
         check_epsilon(self.eps)
         if self.select is not None:
-            SELECTORS.get(self.select)  # an unknown selector fails here, listing the known ones
+            params = {k: v for k, v in self.select_params.items() if k not in SEARCH_SETTINGS}
+            create_selector(self.select, **params)  # unknown names/settings fail here
             check_budget(self.clean_budget)
             check_positive_int(self.val_samples, "val_samples")
         check_ratio(self.ratio)
@@ -205,7 +210,7 @@ def harden(
     if config.select is not None:
         found = search_mask(
             model, fit_loader, loader(val_set), layer=cloak, selector=config.select,
-            clean_budget=config.clean_budget,
+            clean_budget=config.clean_budget, **dict(config.select_params),
         )  # fmt: skip
         # The search's removal order ranks the features, so the sweep shows its prefixes and
         # the saved mask (at the chosen ratio) is exactly the searched one.

@@ -228,3 +228,30 @@ def test_search_follows_the_device_of_the_features() -> None:
     cpu = create_selector("greedy", rivals=3)(h, fit_budget=0.02, max_removed=16)
     gpu = create_selector("greedy", rivals=3)(h.to("cuda"), fit_budget=0.02, max_removed=16)
     assert cpu == gpu
+
+
+def test_a_selector_spec_carries_its_settings_and_the_searchs() -> None:
+    from deepcloak.cloak.selectors import parse_selector
+
+    assert parse_selector("greedy") == ("greedy", {})
+    assert parse_selector("beam:width=4, clean_weight=2.5,fit_budget=0.03") == (
+        "beam",
+        {"width": 4, "clean_weight": 2.5, "fit_budget": 0.03},
+    )
+    assert parse_selector("beam:stop_at_plateau=false") == ("beam", {"stop_at_plateau": False})
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("best", "best"),
+        ("beam:width", "expected NAME:key=value"),
+        ("beam:depth=3", "bad settings for selector 'beam'"),
+        ("beam:width=0", "width and rivals must be >= 1"),
+    ],
+)
+def test_a_bad_selector_spec_is_refused_before_any_work(spec: str, message: str) -> None:
+    from deepcloak.cloak.selectors import parse_selector
+
+    with pytest.raises(DeepCloakError, match=message):
+        parse_selector(spec)

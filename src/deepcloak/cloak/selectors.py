@@ -32,6 +32,7 @@ from deepcloak.errors import DeepCloakError
 from deepcloak.registry import Registry
 
 __all__ = [
+    "SEARCH_SETTINGS",
     "SELECTORS",
     "BeamSelector",
     "GreedySelector",
@@ -39,6 +40,7 @@ __all__ = [
     "RankingSelector",
     "Selector",
     "create_selector",
+    "parse_selector",
     "ranked_candidates",
 ]
 
@@ -263,6 +265,47 @@ def _ranking(name: str) -> Callable[..., Selector]:
 
 SELECTORS.register("deepcloak")(_ranking("deepcloak"))
 SELECTORS.register("random")(_ranking("random"))
+
+
+SEARCH_SETTINGS = ("fit_budget", "max_removed")
+"""Settings of the search itself (:func:`~deepcloak.cloak.search.search_cached`), not of a
+selector, that a selector spec may carry."""
+
+
+def parse_selector(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"beam:width=4,clean_weight=2,fit_budget=0.03"`` into a name and its settings.
+
+    Values are read as ``true``/``false``, integers, floats, or else kept as text. The settings
+    are checked: the selector must accept them (or they are :data:`SEARCH_SETTINGS`).
+
+    Raises:
+        DeepCloakError: an unknown selector, a malformed ``key=value`` or a setting it refuses.
+    """
+    name, _, rest = spec.partition(":")
+    settings: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DeepCloakError(
+                f"bad selector setting {item!r} in {spec!r}; expected NAME:key=value,... "
+                "(e.g. beam:width=4,clean_weight=2)"
+            )
+        settings[key.strip()] = _setting_value(value.strip())
+    create_selector(
+        name.strip(), **{k: v for k, v in settings.items() if k not in SEARCH_SETTINGS}
+    )  # refuse unknown names and settings now, before any work
+    return name.strip(), settings
+
+
+def _setting_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def create_selector(name: str, **settings: Any) -> Selector:

@@ -25,7 +25,7 @@ from deepcloak.attacks import art as art_attacks  # also registers "apgd", "squa
 from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
-from deepcloak.cloak.selectors import SELECTORS
+from deepcloak.cloak.selectors import SEARCH_SETTINGS, create_selector
 from deepcloak.cloak.taps import Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
@@ -215,7 +215,8 @@ class EvaluationConfig:
         object.__setattr__(self, "precision", parse_precision(self.precision))
         object.__setattr__(self, "level", EvaluationLevel.parse(self.level))
         if self.select is not None:
-            SELECTORS.get(self.select)  # an unknown selector is an error listing the known ones
+            params = {k: v for k, v in self.select_params.items() if k not in SEARCH_SETTINGS}
+            create_selector(self.select, **params)  # unknown names/settings fail here
             if self.ratio is not None:
                 raise DeepCloakError(
                     f"select={self.select!r} chooses the mask and its ratio on validation; "
