@@ -162,12 +162,7 @@ def demo(
 
     with distributed_command(device) as (ctx, run_on):
         config = DemoConfig(
-            eps=eps,
-            ratio=ratio,
-            epochs=epochs,
-            seed=seed,
-            device=run_on,
-            precision=precision,
+            eps=eps, ratio=ratio, epochs=epochs, seed=seed, device=run_on, precision=precision
         )
         with progress_bars() if ctx.is_main else quiet_progress() as progress:
             result = run_demo(config, progress=progress)
