@@ -170,6 +170,21 @@ def test_search_cached_chooses_within_the_validation_bound() -> None:
     assert int((~result.keep).sum()) == result.n_removed
 
 
+def test_the_cloak_of_a_search_removes_the_searched_set_then_the_paper_way() -> None:
+    fit_h, val_h = toy_head(400, 12, 4, seed=6), toy_head(400, 12, 4, seed=7)
+    val_h = HeadFeatures(val_h.clean, val_h.adv, val_h.labels, fit_h.weight, fit_h.bias)
+    result = search_cached(fit_h, val_h, LayerRef("fc", Side.INPUT), clean_budget=0.2)
+    assert result.n_removed > 0
+    cloak, ratio = result.to_cloak()
+    assert torch.equal(cloak.mask(ratio).mask.bool().flatten(), result.keep)
+    # Past the searched size, features go in the order of the paper's score on the fit samples.
+    paper = (fit_h.adv - fit_h.clean).abs().sum(0)
+    rest = [j for j in paper.argsort(descending=True).tolist() if j not in result.removed]
+    for extra in range(1, 4):
+        keep = cloak.mask((result.n_removed + extra) / 12).mask.bool().flatten()
+        assert set(torch.nonzero(~keep).flatten().tolist()) == {*result.removed, *rest[:extra]}
+
+
 def test_search_mask_end_to_end_and_mask_file_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TinyResNet().eval()

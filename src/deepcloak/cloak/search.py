@@ -91,6 +91,8 @@ class SearchResult:
         attack: the attack that crafted the fit and validation samples.
         fit_samples, val_samples: how many samples each split held.
         seconds: wall time of each stage (``cache``, ``search``, ``validate``).
+        kept_order: ``(F,)`` the paper's score on the fit samples (``sum |f(x_adv) - f(x)|``):
+            :meth:`to_cloak` ranks the features the search kept by it, after the removed ones.
     """
 
     layer: LayerRef
@@ -107,6 +109,7 @@ class SearchResult:
     fit_samples: int
     val_samples: int
     seconds: dict[str, float] = field(default_factory=dict)
+    kept_order: torch.Tensor | None = field(default=None, compare=False)
 
     @property
     def n_removed(self) -> int:
@@ -157,9 +160,15 @@ class SearchResult:
         recorded in its metadata (and so in a saved mask file).
         """
         n = self.keep.numel()
+        # The features kept rank after the removed ones by the paper's score (scaled into
+        # [0, 1]), so larger ratios of the cloak (the sweep's curve past the chosen size) extend
+        # the search's mask the paper's way rather than in an arbitrary order of ties.
         scores = torch.zeros(n, dtype=torch.float64)
+        if self.kept_order is not None:
+            order = self.kept_order.detach().to("cpu", torch.float64).flatten()
+            scores = order / order.max() if float(order.max()) > 0 else scores
         for pos, j in enumerate(self.removed):
-            scores[j] = len(self.removed) - pos
+            scores[j] = 1.0 + len(self.removed) - pos
         cloak = Cloak(
             layer=self.layer,
             scores=scores,
@@ -302,6 +311,7 @@ def search_cached(
         fit_samples=fit.n_samples,
         val_samples=val.n_samples,
         seconds={"search": t1 - t0, "validate": time.perf_counter() - t1},
+        kept_order=(fit.adv - fit.clean).abs().sum(0, dtype=torch.float64).cpu(),
     )
 
 
