@@ -26,6 +26,7 @@ from deepcloak.distributed import (
     iter_owned,
     owned_rows,
     setup_distributed,
+    share_weights,
 )
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.passes import correct, craft
@@ -69,6 +70,14 @@ def test_a_loader_sharded_already_is_refused() -> None:
     )
     with pytest.raises(DeepCloakError, match="already sharded by a DistributedSampler"):
         next(iter_owned(DataLoader(data, sampler=sampler), Distributed(0, 2)))
+
+
+def test_a_loader_shuffling_without_a_seeded_generator_is_refused() -> None:
+    data = TensorDataset(torch.zeros(6, 1), torch.zeros(6, dtype=torch.int64))
+    with pytest.raises(DeepCloakError, match="shuffles without a seeded generator"):
+        next(iter_owned(DataLoader(data, shuffle=True), Distributed(0, 2)))
+    seeded = DataLoader(data, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(list(iter_owned(seeded, Distributed(0, 2)))) == 3
 
 
 def test_one_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,6 +157,14 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         assert Distributed.current() == Distributed(rank, WORLD)
         assert from_main(f"rank {rank}") == "rank 0"
+        differs = nn.Linear(3, 2)
+        nn.init.constant_(differs.weight, float(rank))
+        share_weights(differs)  # every process now holds rank 0's weights
+        assert torch.equal(differs.weight, torch.zeros(2, 3))
+        # Batches that disagree on one process are an error on every process, not a hang.
+        odd = [torch.zeros(2, 2), *([torch.zeros(1, 3)] if rank == 1 else [])]
+        with pytest.raises(DeepCloakError, match="different shapes or dtypes"):
+            gather_batches(odd)
         # Gather in pieces of 3 rows of 8x8 float32 images (and many rows of smaller ones).
         deepcloak.distributed.GATHER_CHUNK_BYTES = 3 * 64 * 4
         torch.save(_run_passes(), f"{out_dir}/{rank}.pt")

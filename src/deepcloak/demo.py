@@ -15,6 +15,7 @@ import torch
 
 from deepcloak.data.sets import load_dataset
 from deepcloak.devices import resolve_device
+from deepcloak.distributed import share_weights
 from deepcloak.harden import HardenConfig, HardenResult, harden, write_harden
 from deepcloak.models.train import TrainResult, train_model
 from deepcloak.models.zoo import create_model
@@ -78,6 +79,7 @@ def run_demo(config: DemoConfig, *, progress: ProgressFn | None = None) -> DemoR
         model, train_set, epochs=config.epochs, batch_size=64, seed=config.seed,
         test_set=test_set, progress=progress, device=resolve_device(config.device),
     )  # fmt: skip
+    share_weights(model)  # under torchrun: every process cloaks rank 0's trained model
     hardened = harden(model, train_set, test_set, harden_config, progress=progress)
     summary = {k: v for k, v in asdict(training).items() if k != "losses"}
     hardened.model_info = {"arch": "resnet", "arch_kwargs": arch_kwargs, "training": summary}

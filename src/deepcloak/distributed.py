@@ -30,7 +30,8 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch import nn
+from torch.utils.data import DistributedSampler, RandomSampler
 
 from deepcloak.errors import DeepCloakError
 
@@ -45,6 +46,7 @@ __all__ = [
     "iter_owned",
     "owned_rows",
     "setup_distributed",
+    "share_weights",
 ]
 
 T = TypeVar("T")
@@ -155,7 +157,8 @@ def iter_owned(loader: Iterable[T], ctx: Distributed | None = None) -> Iterator[
         ctx: the process group (default: :meth:`Distributed.current`).
 
     Raises:
-        DeepCloakError: ``loader`` is sharded already (its sampler is a ``DistributedSampler``).
+        DeepCloakError: ``loader`` is sharded already (its sampler is a ``DistributedSampler``),
+            or shuffles without a seeded generator (each process would see another order).
     """
     ctx = ctx if ctx is not None else Distributed.current()
     if not ctx.enabled:
@@ -165,6 +168,13 @@ def iter_owned(loader: Iterable[T], ctx: Distributed | None = None) -> Iterator[
         raise DeepCloakError(
             "the loader is already sharded by a DistributedSampler; give every process the "
             "whole data set: deepcloak splits the batches among the processes itself"
+        )
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, RandomSampler) and sampler.generator is None:
+        raise DeepCloakError(
+            "the loader shuffles without a seeded generator, so every process would see another "
+            "order and samples would be skipped or repeated; pass shuffle=False, or a "
+            "torch.Generator seeded alike on every process"
         )
     sharded = getattr(loader, "sharded", None)
     if callable(sharded):
@@ -194,8 +204,26 @@ def _comm_device() -> torch.device:
 def all_reduce_sum(tensor: torch.Tensor, ctx: Distributed) -> torch.Tensor:
     """``tensor`` summed over all processes (itself when not distributed), in place."""
     if ctx.enabled:
-        dist.all_reduce(tensor)
+        wire = tensor.to(_comm_device())  # NCCL sums CUDA tensors only
+        dist.all_reduce(wire)
+        tensor.copy_(wire)
     return tensor
+
+
+def share_weights(model: nn.Module, ctx: Distributed | None = None) -> nn.Module:
+    """Give every process rank 0's parameters and buffers, in place (a no-op on one process).
+
+    Processes that trained the same model from the same seed can still differ in the last bits
+    (non-deterministic GPU kernels); everything after training must see one model.
+    """
+    ctx = ctx if ctx is not None else Distributed.current()
+    if ctx.enabled:
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                wire = tensor.detach().to(_comm_device())
+                dist.broadcast(wire, src=0)
+                tensor.copy_(wire)
+    return model
 
 
 def from_main(value: T, ctx: Distributed | None = None) -> T:
@@ -232,17 +260,21 @@ def gather_batches(
     ctx = ctx if ctx is not None else Distributed.current()
     if not ctx.enabled:
         return [t.cpu() for t in local]
+    # Each process says whether its own batches agree, so that every process raises together
+    # instead of one raising while the others wait in the gather.
+    agree = all(t.shape[1:] == local[0].shape[1:] and t.dtype == local[0].dtype for t in local)
     mine = (
         [t.shape[0] for t in local],
         tuple(local[0].shape[1:]) if local else None,
         local[0].dtype if local else None,
+        agree,
     )
     metas: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(metas, mine)
     shapes = {(m[1], m[2]) for m in metas if m[1] is not None}
     if not shapes:
         return []
-    if len(shapes) > 1 or any(tuple(t.shape[1:]) != mine[1] for t in local):
+    if len(shapes) > 1 or not all(m[3] for m in metas):
         raise DeepCloakError(
             f"processes hold batches of different shapes or dtypes: {sorted(map(str, shapes))}"
         )

@@ -25,6 +25,7 @@ from deepcloak.cloak.search import search_mask
 from deepcloak.cloak.selectors import SEARCH_SETTINGS, create_selector
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.data.loader import BatchLoader, make_loader
+from deepcloak.distributed import from_main
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
@@ -214,7 +215,7 @@ def harden(
         )  # fmt: skip
         # The search's removal order ranks the features, so the sweep shows its prefixes and
         # the saved mask (at the chosen ratio) is exactly the searched one.
-        cloak, ratio = found.to_cloak(seed=config.seed)
+        cloak, ratio = from_main(found.to_cloak(seed=config.seed))  # one choice on all ranks
         config = replace(config, ratio=ratio)
     sweep = graybox_sweep(
         model, cloak, loader(test_set), attack=attack,

@@ -203,7 +203,13 @@ class CraftedSets:
 
     def _find(self, key: CraftKey, samples: Samples) -> torch.Tensor | None:
         if key in self._sets:
-            return self._sets[key]
+            held = self._sets[key]
+            if held.shape != samples.x.shape:  # the key names the split, not which rows
+                raise DeepCloakError(
+                    f"a crafted set of the {samples.split} split has shape {tuple(held.shape)} "
+                    f"but these samples {tuple(samples.x.shape)}; expected the whole split"
+                )
+            return held
         if key not in self._passes or self.saved is None:
             return None
         x_adv = self.saved.load_crafted(key)

@@ -160,9 +160,13 @@ class WorkFolder:
         )
 
     def holds_work(self) -> bool:
-        """Whether a stage or a crafted set was saved here."""
+        """Whether a stage or a crafted set was saved here (a killed write's temporary file
+        is not a saved one)."""
         return any(
-            f.is_file() for d in (self._stages, self._crafted) if d.is_dir() for f in d.iterdir()
+            f.is_file() and f.suffix in (".json", ".safetensors")
+            for d in (self._stages, self._crafted)
+            if d.is_dir()
+            for f in d.iterdir()
         )
 
     def _check(self, fingerprint: Mapping[str, Any]) -> None:
@@ -240,8 +244,9 @@ class WorkFolder:
         save_tensors(self._crafted_file(key), {"adversarial": x_adv}, meta)
 
     def remove(self) -> None:
-        """Delete the folder (after the outputs were written)."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the folder (after the outputs were written), only if it is a work folder."""
+        if self._is_ours():
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from deepcloak.attacks.native import FGSM, Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.mask import keep_mask, masked
 from deepcloak.data.loader import BatchLoader, make_loader
+from deepcloak.distributed import from_main
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.config import EvaluationConfig, build_attack, in_config_precision
@@ -319,10 +320,12 @@ def evaluate_cloak(
     )
     stages.timings.stages.append(StageTime("prepare", clock() - prepare_start))
     store, work = stages.store, stages.work
-    cloak = stages.run(
+    # Under torchrun every decision that sets how many passes follow (the cloak, its ratio)
+    # is rank 0's: a last-bit difference between ranks must not make them disagree and hang.
+    cloak = from_main(stages.run(
         "fit", lambda: _fit_or_use(model, train_loader_or_cloak, splits, cfg, report, store),
         Codec(work.save_cloak, work.load_cloak) if work is not None else None,
-    )  # fmt: skip
+    ))  # fmt: skip
     select = build_attack(cfg.select_attack, cfg)
     choice = search_choice(cloak) if cfg.select is not None else _choose(
         stages.run(
@@ -331,6 +334,7 @@ def evaluate_cloak(
             MAYBE_SWEEP,
         ), cfg,
     )  # fmt: skip
+    choice = from_main(choice)
     log.info("evaluating at ratio %.4g (%s)", choice.ratio, choice.reason)
     found = _measure(stages, model, cloak, choice.ratio, splits, surrogate, cfg, report)
     report_start = clock()
@@ -489,8 +493,9 @@ def evaluate_sources(
 
     train: Iterable[Any] | Cloak = Cloak.load(cloak_file)[0] if cloak_file else loader(fit_set)
     metadata = {
-        "model": model.spec, "model_info": loaded.info,
-        "surrogate": surrogate.spec if surrogate else None, "data": data.name,
+        "model": model.spec, "model_info": loaded.info, "output": model.output,
+        "surrogate": surrogate.spec if surrogate else None,
+        "surrogate_output": surrogate.output if surrogate else None, "data": data.name,
         "root": str(data.root) if data.root else None,
         "cloak_file": str(cloak_file) if cloak_file else None,
         "validation": f"{data.val_samples} samples held out from the training split "
