@@ -137,41 +137,7 @@ def cache_head_features(
         DeepCloakError: empty loader, bad inputs or labels, non-finite features, or a layer
             whose ``nn.Linear`` does not produce the model's logits.
     """
-    head = linear_head(model, layer)
-    device = model_device(model)
-    clean, adv, labels, done = [], [], [], 0
-    with eval_mode(model):
-        for batch in loader:
-            x, y = unpack_batch(batch, device)
-            if max_samples is not None:
-                x, y = x[: max_samples - done], y[: max_samples - done]
-            with torch.enable_grad():
-                x_adv = attack(model, x, y)
-            f_clean, f_adv, logits = layer_features(model, layer, x, x_adv)
-            if done == 0 and not torch.allclose(
-                head(f_clean), logits[: x.shape[0]], rtol=1e-4, atol=1e-4
-            ):
-                raise LayerError(f"the nn.Linear at {layer} does not produce the model's logits")
-            clean.append(f_clean.flatten(1))
-            adv.append(f_adv.flatten(1))
-            labels.append(y)
-            done += y.numel()
-            if max_samples is not None and done >= max_samples:
-                break
-    if done == 0:
-        raise DeepCloakError("the data loader yielded no samples; expected at least one batch")
-    feats = HeadFeatures(
-        torch.cat(clean),
-        torch.cat(adv),
-        torch.cat(labels),
-        head.weight.detach().clone(),
-        head.bias.detach().clone()
-        if head.bias is not None
-        else head.weight.new_zeros(head.out_features),
-    )
-    check_finite(feats.clean, "clean features")
-    check_finite(feats.adv, "adversarial features")
-    return feats
+    return cache_head_features_multi(model, loader, layer, [attack], max_samples=max_samples)
 
 
 def concat_head_features(parts: Sequence[HeadFeatures]) -> HeadFeatures:
@@ -245,7 +211,9 @@ def cache_head_features_multi(
                 if done == 0 and not torch.allclose(
                     head(f_clean), logits[: x.shape[0]], rtol=1e-4, atol=1e-4
                 ):
-                    raise LayerError(f"the nn.Linear at {layer} does not produce the logits")
+                    raise LayerError(
+                        f"the nn.Linear at {layer} does not produce the model's logits"
+                    )
                 out.append(f_adv.flatten(1))
             clean.append(f_clean.flatten(1))
             labels.append(y)
