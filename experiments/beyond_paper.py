@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,20 +113,30 @@ def share(ok: torch.Tensor) -> dict[str, Any]:
     return {"acc": ok.double().mean().item(), "ci95": wilson_interval(int(ok.sum()), ok.numel())}
 
 
-def test_figures(
-    result: SearchResult, test: HeadFeatures, base: dict[str, torch.Tensor],
-    model: torch.nn.Module, wb_set: ImageDataset, attacks: dict[str, Attack], seed: int,
-) -> dict[str, Any]:  # fmt: skip
-    """Everything measured on the test split for one chosen mask."""
-    clean_ok, adv_ok = correct(test, result.keep)
+def mask_figures(
+    keep: torch.Tensor,
+    correct_under: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    whitebox_under: Callable[[Attack], torch.Tensor],
+    base: dict[str, torch.Tensor],
+    attacks: dict[str, Attack],
+    seed: int,
+) -> dict[str, Any]:
+    """Everything measured on the test split for the mask ``keep``.
+
+    ``correct_under(k)`` gives the per-sample clean and gray-box correctness under a mask ``k``
+    (random masks of the same size included); ``whitebox_under(attack)`` runs ``attack`` through
+    the model masked with ``keep``. Shared with ``experiments/search_inputs.py``.
+    """
+    clean_ok, adv_ok = correct_under(keep)[:2]
+    n_removed = int((~keep).sum())
     gen = torch.Generator().manual_seed(seed)
     random_adv = []
     for _ in range(N_RANDOM):
-        keep = torch.ones_like(result.keep)
-        keep[torch.randperm(keep.numel(), generator=gen)[: result.n_removed]] = False
-        random_adv.append(correct(test, keep)[1].double().mean().item())
+        k = torch.ones_like(keep)
+        k[torch.randperm(k.numel(), generator=gen)[:n_removed]] = False
+        random_adv.append(correct_under(k)[1].double().mean().item())
     row: dict[str, Any] = {
-        "n_removed": result.n_removed,
+        "n_removed": n_removed,
         "clean": share(clean_ok),
         "clean_drop": paired_drop(base["clean"], clean_ok).to_json(),
         "graybox_fgsm": share(adv_ok),
@@ -133,12 +144,34 @@ def test_figures(
         "random_graybox_fgsm": sum(random_adv) / N_RANDOM,
     }
     for name, attack in attacks.items():
-        ok = base[name] if result.n_removed == 0 else whitebox(
-            model, result.layer, result.keep, wb_set, attack
-        )  # fmt: skip
+        ok = base[name] if n_removed == 0 else whitebox_under(attack)
         row[f"whitebox_{name}"] = share(ok)
         row[f"whitebox_{name}_p"] = mcnemar_exact(ok, base[name]).p_greater
     return row
+
+
+def test_figures(
+    result: SearchResult, test: HeadFeatures, base: dict[str, torch.Tensor],
+    model: torch.nn.Module, wb_set: ImageDataset, attacks: dict[str, Attack], seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything measured on the test split for one chosen mask."""
+    return mask_figures(
+        result.keep, lambda k: correct(test, k),
+        lambda attack: whitebox(model, result.layer, result.keep, wb_set, attack),
+        base, attacks, seed,
+    )  # fmt: skip
+
+
+def mask_gains(test: dict[str, Any], unmasked: dict[str, Any]) -> dict[str, float]:
+    """Test gains of one mask's figures over the unmasked model's, as fractions."""
+    t, u = test, unmasked
+    return {
+        "gray": t["graybox_fgsm"]["acc"] - u["graybox_fgsm"]["acc"],
+        "random": t["random_graybox_fgsm"] - u["graybox_fgsm"]["acc"],
+        "clean": -t["clean_drop"]["drop"],
+        "wb_fgsm": t["whitebox_fgsm"]["acc"] - u["whitebox_fgsm"]["acc"],
+        "wb_pgd": t["whitebox_pgd"]["acc"] - u["whitebox_pgd"]["acc"],
+    }
 
 
 def run_family(
@@ -239,14 +272,7 @@ def pts(x: float) -> str:
 
 def gains(run: dict[str, Any], sel: str) -> dict[str, float]:
     """Test gains of one selector's mask over the unmasked model, as fractions."""
-    t, u = run["selectors"][sel]["test"], run["unmasked"]
-    return {
-        "gray": t["graybox_fgsm"]["acc"] - u["graybox_fgsm"]["acc"],
-        "random": t["random_graybox_fgsm"] - u["graybox_fgsm"]["acc"],
-        "clean": -t["clean_drop"]["drop"],
-        "wb_fgsm": t["whitebox_fgsm"]["acc"] - u["whitebox_fgsm"]["acc"],
-        "wb_pgd": t["whitebox_pgd"]["acc"] - u["whitebox_pgd"]["acc"],
-    }
+    return mask_gains(run["selectors"][sel]["test"], run["unmasked"])
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:

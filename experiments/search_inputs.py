@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from beyond_paper import FAMILIES, share, train_or_load, whitebox
+from beyond_paper import FAMILIES, mask_figures, share, train_or_load, whitebox
 from search_inputs_report import BUDGET, EPS, LARGE, N_RANDOM, PGD_STEPS, SPEND, render
 
 from deepcloak import FGSM, PGD, mcnemar_exact
@@ -286,30 +286,12 @@ def evaluate(
     model: nn.Module, head: Head, keep: torch.Tensor, test: dict[str, Any],
     base: dict[str, torch.Tensor], wb_set: ImageDataset, attacks: dict[str, Attack], seed: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """Test figures of one chosen mask (as ``beyond_paper.test_figures``)."""
-    clean_ok, adv_ok = correct(head, test, keep)
-    n_removed = int((~keep).sum())
-    gen = torch.Generator().manual_seed(seed)
-    rand = []
-    for _ in range(N_RANDOM):
-        k = torch.ones_like(keep)
-        k[torch.randperm(k.numel(), generator=gen)[:n_removed]] = False
-        rand.append(correct(head, test, k)[1].double().mean().item())
-    row: dict[str, Any] = {
-        "n_removed": n_removed,
-        "clean": share(clean_ok),
-        "clean_drop": paired_drop(base["clean"], clean_ok).to_json(),
-        "graybox_fgsm": share(adv_ok),
-        "graybox_p": mcnemar_exact(adv_ok, base["adv"]).p_greater,
-        "random_graybox_fgsm": sum(rand) / N_RANDOM,
-    }
-    for name, attack in attacks.items():
-        ok = base[name] if n_removed == 0 else whitebox(
-            model, head.ref, keep.view(head.shape), wb_set, attack
-        )  # fmt: skip
-        row[f"whitebox_{name}"] = share(ok)
-        row[f"whitebox_{name}_p"] = mcnemar_exact(ok, base[name]).p_greater
-    return row
+    """Test figures of one chosen mask (``beyond_paper.mask_figures`` through ``head``)."""
+    return mask_figures(
+        keep, lambda k: correct(head, test, k),
+        lambda attack: whitebox(model, head.ref, keep.view(head.shape), wb_set, attack),
+        base, attacks, seed,
+    )  # fmt: skip
 
 
 class Study:

@@ -9,6 +9,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from beyond_paper import mask_gains, pts
+
 from deepcloak.io import write_bytes_atomic, write_text_atomic
 
 #: The study's settings: attack budget, clean budget, budgets the selectors may spend on the fit
@@ -17,21 +19,9 @@ from deepcloak.io import write_bytes_atomic, write_text_atomic
 EPS, BUDGET, SPEND, PGD_STEPS, N_RANDOM, LARGE = 0.04, 0.01, 3.0, 10, 5, 1000
 
 
-def pts(x: float) -> str:
-    """A fraction as signed points."""
-    return f"{100 * x:+.1f}"
-
-
 def gains(run: dict[str, Any], label: str) -> dict[str, float]:
     """Test gains of one variant over the unmasked model, as fractions."""
-    t, u = run["variants"][label]["test"], run["unmasked"]
-    return {
-        "gray": t["graybox_fgsm"]["acc"] - u["graybox_fgsm"]["acc"],
-        "random": t["random_graybox_fgsm"] - u["graybox_fgsm"]["acc"],
-        "clean": -t["clean_drop"]["drop"],
-        "wb_fgsm": t["whitebox_fgsm"]["acc"] - u["whitebox_fgsm"]["acc"],
-        "wb_pgd": t["whitebox_pgd"]["acc"] - u["whitebox_pgd"]["acc"],
-    }
+    return mask_gains(run["variants"][label]["test"], run["unmasked"])
 
 
 def vs_ref(run: dict[str, Any], label: str) -> str:
