@@ -487,11 +487,11 @@ def _keeps_stages(work: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as e:
-        from deepcloak.evaluation.resume import WorkFolder
+        from deepcloak.evaluation.resume import WorkFolder, WorkFolderError
 
-        folder = WorkFolder(work)
-        if str(work) in str(e):  # an error about the folder itself: leave it as it is
+        if isinstance(e, WorkFolderError):  # an error about the folder itself: leave it as it is
             raise
+        folder = WorkFolder(work)
         if folder.holds_work():
             console.print(
                 f"finished stages are saved in {work}: rerun the same command with --resume "

@@ -48,6 +48,7 @@ __all__ = [
     "Codec",
     "StageRunner",
     "WorkFolder",
+    "WorkFolderError",
     "digest",
     "fingerprint",
     "work_folder_for",
@@ -101,6 +102,11 @@ def _differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     return out
 
 
+class WorkFolderError(DeepCloakError):
+    """The work folder itself is the problem (not ours, another run's, unreadable): the CLI
+    leaves it as it is."""
+
+
 class WorkFolder:
     """The saved stages and crafted sets of one evaluation (see the module's docstring).
 
@@ -129,7 +135,7 @@ class WorkFolder:
         """
         folder = cls(Path(path))
         if folder.path.exists() and not folder._is_ours():
-            raise DeepCloakError(
+            raise WorkFolderError(
                 f"{folder.path} exists but is not a deepcloak work folder; give a new path for "
                 "the saved stages (deepcloak evaluate puts them beside --out)"
             )
@@ -137,7 +143,7 @@ class WorkFolder:
             folder.remove()  # stopped before any stage finished: nothing to keep
         if folder.path.exists():
             if not resume:
-                raise DeepCloakError(
+                raise WorkFolderError(
                     f"{folder.path} holds the finished stages of an interrupted evaluation; "
                     f"pass --resume to continue it, or delete {folder.path} to start afresh"
                 )
@@ -173,14 +179,14 @@ class WorkFolder:
         try:
             saved = json.loads((self.path / _FINGERPRINT).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise DeepCloakError(
+            raise WorkFolderError(
                 f"cannot resume from {self.path}: its {_FINGERPRINT} is unreadable ({e}); "
                 f"delete {self.path} to start afresh"
             ) from None
         now = json.loads(json.dumps(dict(fingerprint)))  # as it reads back from JSON
         differ = _differences(saved, now)
         if differ:
-            raise DeepCloakError(
+            raise WorkFolderError(
                 f"cannot resume from {self.path}: it holds another evaluation ({', '.join(differ)} "
                 f"differ from this run's); rerun with the same model, data and settings, or "
                 f"delete {self.path} to start afresh"
