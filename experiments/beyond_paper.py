@@ -63,6 +63,11 @@ SELECTORS: dict[str, tuple[str, dict[str, Any], float]] = {
 }
 
 
+def checkpoint_path(runs: Path, name: str, seed: int) -> Path:
+    """Where :func:`train_or_load` keeps the family's checkpoint at ``seed``."""
+    return runs / (f"{name}.safetensors" if seed == 0 else f"seed{seed}/{name}.safetensors")
+
+
 def train_or_load(
     name: str, root: Path, runs: Path, seed: int, device: torch.device, *, quick: bool
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -71,7 +76,7 @@ def train_or_load(
         name, "fashion-mnist", root=root, seed=seed,
         epochs=1 if quick else None, limit=3000 if quick else None,
     )  # fmt: skip
-    path = runs / (f"{name}.safetensors" if seed == 0 else f"seed{seed}/{name}.safetensors")
+    path = checkpoint_path(runs, name, seed)
     if path.exists():
         model, meta = load_model(str(path))
         if meta.get("training") == job.settings():
@@ -438,12 +443,14 @@ def section(results: dict[str, Any]) -> str:
     return "\n".join([*lines, END])
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the marked section of ``path`` (or append it), leaving the rest untouched."""
+def write_section(path: Path, text: str, markers: tuple[str, str] = (START, END)) -> None:
+    """Replace the section of ``path`` between ``markers`` (or append it), leaving the rest
+    untouched."""
+    start, end = markers
     old = path.read_text() if path.exists() else ""
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + text + rest.split(end, 1)[1]
     else:
         new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
     write_text_atomic(path, new)

@@ -16,7 +16,8 @@ the shared result model and statistics, the shared figure helper), the same call
 ``deepcloak harden``. Writes ``docs/results.md``, ``docs/results.json`` (kind ``paper-sweep`` of
 the schema in ``docs/schema.md``) and ``docs/figures/paper_sweep_<family>.png``. A section of
 ``docs/results.md`` between ``<!-- beyond-the-paper:start -->`` and
-``<!-- beyond-the-paper:end -->`` comes from another script and is kept verbatim.
+``<!-- beyond-the-paper:end -->`` (and one between the ``default-mask`` markers) comes from
+another script and is kept verbatim.
 Checkpoints and each family's per-sample results are saved under ``runs/paper``; a rerun with
 the same settings reuses them (delete the folder to start afresh). Every other number in
 ``docs/results.md`` comes from this script:
@@ -58,6 +59,8 @@ N_RANDOM = 5
 
 #: The section another script (the search experiments) writes into results.md: kept verbatim.
 MARKERS = ("<!-- beyond-the-paper:start -->", "<!-- beyond-the-paper:end -->")
+#: Every section other scripts write into results.md (``experiments/default_mask.py`` too).
+SECTIONS = (MARKERS, ("<!-- default-mask:start -->", "<!-- default-mask:end -->"))
 
 #: The paper's four families; each trains with the recipe ``deepcloak train`` uses
 #: (``deepcloak.models.recipes.RECIPES``), so these checkpoints are what that command makes.
@@ -341,12 +344,15 @@ def _compute_minutes(runs: list[FamilyRun]) -> float:
 
 
 def keep_marked_section(old: str | None, new: str) -> str:
-    """``new``, with the section between :data:`MARKERS` in ``old`` (if any) appended verbatim."""
-    if old is None or MARKERS[0] not in old or MARKERS[1] not in old:
+    """``new``, with each section of :data:`SECTIONS` in ``old`` (if any) appended verbatim."""
+    kept = []
+    for first, last in SECTIONS:
+        if old is not None and first in old and last in old:
+            start = old.index(first)
+            kept.append(old[start : old.index(last, start) + len(last)])
+    if not kept:
         return new
-    start = old.index(MARKERS[0])
-    end = old.index(MARKERS[1], start) + len(MARKERS[1])
-    return new.rstrip("\n") + "\n\n" + old[start:end] + "\n"
+    return new.rstrip("\n") + "".join(f"\n\n{k}" for k in kept) + "\n"
 
 
 def document(runs: list[FamilyRun], settings: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -159,11 +159,14 @@ def test_results_md_keeps_the_marked_section(paper: tuple[ModuleType, Any]) -> N
     module, run = paper
     start, end = module.MARKERS
     section = f"{start}\n## Beyond the paper\n\n| a | b |\n|---|---|\n| 1 | 2 |\n{end}"
-    old = f"# old results\n\nstale numbers\n\n{section}\n\ntrailing words\n"
+    first, last = module.SECTIONS[1]  # experiments/default_mask.py's section is kept too
+    other = f"{first}\n## The default mask\n\n| c |\n|---|\n| 3 |\n{last}"
+    old = f"# old results\n\nstale numbers\n\n{section}\n\ntrailing words\n\n{other}\n"
     doc = module.document([run], {"eps": 0.04, "fit_samples": 96, "whitebox_samples": 32}, 60.0)
     new = module.markdown([run], doc, quick=False)
     merged = module.keep_marked_section(old, new)
-    assert section in merged and "stale numbers" not in merged
+    assert section in merged and other in merged and "stale numbers" not in merged
+    assert merged.index(section) < merged.index(other)
     assert merged.startswith(new.rstrip("\n"))
     assert module.keep_marked_section(None, new) == new
     assert "small CNN" in new and "McNemar" in new
