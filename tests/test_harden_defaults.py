@@ -45,7 +45,7 @@ def test_the_default_config_searches_and_a_fixed_ratio_is_the_papers_method() ->
     paper = HardenConfig(ratio=0.01)
     assert paper.select is None and paper.ratio == 0.01 and not paper.searches
     assert HardenConfig(select=None).ratio == 0.01  # the paper's 1%
-    with pytest.raises(DeepCloakError, match="a fixed ratio .* is the paper's method"):
+    with pytest.raises(DeepCloakError, match=r"a fixed ratio .* is the paper's method"):
         HardenConfig(select="beam", ratio=0.05)
     with pytest.raises(DeepCloakError, match="score='random' ranks features for the paper"):
         HardenConfig(score="random")

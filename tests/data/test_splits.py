@@ -64,7 +64,7 @@ def test_fit_samples_count_only_the_samples_fit_on() -> None:
 
 
 def test_bad_sources_and_counts_are_clear_errors() -> None:
-    with pytest.raises(DeepCloakError, match="unknown validation source 'dev'.*test, train"):
+    with pytest.raises(DeepCloakError, match=r"unknown validation source 'dev'.*test, train"):
         ValFrom.parse("dev")
     train, test = load_dataset("digits"), load_dataset("digits", split="test")
     with pytest.raises(DeepCloakError, match="cannot hold out 360 of 360"):
