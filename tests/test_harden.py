@@ -229,4 +229,6 @@ def test_evaluate_sources_loads_splits_and_batches_as_configured(checkpoint: Pat
     fit = [done for task, done in calls if task == "fit" and done]
     assert fit[:2] == [7, 14]  # the configured batch size reaches the loaders
     with pytest.raises(DeepCloakError, match="needs validation samples"):
-        evaluate_sources(ModelSource(spec=str(checkpoint)), DataSource(name="digits"), config)
+        evaluate_sources(
+            ModelSource(spec=str(checkpoint)), DataSource(name="digits", val_samples=0), config
+        )

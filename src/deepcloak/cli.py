@@ -34,6 +34,7 @@ from deepcloak.report.files import check_output_file, check_output_folder
 if TYPE_CHECKING:
     from deepcloak.distributed import Distributed
     from deepcloak.evaluation.config import EvaluationConfig
+    from deepcloak.evaluation.sources import DataSource
     from deepcloak.progress import ProgressFn
 
 app = typer.Typer(
@@ -146,10 +147,8 @@ def demo(
     ] = Path("runs/demo"),
     eps: Annotated[
         float, typer.Option(help="FGSM budget in [0, 1] (digits have 1/16 grey steps).")
-    ] = 0.2,
-    ratio: Annotated[
-        float, typer.Option(help="Fraction of features the saved mask removes, in [0, 1).")
-    ] = 0.05,
+    ] = 0.15,
+    ratio: RatioOpt = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed of training, attacks and random masks.")] = 0,
     device: DeviceOpt = "auto",
@@ -164,6 +163,8 @@ def demo(
         config = DemoConfig(
             eps=eps, ratio=ratio, epochs=epochs, seed=seed, device=run_on, precision=precision
         )
+        from deepcloak.report.summary import paper_line, saved_mask_lines
+
         with progress_bars() if ctx.is_main else quiet_progress() as progress:
             result = run_demo(config, progress=progress)
         if not ctx.is_main:  # every process trained the same model; rank 0 reports it
@@ -172,7 +173,13 @@ def demo(
             f"ResNet on digits: test accuracy {100 * (result.training.test_accuracy or 0):.1f}% "
             f"({result.training.epochs} epochs, {result.training.seconds:.1f} s)"
         )
-        out.print(sweep_table(result.hardened.sweep))
+        hardened = result.hardened
+        out.print("\n".join(saved_mask_lines(hardened.saved_mask())), highlight=False)
+        if result.paper is not None:
+            out.print(paper_line(result.paper.saved_mask(), hardened.saved_mask()), highlight=False)
+        out.print(
+            sweep_table(hardened.sweep, saved=hardened.ratio, searched=hardened.search is not None)
+        )
         paths = write_demo(result, out_dir)
         out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
@@ -318,6 +325,70 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
         raise DeepCloakError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+SelectOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="How the mask is found. Default: beam search (width=4, clean_weight=2, "
+        "fit_budget=0.03), its size chosen on validation samples within --clean-budget. Others: "
+        "greedy, random, deepcloak (the paper's score, size chosen the same way). Settings after "
+        "a colon: beam:width=8. The paper's exact method: --select deepcloak --ratio 0.01."
+    ),
+]
+RatioOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="A fixed fraction of features to remove, ranked by --score: the paper's method "
+        "(no search, no validation). Default: the search chooses."
+    ),
+]
+BudgetOpt = Annotated[
+    float,
+    typer.Option(
+        help="Largest clean-accuracy drop the saved mask may cost (0.01 = 1 point), held at "
+        "95% confidence on the validation samples."
+    ),
+]
+ValFromOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Where the samples the mask is chosen on come from: test (default: a seeded part "
+        "of the test split, every figure reported on the rest), train (held out of the "
+        "training split: the model saw them, so the choice is biased), or folder (--val-root, "
+        "or an image folder's val/)."
+    ),
+]
+ValSamplesOpt = Annotated[
+    int | None,
+    typer.Option(help="Validation samples (default: 5,000 or half the split, whichever is fewer)."),
+]
+ValRootOpt = Annotated[
+    Path | None,
+    typer.Option(help="A validation folder of your own: one sub-folder per class."),
+]
+FitSamplesOpt = Annotated[
+    int | None,
+    typer.Option(help="Training samples to fit on (default: all; validation counted apart)."),
+]
+
+
+def _method(select: str | None, ratio: float | None, score: str) -> dict[str, Any]:
+    """``--select``/``--ratio``/``--score`` as the config's ``select``, ``select_params``,
+    ``ratio`` and ``score``: ``--select deepcloak --ratio R`` (or ``--ratio R`` alone) is the
+    paper's method; any other ``--select`` searches."""
+    from deepcloak.harden import AUTO
+
+    if ratio is not None and (select is None or select.split(":")[0].strip() == "deepcloak"):
+        if select is not None and ":" in select:
+            raise DeepCloakError(
+                f"--select {select} with --ratio: the paper's method at a fixed ratio takes no "
+                "selector settings; drop them or the ratio"
+            )
+        return {"select": None, "ratio": ratio, "score": score}
+    if select is None:
+        return {"select": AUTO, "ratio": ratio, "score": score}
+    return {**_selector(select), "ratio": ratio, "score": score}
+
+
 @app.command()
 @user_errors
 def harden(
@@ -329,17 +400,19 @@ def harden(
     attack: Annotated[str, typer.Option(help="Attack for the fit and the test: fgsm or pgd.")] = "fgsm",
     eps: EpsOpt = 8 / 255,
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 10,
-    ratio: Annotated[float, typer.Option(help="Fraction of features the saved mask removes.")] = 0.01,
+    select: SelectOpt = None,
+    ratio: RatioOpt = None,
+    clean_budget: BudgetOpt = 0.01,
+    val_from: ValFromOpt = None,
+    val_samples: ValSamplesOpt = None,
+    val_root: ValRootOpt = None,
     layer: LayerOpt = None,
     side: SideOpt = None,
     score: ScoreOpt = "deepcloak",
-    fit_samples: Annotated[int | None, typer.Option(help="Training samples for the fit.")] = None,
-    test_samples: Annotated[int | None, typer.Option(help="Test samples for the sweep.")] = None,
+    fit_samples: FitSamplesOpt = None,
+    test_samples: Annotated[int | None, typer.Option(help="Test samples to report on (a seeded subset of what validation leaves).")] = None,
     random_masks: Annotated[int, typer.Option(help="Random masks per ratio (baseline).")] = 5,
     seed: SeedOpt = 0,
-    select: Annotated[str | None, typer.Option(help="Search for the mask instead of ranking by --score: greedy, beam, deepcloak, random (the saved mask is the one chosen; --ratio is ignored). A selector's settings follow a colon: beam:width=4,clean_weight=2,fit_budget=0.03 (the study's beam4-w2 at a 1-point budget).")] = None,
-    clean_budget: Annotated[float, typer.Option(help="With --select: largest clean-accuracy drop, held at 95% confidence on validation.")] = 0.01,
-    val_samples: Annotated[int, typer.Option(help="With --select: training samples held out to choose the mask on.")] = 1000,
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -347,20 +420,24 @@ def harden(
     workers: WorkersOpt = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/harden"),
 ) -> None:  # fmt: skip
-    """Fit DeepCloak on a model's training data and sweep mask ratios on its test data."""
+    """Find the mask that buys the most robustness within a clean budget, save the cloaked
+    model, and sweep mask ratios on test data (gray-box, random masks, white-box)."""
     check_output_folder(out_dir)
     from deepcloak.evaluation.sources import DataSource, ModelSource
     from deepcloak.harden import HardenConfig, harden_sources, write_harden
+    from deepcloak.report.summary import saved_mask_lines
     from deepcloak.report.tables import sweep_table
 
     config = HardenConfig(
-        attack=attack, eps=eps, steps=steps, ratio=ratio, layer=layer, side=side, score=score,
-        n_random=random_masks, seed=seed, **_selector(select), clean_budget=clean_budget,
-        val_samples=val_samples, precision=precision, **_given(batch_size=batch_size),
+        attack=attack, eps=eps, steps=steps, layer=layer, side=side,
+        n_random=random_masks, seed=seed, **_method(select, ratio, score),
+        clean_budget=clean_budget, precision=precision,
+        **_given(batch_size=batch_size, val_from=val_from, val_samples=val_samples),
     )  # fmt: skip
     data_source = DataSource(
-        name=data, root=root, fit_samples=fit_samples, test_samples=test_samples, seed=seed
-    )
+        name=data, root=root, fit_samples=fit_samples, test_samples=test_samples, seed=seed,
+        val_from=val_from, val_samples=val_samples, val_root=val_root,
+    )  # fmt: skip
     with distributed_command(device) as (ctx, run_on):
         source = ModelSource(
             spec=model, weights=weights, allow_pickle=allow_pickle, output=_output_key(output),
@@ -370,7 +447,9 @@ def harden(
             result = harden_sources(source, data_source, config, progress=progress, workers=workers)
         if not ctx.is_main:  # rank 0 prints and writes the results, the same on every process
             return
-        out.print(sweep_table(result.sweep))
+        record = result.saved_mask()
+        out.print("\n".join(saved_mask_lines(record)), highlight=False)
+        out.print(sweep_table(result.sweep, saved=result.ratio, searched=result.search is not None))
         paths = write_harden(result, out_dir, title=f"DeepCloak: {model} on {data}")
         out.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.1f} s)")
 
@@ -393,17 +472,19 @@ def evaluate(
     steps: Annotated[int | None, typer.Option(help="Steps of PGD and APGD (default: the level's).")] = None,
     restarts: Annotated[int | None, typer.Option(help="Random restarts of PGD and APGD (default: the level's).")] = None,
     queries: Annotated[int | None, typer.Option(help="Queries per sample of the Square attack (default: the level's).")] = None,
-    ratio: Annotated[float | None, typer.Option(help="Mask ratio; default: chosen on the validation split.")] = None,
-    select: Annotated[str | None, typer.Option(help="Search for the mask instead of ranking by --score: greedy, beam, deepcloak, random (mask and ratio chosen on the validation split). A selector's settings follow a colon: beam:width=4,clean_weight=2,fit_budget=0.03 (the study's beam4-w2 at a 1-point budget).")] = None,
-    clean_budget: Annotated[float, typer.Option(help="Largest clean-accuracy drop the ratio choice (or, with --select, the search at 95% confidence) may cost.")] = 0.01,
+    select: SelectOpt = None,
+    ratio: RatioOpt = None,
+    clean_budget: BudgetOpt = 0.01,
     random_masks: Annotated[int | None, typer.Option(help="Random masks of the chosen size (baseline; default: the level's).")] = None,
     eps_grid: Annotated[str | None, typer.Option(help="Budgets of the accuracy-vs-eps curve, comma-separated (default: the level's multiples of --eps).")] = None,
     layer: LayerOpt = None,
     side: SideOpt = None,
     score: ScoreOpt = "deepcloak",
-    val_samples: Annotated[int, typer.Option(help="Validation samples, held out from training data.")] = 500,
+    val_from: ValFromOpt = None,
+    val_samples: ValSamplesOpt = None,
+    val_root: ValRootOpt = None,
     test_samples: Annotated[int | None, typer.Option(help="Draw a seeded random subset of this many test samples first (default: all; the cap then applies).")] = None,
-    fit_samples: Annotated[int | None, typer.Option(help="Training samples for the fit (default: the level's).")] = None,
+    fit_samples: Annotated[int | None, typer.Option(help="Training samples to fit on (default: the level's; validation counted apart).")] = None,
     preprocessing_baselines: Annotated[bool | None, typer.Option("--preprocessing-baselines/--no-preprocessing-baselines", help="Compare with FeatureSqueezing and SpatialSmoothing (default: the level's).")] = None,
     whitebox_baselines: Annotated[bool | None, typer.Option("--whitebox-baselines/--no-whitebox-baselines", help="Also attack the baselines end to end (default: the level's).")] = None,
     per_sample: Annotated[bool, typer.Option(help="Keep per-sample correctness in the JSON.")] = True,
@@ -434,14 +515,15 @@ def evaluate(
     if max_samples is not None:
         level_overrides["max_samples"] = _sample_cap(max_samples)
     config = EvaluationConfig.for_level(
-        level, eps=eps, norm=norm, ratio=ratio, clean_budget=clean_budget, layer=layer,
-        side=side, score=score, seed=seed, **_selector(select), precision=precision,
+        level, eps=eps, norm=norm, clean_budget=clean_budget, layer=layer,
+        side=side, seed=seed, **_method(select, ratio, score), precision=precision,
         **{k: v for k, v in level_overrides.items() if v is not None or k == "max_samples"},
         **_given(batch_size=batch_size),
     )  # fmt: skip
     data_source = DataSource(
-        name=data, root=root, val_samples=val_samples, test_samples=test_samples, seed=seed
-    )
+        name=data, root=root, test_samples=test_samples, seed=seed, val_from=val_from,
+        val_samples=val_samples, val_root=val_root,
+    )  # fmt: skip
     work = work_folder_for(out_dir)
     with distributed_command(device) as (ctx, run_on):
         if ctx.enabled and resume:
@@ -452,7 +534,7 @@ def evaluate(
         # Under torchrun no process saves stages: their writes would race on one folder.
         stages_at = None if ctx.enabled else work
         if ctx.is_main:
-            out.print(_cap_line(config, len(data_source.test()), val_samples), highlight=False)
+            out.print(_cap_line(config, data_source, cloak is not None), highlight=False)
         with (
             progress_bars() if ctx.is_main else quiet_progress() as progress,
             _keeps_stages(work) if stages_at else contextlib.nullcontext(),
@@ -515,23 +597,30 @@ def _sample_cap(text: str) -> int | None:
     return value
 
 
-def _cap_line(config: EvaluationConfig, n_test: int, n_val: int) -> str:
-    """One line saying how many test (and validation) samples the evaluation will use."""
+def _cap_line(config: EvaluationConfig, data: DataSource, cloak_given: bool) -> str:
+    """Which samples the evaluation will use: the validation source, and the visible cap."""
+    splits = data.splits()
+    n_test, n_val = len(splits.test), len(splits.val) if splits.val is not None else 0
+    where = f"; validation: {splits.validation.description}" if splits.validation else ""
+    searching = config.resolved(cloak_given=cloak_given).select is not None
     cap = config.max_samples
+    val_cap = None if searching else cap  # the search's validation is one FGSM pass: uncapped
     if cap is None:
-        return f"evaluating all {n_test:,} test and {n_val:,} validation samples (no cap)"
-    where = (
+        return f"evaluating all {n_test:,} test and {n_val:,} validation samples (no cap){where}"
+    source = (
         f"--level {config.level_name}" if config.max_samples_source == "level" else "--max-samples"
     )
-    if n_test <= cap and n_val <= cap:
+    if n_test <= cap and (val_cap is None or n_val <= val_cap):
         return (
             f"evaluating all {n_test:,} test and {n_val:,} validation samples (cap {cap:,} from "
-            f"{where} not reached)"
+            f"{source} not reached){where}"
         )
     line = f"evaluating {min(cap, n_test):,} of {n_test:,} test samples"
-    if n_val > cap:
-        line += f" and {cap:,} of {n_val:,} validation samples"
-    return f"{line} (cap from {where}; --max-samples all to lift)"
+    if val_cap is not None and n_val > val_cap:
+        line += f" and {val_cap:,} of {n_val:,} validation samples"
+    else:
+        line += f" and all {n_val:,} validation samples"
+    return f"{line} (cap from {source}; --max-samples all to lift){where}"
 
 
 class Interrupted(BaseException):

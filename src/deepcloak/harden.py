@@ -15,16 +15,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from deepcloak.attacks.native import Attack, create_attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
-from deepcloak.cloak.search import search_mask
-from deepcloak.cloak.selectors import SEARCH_SETTINGS, create_selector
+from deepcloak.cloak.search import SearchResult, search_mask
+from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, SEARCH_SETTINGS, create_selector
+from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.data.loader import BatchLoader, make_loader
+from deepcloak.data.splits import DataSplits, ValFrom, ValidationInfo
 from deepcloak.distributed import from_main
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
@@ -39,9 +40,12 @@ from deepcloak.models.checkpoint import save_checkpoint
 from deepcloak.models.precision import Precision, check_precision_supported, parse_precision
 from deepcloak.progress import ProgressFn
 from deepcloak.report.files import write_folder
+from deepcloak.report.summary import saved_mask_record
 from deepcloak.validation import check_epsilon, check_positive_int, check_ratio, check_ratios
 
 __all__ = [
+    "AUTO",
+    "DEFAULT_SELECTOR",
     "HardenConfig",
     "HardenResult",
     "check_model_fits_data",
@@ -53,33 +57,46 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The paper's ratio when ``select=None`` and no ratio is given.
+PAPER_RATIO = 0.01
+
 
 @dataclass(frozen=True)
 class HardenConfig:
     """Settings of :func:`harden`.
 
+    With no arguments, the mask is *searched* (:data:`DEFAULT_SELECTOR`) and its size chosen on
+    validation samples the model never trained on (a seeded part of the test split), within a
+    1-point clean-accuracy budget held at 95% confidence. The paper's method is one setting
+    away: ``ratio=0.01`` (or ``select=None``) ranks features by ``score`` and removes that
+    fraction.
+
     Attributes:
         attack: ``"fgsm"`` (the paper's) or ``"pgd"``; used for the fit and the test samples.
         eps: attack budget in [0, 1].
         steps: PGD steps (ignored by FGSM).
-        ratio: fraction of features removed by the saved mask and cloaked model.
+        ratio: a fixed fraction of features to remove, ranked by ``score`` (the paper's method;
+            ``None``: the search chooses, or 1% when ``select=None``).
         ratios: ratios of the sweep.
         whitebox_ratios: ratios at which the attack is also run through the cloaked model.
         layer, side: layer L (default: input of the final ``nn.Linear``).
-        score: scorer name.
+        score: scorer of the paper's method.
         n_random: random masks per ratio in the baseline.
         batch_size: samples per batch.
-        seed: seeds attacks, random masks and the validation split.
-        select: ``None`` ranks features by ``score`` and saves ``ratio`` (the paper's method);
-            a selector name (``"greedy"``, ``"beam"``, ...; see
-            :data:`deepcloak.cloak.selectors.SELECTORS`) searches for the mask instead, and the
-            saved mask is the one it chooses (``ratio`` is then ignored).
-        select_params: the selector's settings (``{"width": 4, "clean_weight": 2}`` for beam)
-            and the search's own (``fit_budget``, ``max_removed``; see
+        seed: seeds attacks, random masks and the validation draw.
+        select: the search's selector (``"beam"``, ``"greedy"``, ``"deepcloak"``, ``"random"``;
+            see :data:`deepcloak.cloak.selectors.SELECTORS`): it proposes masks on the fit
+            samples and the saved one is chosen on the validation samples. ``None``: the paper's
+            method at ``ratio``. Default :data:`AUTO`: beam, unless ``ratio`` is given.
+        select_params: the selector's settings (``{"width": 8}`` for beam) and the search's
+            own (``fit_budget``, ``max_removed``; see
             :func:`~deepcloak.cloak.search.search_cached`).
-        clean_budget: with ``select``: the largest clean-accuracy drop the mask may cost, held
+        clean_budget: with a search: the largest clean-accuracy drop the mask may cost, held
             at 95% confidence on the validation samples.
-        val_samples: with ``select``: training samples held out to choose the mask on.
+        val_from: with a search, when :func:`harden` is not given validation samples: where to
+            draw them (``"test"``: a seeded part of the test split, every figure reported on
+            the rest; ``"train"``: held out of the training split, biased).
+        val_samples: how many (``None``: ``min(5000, half of the split drawn from)``).
         precision: ``"fp32"`` or ``"bf16"`` for the sweep's forward-only passes (feature
             caching, masked predictions); the fit and every attack run in float32.
     """
@@ -87,7 +104,7 @@ class HardenConfig:
     attack: str = "fgsm"
     eps: float = 8 / 255
     steps: int = 10
-    ratio: float = 0.01
+    ratio: float | None = None
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     whitebox_ratios: tuple[float, ...] = WHITEBOX_RATIOS
     layer: str | None = None
@@ -96,27 +113,54 @@ class HardenConfig:
     n_random: int = 5
     batch_size: int = 256
     seed: int = 0
-    select: str | None = None
+    select: str | None = AUTO
     select_params: Mapping[str, Any] = field(default_factory=dict)
     clean_budget: float = 0.01
-    val_samples: int = 1000
+    val_from: str = "test"
+    val_samples: int | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     precision: Precision | str = Precision.FP32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", parse_precision(self.precision))
         check_epsilon(self.eps)
-        if self.select is not None:
-            params = {k: v for k, v in self.select_params.items() if k not in SEARCH_SETTINGS}
-            create_selector(self.select, **params)  # unknown names/settings fail here
-            check_budget(self.clean_budget)
-            check_positive_int(self.val_samples, "val_samples")
-        check_ratio(self.ratio)
+        if self.select == AUTO:
+            object.__setattr__(self, "select", None if self.ratio is not None else DEFAULT_SELECTOR)
+        if self.select is None:
+            object.__setattr__(self, "ratio", PAPER_RATIO if self.ratio is None else self.ratio)
+        else:
+            self._check_search()
+        check_ratio(self.ratio if self.ratio is not None else 0.0)
         check_ratios(self.ratios)
         check_ratios(self.whitebox_ratios or (0.0,))
         if isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise DeepCloakError(f"batch_size must be >= 1, got {self.batch_size}")
         self.make_attack()  # an unknown attack or a bad setting fails here, before any work
+
+    def _check_search(self) -> None:
+        if self.ratio is not None:
+            raise DeepCloakError(
+                f"select={self.select!r} chooses the mask and its size on validation samples; "
+                f"a fixed ratio ({self.ratio}) is the paper's method: drop the ratio, or rank by "
+                "the paper's score at that ratio (--select deepcloak --ratio R; select=None)"
+            )
+        if self.score != "deepcloak":
+            raise DeepCloakError(
+                f"score={self.score!r} ranks features for the paper's method at a fixed ratio; "
+                f"the search (select={self.select!r}) chooses its own: add a ratio (--ratio R) "
+                "to rank by that score, or drop the score"
+            )
+        params = {k: v for k, v in self.select_params.items() if k not in SEARCH_SETTINGS}
+        create_selector(self.select or DEFAULT_SELECTOR, **params)  # bad settings fail here
+        check_budget(self.clean_budget)
+        ValFrom.parse(self.val_from)
+        if self.val_samples is not None:
+            check_positive_int(self.val_samples, "val_samples")
+
+    @property
+    def searches(self) -> bool:
+        """Whether the saved mask is searched (else: the paper's ranking at ``ratio``)."""
+        return self.select is not None
 
     def make_attack(self) -> Attack:
         """The configured attack."""
@@ -125,17 +169,22 @@ class HardenConfig:
             params.update(steps=self.steps, seed=self.seed)
         return create_attack(self.attack, **params)
 
-    def sweep_ratios(self) -> list[float]:
+    def sweep_ratios(self, saved: float | None = None) -> list[float]:
         """The sweep's ratios, with the saved ratio and the white-box ratios included."""
-        return sorted({*self.ratios, self.ratio, *self.whitebox_ratios})
+        chosen = [r for r in (saved, self.ratio) if r is not None]
+        return sorted({*self.ratios, *chosen, *self.whitebox_ratios})
 
 
 @dataclass
 class HardenResult:
     """What :func:`harden` produced; :func:`write_harden` saves it.
 
-    ``model_info`` and ``data_info`` describe the model and data for the report (filled by
-    :func:`harden_sources`; the caller's own words otherwise).
+    Attributes:
+        ratio: the saved mask's ratio (the search's choice, or the configured ratio).
+        search: the search that chose the mask (``None`` for the paper's method).
+        validation: where the validation samples came from (``None`` without a search).
+        model_info, data_info: the model and data for the report (filled by
+            :func:`harden_sources`; the caller's own words otherwise).
     """
 
     config: HardenConfig
@@ -143,8 +192,16 @@ class HardenResult:
     cloak: Cloak
     sweep: SweepResult
     seconds: float
+    ratio: float = 0.0
+    search: SearchResult | None = None
+    validation: ValidationInfo | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
     data_info: dict[str, Any] = field(default_factory=dict)
+
+    def saved_mask(self) -> dict[str, Any]:
+        """What was saved and what it bought: ``report.json``'s ``saved_mask`` (see
+        :func:`deepcloak.report.summary.saved_mask_lines` for its one block of text)."""
+        return saved_mask_record(self)
 
 
 def check_model_fits_data(
@@ -174,18 +231,28 @@ def harden(
     test_set: Dataset[Any],
     config: HardenConfig,
     *,
+    val_set: Dataset[Any] | None = None,
+    validation: ValidationInfo | None = None,
     input_shape: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
     workers: int = 0,
 ) -> HardenResult:
-    """Fit DeepCloak on ``train_set`` and sweep ratios on ``test_set`` (gray-box and white-box).
+    """Find the mask on ``train_set`` (choosing it on validation samples) and sweep ratios on
+    ``test_set`` (gray-box and white-box).
+
+    With a search (the default), the mask is chosen on ``val_set``; without one, validation
+    samples are drawn as ``config.val_from`` says — by default a seeded part of ``test_set``,
+    which is then reported on the rest only (``result.validation`` says which). The fit
+    samples are attacked once: the search's cached features also give the paper's score, which
+    ranks the features the search kept (the sweep's rows past the saved mask). Without a search
+    (``config.select=None``), the paper's method: features ranked by ``config.score`` at
+    ``config.ratio``.
 
     ``input_shape``, if known, is the ``(C, H, W)`` the model was trained on; see
-    :func:`check_model_fits_data`. The sweep is :func:`~deepcloak.evaluation.sweep.graybox_sweep`
-    with the configured attack as the gray-box and the white-box attack. Data sets are batched
-    by :func:`~deepcloak.data.loader.make_loader` (``workers`` processes decode an image
-    folder; in-memory sets need none). Under ``torchrun`` the fit and the sweep's attacks are
-    shared among the processes by batch, with the same results as one process.
+    :func:`check_model_fits_data`. Data sets are batched by
+    :func:`~deepcloak.data.loader.make_loader` (``workers`` processes decode an image folder).
+    Under ``torchrun`` the fit and the sweep's attacks are shared among the processes by batch,
+    with the same results as one process.
 
     Raises:
         DeepCloakError: the model does not fit the data, or bad settings.
@@ -193,6 +260,8 @@ def harden(
     start = time.perf_counter()
     check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
     check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
+    if val_set is not None:
+        check_model_fits_data(model, val_set, "the validation data", input_shape=input_shape)
     check_precision_supported(config.precision, model_device(model))
     # fit and the sweeps use eval mode themselves and restore every module's own mode.
     model = cloakable(model, train_set[0][0][None].to(model_device(model)))
@@ -202,42 +271,49 @@ def harden(
     def loader(data: Dataset[Any]) -> BatchLoader:
         return make_loader(data, batch_size=config.batch_size, workers=workers, device=device)
 
-    fit_set, val_set = _hold_out(train_set, config.val_samples if config.select else 0, config.seed)
-    fit_loader = loader(fit_set)
-    cloak = fit(
-        model, fit_loader, attack=attack, layer=config.layer, side=config.side,
-        score=config.score, seed=config.seed, progress=progress,
-    )  # fmt: skip
-    if config.select is not None:
-        found = search_mask(
-            model, fit_loader, loader(val_set), layer=cloak, selector=config.select,
-            clean_budget=config.clean_budget, **dict(config.select_params),
+    search = None
+    if config.select is None:
+        cloak = fit(
+            model, loader(train_set), attack=attack, layer=config.layer, side=config.side,
+            score=config.score, seed=config.seed, progress=progress,
+        )  # fmt: skip
+        ratio = float(config.ratio or 0.0)
+    else:
+        if val_set is None:
+            splits = DataSplits.make(
+                train_set, test_set, val_from=config.val_from,  # type: ignore[arg-type]
+                val_samples=config.val_samples, seed=config.seed,
+            )  # fmt: skip
+            train_set, val_set, test_set = splits.fit, splits.val, splits.test
+            validation = splits.validation
+        if val_set is None:
+            raise DeepCloakError("the search needs validation samples; val_samples=0 leaves none")
+        search = search_mask(
+            model, loader(train_set), loader(val_set), layer=_layer(model, config, train_set),
+            attack=attack, selector=config.select, clean_budget=config.clean_budget,
+            **dict(config.select_params),
         )  # fmt: skip
         # The search's removal order ranks the features, so the sweep shows its prefixes and
         # the saved mask (at the chosen ratio) is exactly the searched one.
-        cloak, ratio = from_main(found.to_cloak(seed=config.seed))  # one choice on all ranks
-        config = replace(config, ratio=ratio)
+        cloak, ratio = from_main(search.to_cloak(seed=config.seed))  # one choice on all ranks
     sweep = graybox_sweep(
         model, cloak, loader(test_set), attack=attack,
-        ratios=config.sweep_ratios(), n_random=config.n_random, seed=config.seed,
-        whitebox_attacks=[attack], whitebox_ratios=sorted({*config.whitebox_ratios, config.ratio}),
+        ratios=config.sweep_ratios(ratio), n_random=config.n_random, seed=config.seed,
+        whitebox_attacks=[attack], whitebox_ratios=sorted({*config.whitebox_ratios, ratio}),
         progress=progress, precision=config.precision,
     )  # fmt: skip
-    return HardenResult(config, model, cloak, sweep, time.perf_counter() - start)
+    return HardenResult(
+        config, model, cloak, sweep, time.perf_counter() - start, ratio=ratio, search=search,
+        validation=validation,
+    )  # fmt: skip
 
 
-def _hold_out(data: Dataset[Any], n: int, seed: int) -> tuple[Dataset[Any], Dataset[Any]]:
-    """``(rest, held_out)``: ``n`` samples drawn with ``seed``, disjoint from the rest."""
-    size = len(data)  # type: ignore[arg-type]
-    if n == 0:
-        return data, Subset(data, [])
-    if n >= size:
-        raise DeepCloakError(
-            f"val_samples={n} leaves no training samples to fit on ({size} in all); "
-            "ask for fewer validation samples"
-        )
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
-    return Subset(data, sorted(order[n:])), Subset(data, sorted(order[:n]))
+def _layer(model: nn.Module, config: HardenConfig, data: Dataset[Any]) -> LayerRef | None:
+    """Layer L for the search: ``None`` (the input of the final ``nn.Linear``) unless named."""
+    if config.layer is None and config.side is None:
+        return None
+    x = data[0][0][None].to(model_device(model))
+    return resolve_layer(model, config.layer, config.side, example=x)
 
 
 def harden_sources(
@@ -256,18 +332,22 @@ def harden_sources(
             bad settings.
         DataFormatError: a malformed model or data file.
     """
-    train_set, _ = data.train_and_validation()
-    test_set = data.test()
-    loaded = model.load_for(test_set)
+    searching = config.select is not None
+    if not searching:  # the paper's method at a fixed ratio chooses nothing: no validation
+        data = replace(data, val_samples=0, val_from=None, val_root=None)
+    splits = data.splits()
+    loaded = model.load_for(splits.test)
+    if searching and splits.validation is not None:
+        config = replace(
+            config, val_from=splits.validation.source, val_samples=len(splits.val or ())
+        )
     result = harden(
-        loaded.model, train_set, test_set, config,
-        input_shape=trained_input_shape(loaded.info), progress=progress, workers=workers,
+        loaded.model, splits.fit, splits.test, config, val_set=splits.val,
+        validation=splits.validation, input_shape=trained_input_shape(loaded.info),
+        progress=progress, workers=workers,
     )  # fmt: skip
     result.model_info = loaded.info
-    result.data_info = data.describe(
-        train_samples=len(train_set), test_samples=len(test_set),
-        input_shape=list(train_set.input_shape),
-    )  # fmt: skip
+    result.data_info = data.describe(splits)
     return result
 
 
@@ -275,7 +355,7 @@ def _save_cloaked_model(result: HardenResult, out: Path, meta: dict[str, Any]) -
     """Save the model with the mask folded in, in the form it came in; ``None`` if not foldable."""
     cloaked = copy.deepcopy(result.model)
     try:
-        result.cloak.apply(cloaked, result.config.ratio, fold=True)
+        result.cloak.apply(cloaked, result.ratio, fold=True)
     except LayerError as e:
         # The mask file is then the artefact: Cloak.load(path) and .apply(model) insert it.
         log.warning(
@@ -309,7 +389,9 @@ def harden_document(result: HardenResult, files: dict[str, str]) -> dict[str, An
         "config": asdict(result.config),
         "data": result.data_info,
         "model": result.model_info,
-        "fit": result.cloak.metadata(result.config.ratio),
+        "fit": result.cloak.metadata(result.ratio),
+        "saved_mask": result.saved_mask(),
+        "search": result.search.to_json() if result.search is not None else None,
         "threat_models": dict(THREAT_MODELS),
         "sweep": result.sweep.to_json(),
         "environment": environment(
@@ -343,11 +425,11 @@ def _write_harden_files(result: HardenResult, out: Path, title: str) -> dict[str
 
     paths = {"report": out / "report.json", "plot": out / "sweep.png"}
     paths["mask"] = out / "mask.safetensors"
-    meta = {**result.data_info, "cloak": result.cloak.metadata(result.config.ratio)}
+    meta = {**result.data_info, "cloak": result.cloak.metadata(result.ratio)}
     model_path = _save_cloaked_model(result, out, meta)
     if model_path is not None:
         paths["model"] = model_path
-    result.cloak.save(paths["mask"], result.config.ratio)
+    result.cloak.save(paths["mask"], result.ratio)
     write_bytes_atomic(paths["plot"], png(sweep_figure(result.sweep, title=title)))
     document = harden_document(result, {k: p.name for k, p in paths.items()})
     write_json_atomic(paths["report"], document)

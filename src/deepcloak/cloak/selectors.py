@@ -32,6 +32,8 @@ from deepcloak.errors import DeepCloakError
 from deepcloak.registry import Registry
 
 __all__ = [
+    "AUTO",
+    "DEFAULT_SELECTOR",
     "SEARCH_SETTINGS",
     "SELECTORS",
     "BeamSelector",
@@ -43,6 +45,12 @@ __all__ = [
     "parse_selector",
     "ranked_candidates",
 ]
+
+#: A config's ``select`` default: the search with :data:`DEFAULT_SELECTOR`, unless a fixed ratio
+#: (the paper's method) or a fitted cloak is given.
+AUTO = "auto"
+#: The selector a command with no flags searches with.
+DEFAULT_SELECTOR = "beam"
 
 #: Removal sets for 1, 2, ... removed features, each in removal order.
 Path = list[tuple[int, ...]]

@@ -35,7 +35,7 @@ from deepcloak.errors import DataFormatError, DeepCloakError
 if TYPE_CHECKING:
     from deepcloak.data.sets import ImageDataset
 
-__all__ = ["TEST_FRACTION", "ImageFolderDataset", "read_image_folder"]
+__all__ = ["TEST_FRACTION", "ImageFolderDataset", "read_class_folder", "read_image_folder"]
 
 TEST_FRACTION = 0.2  # held-out share of each class for folders without train/ and test/
 
@@ -254,3 +254,40 @@ def _split_per_class(
         test += [s for j, s in enumerate(members) if j in held]
         train += [s for j, s in enumerate(members) if j not in held]
     return train, test
+
+
+def read_class_folder(
+    folder: Path, *, classes: Sequence[str], input_shape: tuple[int, int, int]
+) -> ImageFolderDataset:
+    """Every image in ``folder/<class>/``, labelled by ``classes`` and served in ``input_shape``.
+
+    This reads a validation folder of the user's (``--val-from folder``): its class folders are
+    matched to the training data's classes by name or, for data sets whose class names cannot
+    be folder names, by index (folders ``0``, ``1``, ...). Images are converted to the training
+    data's mode and size, so that the validation samples fit the model the training data fits.
+
+    Raises:
+        DataFormatError: no class folders or images, or a class folder that names no class.
+    """
+    names, samples = _images.list_image_folder(folder)
+    by_name = {c: i for i, c in enumerate(classes)}
+    if all(n in by_name for n in names):
+        remap = [by_name[n] for n in names]
+    elif all(n.isdigit() and int(n) < len(classes) for n in names):
+        remap = [int(n) for n in names]
+    else:
+        unknown = sorted(n for n in names if n not in by_name)[:5]
+        raise DataFormatError(
+            f"{folder}: class folders {unknown} name no class of the data; expected folders "
+            f"named after its classes ({', '.join(list(classes)[:5])}, ...) or "
+            f"0..{len(classes) - 1}"
+        )
+    channels, height, width = input_shape
+    return ImageFolderDataset(
+        [p for p, _ in samples],
+        [remap[i] for _, i in samples],
+        name="validation folder",
+        classes=list(classes),
+        mode="L" if channels == 1 else "RGB",
+        size=(width, height),
+    )

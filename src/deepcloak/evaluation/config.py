@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar
 
@@ -25,7 +25,7 @@ from deepcloak.attacks import art as art_attacks  # also registers "apgd", "squa
 from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
-from deepcloak.cloak.selectors import SEARCH_SETTINGS, create_selector
+from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, SEARCH_SETTINGS, create_selector
 from deepcloak.cloak.taps import Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
@@ -152,8 +152,9 @@ class EvaluationConfig:
             always compute their gradients in float32 (:mod:`deepcloak.models.precision`).
         select: a mask-search selector (:data:`~deepcloak.cloak.selectors.SELECTORS`:
             ``"greedy"``, ``"beam"``, ...) or ``None`` to rank features by ``score``. With one,
-            the search runs on the training data (the validation samples held out of it) and
-            chooses the mask and its ratio on the validation split within ``clean_budget``.
+            the search runs on the training data and chooses the mask and its ratio on the
+            validation samples within ``clean_budget``. Default ``"auto"``: beam search, unless
+            a fixed ``ratio`` or a fitted cloak is given (:meth:`resolved`).
         select_params: the selector's settings (e.g. ``{"width": 8}`` for beam).
         level: the level these settings started from (:meth:`for_level`); settings that differ
             from it are listed by :attr:`level_overrides`.
@@ -191,7 +192,7 @@ class EvaluationConfig:
     confidence: float = 0.95
     seed: int = 0
     precision: Precision | str = Precision.FP32
-    select: str | None = None
+    select: str | None = AUTO
     select_params: Mapping[str, Any] = field(default_factory=dict)
     level: EvaluationLevel | str = EvaluationLevel.STANDARD
 
@@ -214,9 +215,12 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", parse_precision(self.precision))
         object.__setattr__(self, "level", EvaluationLevel.parse(self.level))
+        if self.select == AUTO and self.ratio is not None:
+            object.__setattr__(self, "select", None)  # a fixed ratio: the paper's ranking
         if self.select is not None:
             params = {k: v for k, v in self.select_params.items() if k not in SEARCH_SETTINGS}
-            create_selector(self.select, **params)  # unknown names/settings fail here
+            name = DEFAULT_SELECTOR if self.select == AUTO else self.select
+            create_selector(name, **params)  # unknown names/settings fail here
             if self.ratio is not None:
                 raise DeepCloakError(
                     f"select={self.select!r} chooses the mask and its ratio on validation; "
@@ -331,6 +335,14 @@ class EvaluationConfig:
     def max_samples_source(self) -> str:
         """Where the sample cap comes from: ``"level"`` or ``"setting"`` (an override)."""
         return "setting" if "max_samples" in self.level_overrides else "level"
+
+    def resolved(self, *, cloak_given: bool) -> EvaluationConfig:
+        """The config with ``select="auto"`` resolved: the default search
+        (:data:`~deepcloak.cloak.selectors.DEFAULT_SELECTOR`), or none when a fitted cloak is
+        evaluated as it is."""
+        if self.select != AUTO:
+            return self
+        return replace(self, select=None if cloak_given else DEFAULT_SELECTOR)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of every setting."""

@@ -126,7 +126,10 @@ def _prepare(
     if config.uses_art:
         art_attacks.require_art()  # fail now, not after the fit
     x, y = collect(test_loader, "test", config.max_samples)
-    x_val, y_val = collect(val_loader, "validation", config.max_samples)
+    # The search's validation pass is one FGSM pass and its bound needs samples: the level's cap
+    # applies to the validation samples only when the paper's ratio is chosen on a PGD sweep.
+    val_cap = config.max_samples if config.select is None else None
+    x_val, y_val = collect(val_loader, "validation", val_cap)
     num_classes = check_model_fits(model, x, y, data="the test data")
     check_model_fits(model, x_val, y_val, data="the validation data")
     if x_val.shape[1:] != x.shape[1:]:
@@ -312,7 +315,10 @@ def evaluate_cloak(
             cloak from another model, ART missing for an ART attack, or a ``work_dir`` that
             holds another evaluation (or an interrupted one, without ``resume``).
     """
-    cfg, report = config if config is not None else EvaluationConfig(), progress or no_progress
+    cfg = (config if config is not None else EvaluationConfig()).resolved(
+        cloak_given=isinstance(train_loader_or_cloak, Cloak)
+    )
+    report = progress or no_progress
     started, t0, prepare_start = datetime.now(timezone.utc), time.perf_counter(), clock()
     splits = _prepare(model, val_loader, test_loader, surrogate, cfg)
     stages = _stage_runner(
@@ -466,8 +472,9 @@ def evaluate_sources(
 ) -> EvaluationReport:
     """Load a model and a data set named on the command line, and evaluate (``deepcloak evaluate``).
 
-    The validation split is held out of the training split (``data.val_samples``); the cloak is
-    read from ``cloak_file`` or fit on the rest of the training split; every loader is
+    Validation samples come from where ``data`` says (by default a seeded part of the test
+    split, the rest reported on; see :meth:`DataSource.splits`); the cloak is read from
+    ``cloak_file`` or fit (searched, by default) on the training split; every loader is
     :func:`~deepcloak.data.loader.make_loader`'s with ``config.batch_size`` (``workers``
     processes decode an image folder; in-memory sets need none). ``work_dir`` and ``resume``:
     as in :func:`evaluate_cloak`.
@@ -476,16 +483,17 @@ def evaluate_sources(
         DeepCloakError: as :func:`evaluate_cloak`, or files that cannot be loaded.
         DataFormatError: a malformed model, mask or data file.
     """
-    if not data.val_samples:
+    if data.val_samples == 0:
         raise DeepCloakError("the evaluation needs validation samples (val_samples >= 1)")
-    test_set = data.test()
+    splits = data.splits()
+    fit_set, test_set = splits.fit, splits.test
+    val_set = splits.val
+    if val_set is None:  # pragma: no cover - val_samples >= 1 was checked above
+        raise DeepCloakError("no validation samples were held out")
     loaded = model.load_for(test_set)
     surrogate_net = (
         surrogate.load_for(test_set, what="surrogate model").model if surrogate else None
     )
-    fit_set, val_set = data.train_and_validation()
-    if val_set is None:  # pragma: no cover - val_samples >= 1 was checked above
-        raise DeepCloakError("no validation samples were held out")
     device = model_device(loaded.model)
 
     def loader(dataset: Dataset[Any]) -> BatchLoader:
@@ -498,8 +506,7 @@ def evaluate_sources(
         "surrogate_output": surrogate.output if surrogate else None, "data": data.name,
         "root": str(data.root) if data.root else None,
         "cloak_file": str(cloak_file) if cloak_file else None,
-        "validation": f"{data.val_samples} samples held out from the training split "
-        f"(seed {data.seed})",
+        "validation": splits.validation.to_json() if splits.validation else None,
     }  # fmt: skip
     return evaluate_cloak(
         loaded.model, train, loader(val_set), loader(test_set), config=config,

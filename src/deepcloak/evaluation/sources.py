@@ -15,7 +15,9 @@ from torch import nn
 
 from deepcloak.cloak.torchscript import cloakable
 from deepcloak.data.base import ImageSet
+from deepcloak.data.folder import read_class_folder
 from deepcloak.data.sets import load_dataset
+from deepcloak.data.splits import DataSplits, ValFrom
 from deepcloak.devices import resolve_device
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.inputs import check_model_fits
@@ -83,23 +85,31 @@ class ModelSource:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSource:
-    """A data set named on the command line, and how much of it to use.
+    """A data set named on the command line, and which of its samples to fit, choose and report on.
 
     Args:
         name: a registered data set (``digits``, ``fashion-mnist``, ``mnist``, ``cifar10``,
             ``imagefolder``).
         root: the folder of its files.
-        fit_samples: training samples to load (a seeded random subset; ``None``: all), before
-            the validation samples are held out of them.
-        val_samples: samples held out from the training split for validation (0: none).
-        test_samples: test samples to use (a seeded random subset; ``None``: all).
-        seed: seeds the subsets and the validation split.
+        fit_samples: training samples to fit on (a seeded random subset; ``None``: all);
+            validation samples are counted apart.
+        val_from: where the validation samples come from (:class:`~deepcloak.data.splits.ValFrom`:
+            ``test``, ``train`` or ``folder``); ``None``: ``folder`` when ``val_root`` is given
+            or an image folder has a ``val/`` split, else ``test``.
+        val_samples: validation samples (``None``: ``min(5000, half of the split drawn
+            from)``; 0: none).
+        val_root: a folder with one sub-folder per class, for ``val_from="folder"``.
+        test_samples: test samples to report on (a seeded subset of what validation leaves;
+            ``None``: all).
+        seed: seeds the subsets and the validation draw.
     """
 
     name: str = "digits"
     root: Path | None = None
     fit_samples: int | None = None
-    val_samples: int = 0
+    val_from: ValFrom | str | None = None
+    val_samples: int | None = None
+    val_root: Path | None = None
     test_samples: int | None = None
     seed: int = 0
 
@@ -108,24 +118,68 @@ class DataSource:
             value = getattr(self, field_name)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise DeepCloakError(f"{field_name} must be a positive integer, got {value!r}")
-        if isinstance(self.val_samples, bool) or self.val_samples < 0:
+        if self.val_samples is not None and (
+            isinstance(self.val_samples, bool) or self.val_samples < 0
+        ):
             raise DeepCloakError(f"val_samples must be >= 0, got {self.val_samples!r}")
+        if self.val_from is not None:
+            source = ValFrom.parse(self.val_from)
+            if self.val_root is not None and source is not ValFrom.FOLDER:
+                raise DeepCloakError(
+                    f"--val-root gives a validation folder, but --val-from is {source.value!r}; "
+                    "drop one of them"
+                )
 
-    def train_and_validation(self) -> tuple[ImageSet, ImageSet | None]:
-        """The training split, and the validation samples held out from it (if any)."""
-        train = load_dataset(
-            self.name, split="train", root=self.root, limit=self.fit_samples, seed=self.seed
-        )
-        if not self.val_samples:
-            return train, None
-        return train.split_off(self.val_samples, seed=self.seed)
+    def source(self) -> ValFrom:
+        """Where the validation samples come from, with ``None`` resolved."""
+        if self.val_from is not None:
+            return ValFrom.parse(self.val_from)
+        if self.val_root is not None or self._image_folder_val() is not None:
+            return ValFrom.FOLDER
+        return ValFrom.TEST
 
-    def test(self) -> ImageSet:
-        """The test split (a seeded subset of ``test_samples``)."""
-        return load_dataset(
-            self.name, split="test", root=self.root, limit=self.test_samples, seed=self.seed
-        )
+    def _image_folder_val(self) -> Path | None:
+        if self.name == "imagefolder" and self.root is not None and (self.root / "val").is_dir():
+            return self.root / "val"
+        return None
 
-    def describe(self, **sizes: Any) -> dict[str, Any]:
-        """The data set's name, root and the sizes actually used."""
-        return {"data": self.name, "root": str(self.root) if self.root else None, **sizes}
+    def splits(self) -> DataSplits:
+        """Load the data set and split it into fit, validation and test samples.
+
+        Raises:
+            DeepCloakError: unknown data set, counts that leave nothing to fit or report on,
+                or a folder source without a folder.
+            DataFormatError: malformed files.
+        """
+        source = self.source()
+        train = load_dataset(self.name, split="train", root=self.root)
+        test = load_dataset(self.name, split="test", root=self.root)
+        val_set = None
+        if source is ValFrom.FOLDER and self.val_samples != 0:
+            folder = self.val_root or self._image_folder_val()
+            if folder is None:
+                raise DeepCloakError(
+                    f"--val-from folder needs --val-root PATH (a folder of class folders); "
+                    f"{self.name} has no val/ split of its own"
+                )
+            val_set = read_class_folder(
+                Path(folder), classes=train.classes, input_shape=train.input_shape
+            )
+        splits = DataSplits.make(
+            train, test, val_from=source, val_samples=self.val_samples, val_set=val_set,
+            seed=self.seed,
+        )  # fmt: skip
+        return splits.limited(fit=self.fit_samples, test=self.test_samples, seed=self.seed)
+
+    def describe(self, splits: DataSplits | None = None, **sizes: Any) -> dict[str, Any]:
+        """The data set's name, root, the sizes actually used and the validation source."""
+        info: dict[str, Any] = {"data": self.name, "root": str(self.root) if self.root else None}
+        if splits is not None:
+            info.update(
+                train_samples=len(splits.fit),
+                val_samples=len(splits.val) if splits.val is not None else 0,
+                test_samples=len(splits.test),
+                input_shape=list(splits.fit.input_shape),
+                validation=splits.validation.to_json() if splits.validation else None,
+            )
+        return {**info, **sizes}

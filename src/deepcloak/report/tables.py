@@ -66,7 +66,7 @@ def _random_cell(row: SweepRow) -> str:
 
 def _sweep_cells(row: SweepRow, with_whitebox: bool) -> list[str]:
     cells = [
-        f"{100 * row.ratio:.0f}%",
+        f"{100 * row.ratio:.1f}%" if round(100 * row.ratio, 6) % 1 else f"{100 * row.ratio:.0f}%",
         str(row.n_removed),
         _pct(row.clean_accuracy),
         _pct(row.graybox_accuracy),
@@ -88,30 +88,81 @@ def _sweep_headers(result: SweepResult, with_whitebox: bool) -> list[str]:
     return headers
 
 
-def sweep_table(result: SweepResult, rows: Sequence[SweepRow] | None = None) -> Table:
-    """A ``rich`` table of the sweep (default: the :data:`SUMMARY_RATIOS` rows)."""
-    rows = summary_rows(result) if rows is None else rows
+def _mark(row: SweepRow, saved: float | None, searched: bool) -> str:
+    """The ``mask`` cell: the saved mask's row, and rows past a searched one."""
+    if saved is None:
+        return ""
+    if abs(row.ratio - saved) < 1e-9:
+        return "saved"
+    return "ext." if searched and row.ratio > saved else ""
+
+
+def _sweep_caption(saved: float | None, searched: bool) -> str:
+    caption = (
+        "gray-box: adversarial samples crafted on the unmasked model (the paper's threat "
+        "model); white-box: attack run through the cloaked model. Accuracy over all samples."
+    )
+    if saved is not None and searched:
+        caption += (
+            " Rows below the saved mask remove the first features the search removed; rows "
+            "marked ext. extend it in the paper's order (by score), beyond what the search chose."
+        )
+    return caption
+
+
+def sweep_table(
+    result: SweepResult,
+    rows: Sequence[SweepRow] | None = None,
+    *,
+    saved: float | None = None,
+    searched: bool = False,
+) -> Table:
+    """A ``rich`` table of the sweep (default: the :data:`SUMMARY_RATIOS` rows, and ``saved``).
+
+    Args:
+        result: the sweep.
+        rows: the rows to show (default: the summary ratios and the saved ratio).
+        saved: the saved mask's ratio: its row is shown.
+        searched: the saved mask was searched: a ``mask`` column marks its row ``saved`` and
+            the rows past it ``ext.`` (the paper-order extension).
+    """
+    extra = () if saved is None else (saved,)
+    rows = summary_rows(result, extra=extra) if rows is None else rows
     with_whitebox = any(r.whitebox for r in rows)
+    saved = saved if searched else None  # a fixed ratio's row needs no mark: the block says it
     table = _table(
         title=f"DeepCloak sweep: {result.score} score, {result.layer} "
         f"({result.n_features} features), {result.n_samples} test samples",
-        caption="gray-box: adversarial samples crafted on the unmasked model (the paper's threat "
-        "model); white-box: attack run through the cloaked model. Accuracy over all samples.",
+        caption=_sweep_caption(saved, searched),
     )
     for h in _sweep_headers(result, with_whitebox):
         table.add_column(h, justify="right")
+    if saved is not None:
+        table.add_column("mask", justify="left")
     for row in rows:
-        table.add_row(*_sweep_cells(row, with_whitebox))
+        cells = _sweep_cells(row, with_whitebox)
+        table.add_row(*cells, *([_mark(row, saved, searched)] if saved is not None else []))
     return table
 
 
-def sweep_markdown(result: SweepResult, rows: Sequence[SweepRow] | None = None) -> str:
+def sweep_markdown(
+    result: SweepResult,
+    rows: Sequence[SweepRow] | None = None,
+    *,
+    saved: float | None = None,
+    searched: bool = False,
+) -> str:
     """The same table as :func:`sweep_table`, in Markdown."""
-    rows = summary_rows(result) if rows is None else rows
+    extra = () if saved is None else (saved,)
+    rows = summary_rows(result, extra=extra) if rows is None else rows
     with_whitebox = any(r.whitebox for r in rows)
-    headers = _sweep_headers(result, with_whitebox)
+    saved = saved if searched else None  # a fixed ratio's row needs no mark: the block says it
+    headers = _sweep_headers(result, with_whitebox) + (["mask"] if saved is not None else [])
     lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
-    lines += ["| " + " | ".join(_sweep_cells(r, with_whitebox)) + " |" for r in rows]
+    for r in rows:
+        cells = _sweep_cells(r, with_whitebox)
+        cells += [_mark(r, saved, searched)] if saved is not None else []
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

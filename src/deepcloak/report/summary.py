@@ -1,0 +1,171 @@
+"""What was saved and what it bought: one record for ``report.json``, one block for the terminal.
+
+``deepcloak harden`` prints this block before its table, so a user reads in a few lines which
+mask was saved (layer, features removed, how it was chosen and on which samples), what it costs
+in clean accuracy against the budget, and what it buys on the test samples under each threat
+model. The text is rendered from the JSON record alone, so the terminal and ``report.json``
+never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from deepcloak.evaluation.results import AccuracyResult
+from deepcloak.report.figures import attack_label
+
+if TYPE_CHECKING:
+    from deepcloak.harden import HardenResult
+
+__all__ = ["paper_line", "saved_mask_lines", "saved_mask_record"]
+
+
+def _accuracy(r: AccuracyResult) -> dict[str, Any]:
+    return {"accuracy": r.accuracy, "interval": list(r.interval), "correct": r.n_correct, "n": r.n}
+
+
+def saved_mask_record(result: HardenResult) -> dict[str, Any]:
+    """The ``saved_mask`` record of ``report.json`` (documented in ``docs/schema.md``).
+
+    Test figures are the sweep's rows at the saved ratio and at 0 (the unmasked model), on the
+    same samples; validation figures are the search's, on the samples the mask was chosen on.
+    """
+    sweep, config, search = result.sweep, result.config, result.search
+    row, base = sweep.row(result.ratio), sweep.row(0.0)
+    record: dict[str, Any] = {
+        "method": "search" if search is not None else "ratio",
+        "selector": search.selector if search is not None else None,
+        "settings": dict(search.settings) if search is not None else None,
+        "score": None if search is not None else config.score,
+        "layer": result.cloak.layer.to_json(),
+        "n_features": sweep.n_features,
+        "n_removed": row.n_removed,
+        "ratio": result.ratio,
+        "clean_budget": config.clean_budget if search is not None else None,
+        "fits_budget": None,
+        "found": None,
+        "validation": None,
+    }
+    if search is not None:
+        chosen, unmasked = search.chosen, search.candidates[0]
+        record["found"] = bool(search.path)
+        record["fits_budget"] = search.n_removed > 0
+        record["fit_budget"] = search.fit_budget
+        record["fit_samples"] = search.fit_samples
+        record["validation"] = {
+            **(result.validation.to_json() if result.validation is not None else {}),
+            "samples": search.val_samples,
+            "confidence": search.confidence,
+            "clean_accuracy": chosen.clean_accuracy,
+            "baseline_clean_accuracy": unmasked.clean_accuracy,
+            "clean_drop": chosen.drop.drop,
+            "clean_drop_upper": chosen.drop.upper,
+            "graybox_accuracy": chosen.adv_accuracy,
+            "baseline_graybox_accuracy": unmasked.adv_accuracy,
+            "graybox_gain": chosen.adv_accuracy - unmasked.adv_accuracy,
+        }
+        record["seconds"] = dict(search.seconds)
+    whitebox = [
+        {
+            "attack": spec,
+            **_accuracy(w),
+            "baseline_accuracy": b.accuracy,
+            "gain": w.accuracy - b.accuracy,
+        }
+        for spec, w, b in zip(sweep.whitebox_attacks, row.whitebox, base.whitebox, strict=False)
+    ]
+    record["test"] = {
+        "samples": row.clean.n,
+        "clean": _accuracy(row.clean),
+        "baseline_clean_accuracy": base.clean.accuracy,
+        "clean_drop": base.clean.accuracy - row.clean.accuracy,
+        "graybox_attack": sweep.attack,
+        "graybox": _accuracy(row.graybox),
+        "baseline_graybox_accuracy": base.graybox.accuracy,
+        "graybox_gain": row.graybox.accuracy - base.graybox.accuracy,
+        "whitebox": whitebox,
+    }
+    return record
+
+
+def _pts(fraction: float) -> str:
+    return f"{100 * fraction:+.1f} points"
+
+
+def _ci(r: dict[str, Any]) -> str:
+    lo, hi = r["interval"]
+    return f"{100 * r['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _settings(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return ""
+    return (
+        " ("
+        + ", ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()
+        )
+        + ")"
+    )
+
+
+def saved_mask_lines(record: dict[str, Any]) -> list[str]:
+    """The block ``deepcloak harden`` prints before its table, from :func:`saved_mask_record`."""
+    layer = record["layer"]
+    where = f"{layer['name']} ({layer['side']})"
+    n, total = record["n_removed"], record["n_features"]
+    test = record["test"]
+    if record["method"] == "search":
+        how = f"{record['selector']} search{_settings(record['settings'])}"
+    else:
+        how = f"the paper's {record['score']} score at a fixed ratio"
+    lines = [f"saved mask: {how}, layer {where}: {n} of {total} features removed ({n / total:.1%})"]
+    val = record.get("validation")
+    if val is not None:
+        budget = record["clean_budget"]
+        lines.append(
+            f"  chosen on {val.get('description') or str(val['samples']) + ' validation samples'}"
+        )
+        if record["fits_budget"]:
+            conf, upper = f"{val['confidence']:.0%}", 100 * val["clean_drop_upper"]
+            lines.append(
+                f"  validation: clean drop {_pts(val['clean_drop'])} ({conf} upper bound "
+                f"{upper:.2f} <= budget {100 * budget:.2f}), gray-box gain "
+                f"{_pts(val['graybox_gain'])}"
+            )
+        else:
+            why = (
+                "no mask the search proposed"
+                if record["found"]
+                else "the search found no mask that helps on the fit samples, so none"
+            )
+            lines.append(
+                f"  no mask fits a {100 * budget:g}-point budget ({why} kept the "
+                f"{val['confidence']:.0%} upper bound of its validation clean drop within it); "
+                "the saved model is the unmasked one"
+            )
+    elif record["method"] == "ratio":
+        lines.append("  the ratio was fixed: no validation, no budget checked")
+    gray = attack_label(test["graybox_attack"])
+    lines.append(
+        f"  test ({test['samples']:,} samples): clean {_ci(test['clean'])} "
+        f"({_pts(-test['clean_drop'])}); gray-box {gray} {_ci(test['graybox'])} "
+        f"({_pts(test['graybox_gain'])})"
+    )
+    for w in test["whitebox"]:
+        lines.append(
+            f"  white-box {attack_label(w['attack'])} (the attacker knows the mask): "
+            f"{_ci(w)} ({_pts(w['gain'])})"
+        )
+    return lines
+
+
+def paper_line(paper: dict[str, Any], searched: dict[str, Any]) -> str:
+    """One line comparing the paper's score, chosen the same way, with the searched mask."""
+    test, n = paper["test"], paper["n_removed"]
+    edge = searched["test"]["graybox_gain"] - test["graybox_gain"]
+    return (
+        f"  beside it, the paper's score chosen the same way removes {n} features: test clean "
+        f"{_ci(test['clean'])} ({_pts(-test['clean_drop'])}), gray-box "
+        f"{_ci(test['graybox'])} ({_pts(test['graybox_gain'])}); the search's edge: {_pts(edge)}"
+    )
