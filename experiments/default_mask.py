@@ -92,16 +92,10 @@ GRID = {"width": (1, 4, 8), "clean_weight": (0.0, 1.0, 2.0, 4.0), "fit_budget": 
 PLANNED = {"width": 4, "clean_weight": 2.0, "fit_budget": 0.03}
 #: The in-sample ceiling's search: fit and chosen on the reported test samples themselves.
 CEILING = {"width": 16, "clean_weight": 0.0, "clean_budget": 0.01, "fit_budget": 0.01}
-#: Until the new CLI defaults land (issue 14, items 1-2), --quick mocks them with these flags.
-MOCK_FLAGS = ["--select", "beam:width=4,clean_weight=2,fit_budget=0.03"]
-#: --quick: training and test samples (1 epoch, as the other scripts' smoke runs).
-QUICK_TRAIN, QUICK_TEST = 3000, 1000
+#: --quick: training and test samples loaded (1 epoch, as the other scripts' smoke runs), and
+#: the validation and reported test samples of the CLI's smoke run.
+QUICK_TRAIN, QUICK_TEST, QUICK_VAL, QUICK_REPORT = 3000, 1000, 500, 500
 START, END = SECTIONS[1]
-
-
-def new_cli() -> bool:
-    """Whether the library has issue 14's validation from the test split (the new defaults)."""
-    return "val_from" in {f.name for f in dataclasses.fields(DataSource)}
 
 
 def setting_label(s: dict[str, Any]) -> str:
@@ -262,8 +256,8 @@ def tuning_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "seconds": sum(p["seconds"] for p in per) / len(per),
         }
     held = [k for k, v in rows.items() if v["held"] == v["runs"]]
-    winner = max(held, key=lambda k: rows[k]["gain"]) if held else None
-    planned = setting_label(PLANNED)
+    planned = setting_label(PLANNED)  # wins a tie: no change of defaults for nothing
+    winner = max(held, key=lambda k: (rows[k]["gain"], k == planned)) if held else None
     out: dict[str, Any] = {"settings": rows, "winner": winner, "planned": planned}
     if winner is not None:  # paired by model: the winner's gain minus the planned one's
         d = [r["settings"][winner]["test"]["gain"] - r["settings"][planned]["test"]["gain"]
@@ -295,7 +289,8 @@ def tuning_markdown(results: dict[str, Any]) -> str:
         "(summed over models).",
         "",
         f"Tuning models: {', '.join(FAMILIES[f] for f in fams)}, training seeds "
-        f"{', '.join(map(str, seeds))} ({n} runs; no published figure uses these seeds). Per "
+        f"{', '.join(map(str, seeds))} ({n} runs of a family and seed; no published figure uses "
+        "these seeds). Per "
         f"model, FGSM at eps = {results['eps']} on the unmasked model crafts the fit samples "
         f"(the {sizes['fit']} training samples), the validation samples ({sizes['val']} held "
         f"out of the test split, seed {SPLIT_SEED}) and the test samples (the other "
@@ -313,13 +308,15 @@ def tuning_markdown(results: dict[str, Any]) -> str:
         same = winner == planned
         lines += [
             f"**Winner** (best mean test gray-box gain among the settings whose budget held in "
-            f"all {n} runs): `{winner}` (width {w['width']}, clean weight "
+            f"all {n} runs of the table): `{winner}` (width {w['width']}, clean weight "
             f"{w['clean_weight']:g}, fit budget {w['fit_budget']:g}), {pts(w['gain'])} points "
             f"on average. The planned default `{planned}`: {pts(p['gain'])} points, budget held "
             f"in {p['held']}/{p['runs']}"
             + ("; it is the winner." if same else
                f"; the winner beats it by {pts(d['mean'])} points (standard error "
-               f"{100 * d['se']:.1f} over {d['runs']} runs, paired by model)."),
+               f"{100 * d['se']:.1f} over {d['runs']} runs, paired by model"
+               + ("; less than two standard errors: within the noise)."
+                  if d["mean"] < 2 * d["se"] else ").")),
             "",
         ]  # fmt: skip
     lines += [
@@ -343,8 +340,8 @@ def tuning_markdown(results: dict[str, Any]) -> str:
     return "\n".join([*lines, ""])
 
 
-def render_tuning(args: argparse.Namespace, pairs: list[tuple[str, int]], seconds: float) -> None:
-    """Collect the per-model tuning results and write the document and the compact JSON."""
+def collect_tuning(args: argparse.Namespace, pairs: list[tuple[str, int]]) -> dict[str, Any]:
+    """The compact JSON of the tuning: the per-model results and their summary."""
     runs = [load_json(args.out / "tune" / f"{f}-s{s}.json") for f, s in pairs]
     missing = [f"{f}-s{s}" for (f, s), r in zip(pairs, runs, strict=True) if r is None]
     if missing:
@@ -359,14 +356,23 @@ def render_tuning(args: argparse.Namespace, pairs: list[tuple[str, int]], second
         "runs": [{k: r[k] for k in ("family", "label", "seed", "layer", "n_features", "unmasked",
                                     "settings", "seconds")} for r in runs],
     }  # fmt: skip
-    json_path = args.json or args.docs / "default_mask_tuning.json"
-    write_json_atomic(json_path, results)
-    write_text_atomic(args.docs / "default_mask_tuning.md", tuning_markdown(results))
-    w = results["summary"]["winner"]
-    log.info("tuning winner %s (planned %s); wrote %s", w, setting_label(PLANNED), json_path)
+    return results
+
+
+def render_tuning(results: dict[str, Any], docs: Path) -> None:
+    """Write ``default_mask_tuning.md`` from the compact JSON."""
+    write_text_atomic(docs / "default_mask_tuning.md", tuning_markdown(results))
+    log.info("tuning winner %s (planned %s)", results["summary"]["winner"], setting_label(PLANNED))
 
 
 # -------------------------------------------------------------------------- published run
+
+
+def quick_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """--quick's sample counts, as ``DataSource`` fields (the CLI's flags of the same names)."""
+    if not args.quick:
+        return {}
+    return {"fit_samples": QUICK_TRAIN, "val_samples": QUICK_VAL, "test_samples": QUICK_REPORT}
 
 
 def cli_command(args: argparse.Namespace, ckpt: Path, out: Path, device: torch.device) -> list[str]:
@@ -375,73 +381,39 @@ def cli_command(args: argparse.Namespace, ckpt: Path, out: Path, device: torch.d
            "--out", str(out), "--device", device.type]  # fmt: skip
     if args.root_given:
         cmd += ["--root", str(args.root)]
-    if args.quick:  # a smoke run: subsets, so that the CPU gets through it
-        cmd += ["--test-samples", str(QUICK_TEST)]
-        if new_cli():
-            cmd += ["--fit-samples", str(QUICK_TRAIN)]
-        else:  # the old CLI holds validation out of its training samples
-            cmd += ["--fit-samples", str(QUICK_TRAIN + QUICK_TEST // 2),
-                    "--val-samples", str(QUICK_TEST // 2), *MOCK_FLAGS]  # fmt: skip
+    for key, n in quick_sizes(args).items():  # a smoke run: subsets, for the CPU
+        cmd += ["--" + key.replace("_", "-"), str(n)]
     return cmd
 
 
 def report_test_set(args: argparse.Namespace) -> ImageSet:
-    """The test samples the CLI's report used (the rest of the test split after validation)."""
-    sizes: dict[str, Any] = {"test_samples": QUICK_TEST} if args.quick else {}
-    if new_cli():
-        if args.quick:
-            sizes["fit_samples"] = QUICK_TRAIN
-        source = DataSource(
-            name="fashion-mnist",
-            root=args.root,
-            seed=SPLIT_SEED,
-            val_from="test",
-            val_samples=None,
-            **sizes,
-        )
-        return source.splits().test
-    return DataSource(name="fashion-mnist", root=args.root, seed=SPLIT_SEED, **sizes).test()
+    """The test samples the CLI's report used (what validation leaves of the test split)."""
+    source = DataSource(name="fashion-mnist", root=args.root if args.root_given else None,
+                        seed=SPLIT_SEED, **quick_sizes(args))  # fmt: skip
+    return source.splits().test
 
 
 def saved_mask(report: dict[str, Any]) -> dict[str, Any]:
-    """The report's ``saved_mask`` block; for a report of the old CLI (--quick's mock), the same
-    figures read from its sweep at the saved ratio."""
-    if "saved_mask" in report:
-        return report["saved_mask"]  # type: ignore[no-any-return]
-    ratio, sweep = report["config"]["ratio"], report["sweep"]
-
-    def acc(threat: str, at: float) -> float | None:
-        rows = [r for r in sweep["results"] if r["defense"] == "cloaked"
-                and r["threat_model"] == threat and abs(r["ratio"] - at) < 1e-9]  # fmt: skip
-        return rows[0]["accuracy"] if rows else None
-
-    selection = report["fit"].get("selection") or {}
-    val = selection.get("validation", {})
+    """The figures of the report's ``saved_mask`` record this study uses, flattened."""
+    rec = report.get("saved_mask")
+    if rec is None:
+        raise SystemExit("report.json has no saved_mask record: the CLI predates issue 14")
+    t, v = rec["test"], rec.get("validation") or {}
+    wb = [w["accuracy"] for w in t["whitebox"] if w["attack"]["name"] == "fgsm"]
     return {
-        "method": "search" if selection else "ratio",
-        "selector": selection.get("selector"),
-        "settings": selection.get("settings"),
-        "n_features": sweep["n_features"],
-        "n_removed": report["fit"]["n_removed"],
-        "ratio": ratio,
-        "fits_budget": True,
-        "clean_budget": selection.get("clean_budget"),
-        "validation": {
-            "source": "train (mock of the old CLI)",
-            "samples": selection.get("val_samples"),
-            "clean_drop": val.get("clean_drop", {}).get("drop"),
-            "clean_drop_upper": val.get("clean_drop", {}).get("upper"),
-            "graybox_gain": val.get("adv_accuracy", 0.0) - val.get("baseline_adv_accuracy", 0.0),
-        },
+        **{k: rec.get(k) for k in ("method", "selector", "settings", "n_features", "n_removed",
+                                   "ratio", "fits_budget", "found", "fit_budget", "clean_budget")},
+        "validation": {k: v.get(k) for k in ("source", "samples", "seed", "description",
+                                             "clean_drop", "clean_drop_upper", "graybox_gain")},
         "test": {
-            "samples": sweep["n_samples"],
-            "clean_accuracy": acc("clean", ratio),
-            "graybox_accuracy": acc("gray-box", ratio),
-            "baseline_clean_accuracy": acc("clean", 0.0),
-            "baseline_graybox_accuracy": acc("gray-box", 0.0),
-            "whitebox_accuracy": acc("white-box", ratio),
+            "samples": t["samples"],
+            "clean_accuracy": t["clean"]["accuracy"],
+            "graybox_accuracy": t["graybox"]["accuracy"],
+            "baseline_clean_accuracy": t["baseline_clean_accuracy"],
+            "baseline_graybox_accuracy": t["baseline_graybox_accuracy"],
+            "whitebox_accuracy": wb[0] if wb else None,
         },
-    }
+    }  # fmt: skip
 
 
 def run_cli(
@@ -452,7 +424,7 @@ def run_cli(
     out = args.out / f"{family}-s{seed}"
     cmd = cli_command(args, ckpt, out, device)
     stamp_path = args.out / f"{family}-s{seed}.cli.json"
-    stamp = {"command": cmd, "checkpoint": checkpoint_key(meta), "new_cli": new_cli()}
+    stamp = {"command": cmd, "checkpoint": checkpoint_key(meta)}
     report_path = out / "report.json"
     old = load_json(stamp_path) or {}
     if not (report_path.exists() and old.get("stamp") == stamp):
@@ -563,7 +535,7 @@ def published_model(
                        "train_device": meta.get("train_device"),
                        "train_seconds": meta.get("train_seconds")},
         "command": "python " + " ".join(cli_command(args, Path("CKPT"), Path("OUT"), device)),
-        "new_cli": new_cli(), "device": str(device), "environment": environment(device),
+        "device": str(device), "environment": environment(device),
         "layer": str(layer),
         "saved_mask": {k: v for k, v in mask.items() if k not in ("test",)},
         "default": {
@@ -625,6 +597,7 @@ def family_means(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "pgd_gain": mean(lambda r: r["whitebox_pgd"]["gain"]),
             "pgd_significant": sum(r["whitebox_pgd"]["p"] < 0.05 for r in rs),
             "ceiling": ceiling,
+            "ceiling_clean_drop": mean(lambda r: r["ceiling"]["clean_drop"]),
             "fraction": gain / ceiling if ceiling > 0 else None,
         }  # fmt: skip
     return out
@@ -651,6 +624,7 @@ def published_section(results: dict[str, Any]) -> str:
     means = family_means(runs)
     seeds = sorted({r["seed"] for r in runs})
     first = runs[0]
+    val = first["saved_mask"]["validation"]
     lines = [
         START,
         "## The default command against the in-sample ceiling",
@@ -661,7 +635,6 @@ def published_section(results: dict[str, Any]) -> str:
             if results["quick"]
             else ""
         )
-        + ("" if results["new_cli"] else " **with the old CLI mocking the new defaults**")
         + f" on {env['platform']}, torch {env['torch']}, device {results['device']} "
         f"({env['device_name']}), training seeds {', '.join(map(str, seeds))}, in "
         f"{results['seconds'] / 60:.1f} minutes of compute (summed over models; checkpoints "
@@ -669,10 +642,9 @@ def published_section(results: dict[str, Any]) -> str:
         "",
         "Each model is hardened by the command a user types, with no other flag: "
         f"`{first['command'].replace('CKPT', 'MODEL').replace(' --out OUT', '')}` "
-        "(the saved mask is the default search's, chosen on "
-        f"{first['saved_mask']['validation']['samples']} validation samples "
-        f"({first['saved_mask']['validation']['source']}) and reported on the other "
-        f"{first['default']['test_samples']} test samples). The gray-box FGSM gain and the "
+        f"(the saved mask is the default search's, chosen on {val['samples']} validation "
+        f"samples drawn from the {val['source']} split with seed {val['seed']}, and reported on "
+        f"{first['default']['test_samples']} other test samples). The gray-box FGSM gain and the "
         "clean change come from its `report.json`; white-box PGD "
         f"({PGD_STEPS} steps of eps/4 at eps = {EPS}, random start) runs through the saved "
         "cloaked model and the unmasked one on the same test samples (one-sided exact McNemar). "
@@ -736,31 +708,38 @@ def verdict(means: dict[str, dict[str, Any]], goal: list[str], short: list[str])
         f"{pts(0.8 * means[f]['ceiling'])})"
         for f in short
     )
-    return (f"Against 80% of the ceiling on average ({each}), the default misses on {miss}: "
-            "the 95% bound on 5,000 validation samples leaves part of the budget unspent, "
-            "and the ceiling is chosen on the very samples it is measured on.")  # fmt: skip
+    spent = "; ".join(
+        f"{means[f]['label']} {drop_pts(means[f]['clean_drop'])} (ceiling "
+        f"{drop_pts(means[f]['ceiling_clean_drop'])})"
+        for f in short
+    )
+    return (f"Against 80% of the ceiling on average ({each}), the default misses on {miss}. "
+            f"Clean drop spent on test, in points of the {100 * BUDGET:g}-point budget: "
+            f"{spent}. The ceiling is chosen on the samples it is measured on, so part of its "
+            "gain is fitted to those samples.")  # fmt: skip
 
 
-def render_published(
-    args: argparse.Namespace, pairs: list[tuple[str, int]], seconds: float
-) -> None:
-    """Collect the per-run results and write the section and the compact JSON."""
+def collect_published(args: argparse.Namespace, pairs: list[tuple[str, int]]) -> dict[str, Any]:
+    """The compact JSON of the published run: every run's figures and the family means."""
     runs = [load_json(args.out / "results" / f"{f}-s{s}.json") for f, s in pairs]
     missing = [f"{f}-s{s}" for (f, s), r in zip(pairs, runs, strict=True) if r is None]
     if missing:
         raise SystemExit(f"no results for {', '.join(missing)} under {args.out / 'results'}")
     results = {
         "schema": "deepcloak-default-mask/1", "quick": args.quick, "eps": EPS, "budget": BUDGET,
-        "pgd_steps": PGD_STEPS, "ceiling": CEILING, "new_cli": all(r["new_cli"] for r in runs),
+        "pgd_steps": PGD_STEPS, "ceiling": CEILING,
         "device": runs[0]["device"], "environment": runs[0]["environment"],
         "seconds": sum(r["seconds"]["train_or_load"] + r["seconds"]["cli"]
                        + r["seconds"]["measure"] for r in runs),
         "families": family_means(runs), "runs": runs,
     }  # fmt: skip
-    json_path = args.json or args.docs / "default_mask.json"
-    write_json_atomic(json_path, results)
-    write_section(args.docs / "results.md", published_section(results), (START, END))
-    log.info("wrote %s and the section of %s", json_path, args.docs / "results.md")
+    return results
+
+
+def render_published(results: dict[str, Any], docs: Path) -> None:
+    """Write the section of ``results.md`` from the compact JSON."""
+    write_section(docs / "results.md", published_section(results), (START, END))
+    log.info("wrote the section of %s", docs / "results.md")
 
 
 # ------------------------------------------------------------------------------------ main
@@ -770,11 +749,19 @@ def run_workers(args: argparse.Namespace, pairs: list[tuple[str, int]]) -> None:
     """Share the models among ``args.jobs`` processes of this script; wait for them all."""
     groups = [pairs[i :: args.jobs] for i in range(args.jobs)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    argv = [a for a in sys.argv[1:]]
     procs = []
     for group in (g for g in groups if g):
         only = ",".join(f"{f}:{s}" for f, s in group)
-        cmd = [sys.executable, __file__, *argv, "--jobs", "1", "--only", only, "--no-render"]
+        cmd = [
+            sys.executable,
+            __file__,
+            *sys.argv[1:],
+            "--jobs",
+            "1",
+            "--only",
+            only,
+            "--no-render",
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         procs.append((only, subprocess.Popen(cmd, env=env)))
     failed = [only for only, p in procs if p.wait() != 0]
@@ -812,7 +799,7 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=1, help="processes sharing the models")
     parser.add_argument("--quick", action="store_true", help="subsets and 1 epoch: a smoke run")
-    parser.add_argument("--render-only", action="store_true", help="re-render from the runs")
+    parser.add_argument("--render-only", action="store_true", help="re-render from --json")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-render", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -822,11 +809,6 @@ def main() -> None:
     if args.tune and set(seeds.split(",")) & set(PUBLISHED_SEEDS.split(",")):
         raise SystemExit("--tune must not use the published seeds 0-4 (they would choose the "
                          "defaults their own figures then judge)")  # fmt: skip
-    if not args.quick and not args.tune and not args.render_only and not new_cli():
-        raise SystemExit(
-            "the published run needs the CLI's new defaults (issue 14, items 1-2); merge main "
-            "first, or use --quick for a smoke run of the old CLI"
-        )
     args.root_given = args.root is not None
     args.root = args.root or fashion_mnist_root()
     args.ckpts = args.runs / "quick" if args.quick else args.runs
@@ -839,17 +821,25 @@ def main() -> None:
     unknown = sorted({f for f, _ in pairs} - set(FAMILIES))
     if unknown:
         raise SystemExit(f"unknown families {unknown}; expected some of {', '.join(FAMILIES)}")
-    render = render_tuning if args.tune else render_published
-    if not args.render_only:
-        if args.jobs > 1:
-            run_workers(args, pairs)
-        else:
-            auto = "cuda" if torch.cuda.is_available() else "cpu"
-            device = torch.device(auto if args.device == "auto" else args.device)
-            for family, seed in pairs:
-                (tune_model if args.tune else published_model)(args, family, seed, device)
+    render, collect = (render_tuning, collect_tuning) if args.tune else (
+        render_published, collect_published)  # fmt: skip
+    json_path = args.json or args.docs / (
+        "default_mask_tuning.json" if args.tune else "default_mask.json")  # fmt: skip
+    if args.render_only:
+        render(json.loads(json_path.read_text()), args.docs)
+        return
+    if args.jobs > 1:
+        run_workers(args, pairs)
+    else:
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(auto if args.device == "auto" else args.device)
+        for family, seed in pairs:
+            (tune_model if args.tune else published_model)(args, family, seed, device)
     if not args.no_render:
-        render(args, pairs, time.perf_counter() - start)
+        results = collect(args, pairs)
+        write_json_atomic(json_path, results)
+        render(results, args.docs)
+        log.info("wrote %s", json_path)
     log.info("done in %.1f minutes", (time.perf_counter() - start) / 60)
 
 

@@ -30,15 +30,16 @@ def _run(family: str, seed: int, gain: float, drop: float, pgd: float, ceiling: 
         "family": family, "label": {"resnet": "ResNet-8", "vgg": "VGG-style (BN)"}[family],
         "seed": seed, "command": "python -m deepcloak harden CKPT --data fashion-mnist --eps "
         "0.04 --out OUT --device cuda",
-        "saved_mask": {"validation": {"samples": 5000, "source": "test", "clean_drop": 0.002,
-                                      "clean_drop_upper": 0.006, "graybox_gain": gain + 0.01}},
+        "saved_mask": {"validation": {"samples": 5000, "source": "test", "seed": 0,
+                                      "clean_drop": 0.002, "clean_drop_upper": 0.006,
+                                      "graybox_gain": gain + 0.01}},
         "default": {"test_samples": 5000, "n_removed": 7 + seed, "n_features": 64,
                     "clean": 0.92 - drop, "graybox": 0.30 + gain, "baseline_clean": 0.92,
                     "baseline_graybox": 0.30, "gain": gain, "clean_drop": drop,
                     "whitebox_fgsm": 0.31},
         "whitebox_pgd": {"unmasked": {"acc": 0.05}, "cloaked": {"acc": 0.05 + pgd}, "gain": pgd,
                          "p": 0.01 if pgd > 0.005 else 0.4},
-        "ceiling": {"gain": ceiling, "n_removed": 20},
+        "ceiling": {"gain": ceiling, "n_removed": 20, "clean_drop": 0.009},
         "checkpoint": {"test_accuracy": 0.921},
         "seconds": {"cli": 12.0},
     }  # fmt: skip
@@ -56,7 +57,7 @@ def test_the_family_table_means_over_seeds_and_judges_the_ceiling(dm: ModuleType
         _run("vgg", 0, 0.030, 0.000, 0.000, 0.070),
     ]
     results = {"environment": {"platform": "Linux", "torch": "2.x", "device_name": "H200"},
-               "runs": runs, "quick": False, "new_cli": True, "device": "cuda",
+               "runs": runs, "quick": False, "device": "cuda",
                "seconds": 600.0}  # fmt: skip
     text = dm.published_section(results)
     assert text.startswith(dm.START) and text.endswith(dm.END)
@@ -68,6 +69,7 @@ def test_the_family_table_means_over_seeds_and_judges_the_ceiling(dm: ModuleType
                    "43%"]  # fmt: skip
     # Both miss 80% of the ceiling: by 0.8 * 6.0 - 4.5 = 0.3 and 0.8 * 7.0 - 3.0 = 2.6 points.
     assert "ResNet-8 by +0.3 points" in text and "VGG-style (BN) by +2.6 points" in text
+    assert "ResNet-8 0.70 (ceiling 0.90); VGG-style (BN) 0.00 (ceiling 0.90)" in text
     assert (
         "`python -m deepcloak harden MODEL --data fashion-mnist --eps 0.04 --device cuda`" in text
     )
@@ -104,3 +106,5 @@ def test_the_tuning_winner_held_the_budget_in_every_run(dm: ModuleType) -> None:
     assert summary["settings"][best]["family_gain"] == pytest.approx({"resnet": 0.06, "vgg": 0.05})
     diff = summary["winner_minus_planned"]
     assert diff["mean"] == pytest.approx(0.015) and diff["se"] == pytest.approx(0.005)
+    # A tie keeps the planned defaults rather than changing them for nothing.
+    assert dm.tuning_summary([run("resnet", {}, {})])["winner"] == planned
