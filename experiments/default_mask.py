@@ -72,7 +72,7 @@ from deepcloak.cloak.head import HeadFeatures, cache_head_features
 from deepcloak.cloak.search import search_cached
 from deepcloak.cloak.taps import resolve_layer
 from deepcloak.data.base import ImageSet
-from deepcloak.data.sets import fashion_mnist_root, load_dataset
+from deepcloak.data.sets import fashion_mnist_root
 from deepcloak.environment import environment
 from deepcloak.evaluation.sources import DataSource
 from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -92,9 +92,8 @@ GRID = {"width": (1, 4, 8), "clean_weight": (0.0, 1.0, 2.0, 4.0), "fit_budget": 
 PLANNED = {"width": 4, "clean_weight": 2.0, "fit_budget": 0.03}
 #: The in-sample ceiling's search: fit and chosen on the reported test samples themselves.
 CEILING = {"width": 16, "clean_weight": 0.0, "clean_budget": 0.01, "fit_budget": 0.01}
-#: --quick: training and test samples loaded (1 epoch, as the other scripts' smoke runs), and
-#: the validation and reported test samples of the CLI's smoke run.
-QUICK_TRAIN, QUICK_TEST, QUICK_VAL, QUICK_REPORT = 3000, 1000, 500, 500
+#: --quick: fit, validation and test samples (and 1 epoch, as the other scripts' smoke runs).
+QUICK_TRAIN, QUICK_VAL, QUICK_REPORT = 3000, 500, 500
 START, END = SECTIONS[1]
 
 
@@ -132,13 +131,10 @@ def load_json(path: Path) -> Any:
 
 
 def tuning_sets(args: argparse.Namespace) -> dict[str, ImageSet]:
-    """Fit (the training split), validation (a seeded part of the test split), test (the rest)."""
-    train = load_dataset("fashion-mnist", split="train", root=args.root,
-                         limit=QUICK_TRAIN if args.quick else None)  # fmt: skip
-    test = load_dataset("fashion-mnist", split="test", root=args.root,
-                        limit=QUICK_TEST if args.quick else None)  # fmt: skip
-    test, val = test.split_off(min(VAL_SAMPLES, len(test) // 2), seed=SPLIT_SEED)
-    return {"fit": train, "val": val, "test": test}
+    """The samples the CLI's default would use: fit (the training split), validation (a seeded
+    part of the test split) and test (the rest)."""
+    splits = data_source(args).splits()
+    return {"fit": splits.fit, "val": splits.val, "test": splits.test}
 
 
 def tuning_caches(
@@ -173,6 +169,7 @@ def tune_model(
     trained = time.perf_counter() - t0
     sets = tuning_sets(args)
     key = {"checkpoint": checkpoint_key(meta), "eps": EPS, "budget": BUDGET,
+           "data": repr(data_source(args)),
            "sizes": {k: len(v) for k, v in sets.items()}, "grid": grid()}  # fmt: skip
     path = args.out / "tune" / f"{family}-s{seed}.json"
     saved = load_json(path)
@@ -386,11 +383,10 @@ def cli_command(args: argparse.Namespace, ckpt: Path, out: Path, device: torch.d
     return cmd
 
 
-def report_test_set(args: argparse.Namespace) -> ImageSet:
-    """The test samples the CLI's report used (what validation leaves of the test split)."""
-    source = DataSource(name="fashion-mnist", root=args.root if args.root_given else None,
-                        seed=SPLIT_SEED, **quick_sizes(args))  # fmt: skip
-    return source.splits().test
+def data_source(args: argparse.Namespace) -> DataSource:
+    """The data the CLI's command (:func:`cli_command`) reads, as the CLI builds it."""
+    return DataSource(name="fashion-mnist", root=args.root if args.root_given else None,
+                      seed=SPLIT_SEED, **quick_sizes(args))  # fmt: skip
 
 
 def saved_mask(report: dict[str, Any]) -> dict[str, Any]:
@@ -479,7 +475,7 @@ def published_model(
         return saved  # type: ignore[no-any-return]
     t1 = time.perf_counter()
     mask = saved_mask(report)
-    test_set = report_test_set(args)
+    test_set = data_source(args).splits().test
     t = mask["test"]
     if len(test_set) != t["samples"]:
         raise SystemExit(f"{family} seed {seed}: the report has {t['samples']} test samples, "
