@@ -112,6 +112,16 @@ def grid() -> list[dict[str, Any]]:
     ]
 
 
+def code_digest() -> str:
+    """A digest of the deepcloak sources in use: a changed default reruns what depends on it."""
+    import deepcloak
+
+    h = hashlib.sha256()
+    for f in sorted(Path(deepcloak.__file__).parent.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def checkpoint_key(meta: dict[str, Any]) -> dict[str, Any]:
     """What identifies a trained checkpoint, for the caches."""
     return {k: meta.get(k) for k in ("training", "test_accuracy", "train_seconds")}
@@ -170,14 +180,18 @@ def tune_model(
     sets = tuning_sets(args)
     key = {"checkpoint": checkpoint_key(meta), "eps": EPS, "budget": BUDGET,
            "data": repr(data_source(args)),
-           "sizes": {k: len(v) for k, v in sets.items()}, "grid": grid()}  # fmt: skip
+           "sizes": {k: len(v) for k, v in sets.items()}, "grid": grid(),
+           "code": code_digest()}  # fmt: skip
     path = args.out / "tune" / f"{family}-s{seed}.json"
     saved = load_json(path)
     if saved is not None and saved["key"] == key:
         log.info("%s seed %d: reusing %s", family, seed, path)
         return saved  # type: ignore[no-any-return]
     t1 = time.perf_counter()
-    caches = tuning_caches(model, sets, key, args.out / "tune" / "cache" / f"{family}-s{seed}.pt")
+    cache_key = {k: v for k, v in key.items() if k not in ("grid", "code")}  # the features'
+    caches = tuning_caches(
+        model, sets, cache_key, args.out / "tune" / "cache" / f"{family}-s{seed}.pt"
+    )
     caches = {k: on(v, device) for k, v in caches.items()}
     cached = time.perf_counter() - t1
     layer = resolve_layer(model, example=sets["fit"][0][0][None].to(device))
@@ -420,7 +434,7 @@ def run_cli(
     out = args.out / f"{family}-s{seed}"
     cmd = cli_command(args, ckpt, out, device)
     stamp_path = args.out / f"{family}-s{seed}.cli.json"
-    stamp = {"command": cmd, "checkpoint": checkpoint_key(meta)}
+    stamp = {"command": cmd, "checkpoint": checkpoint_key(meta), "code": code_digest()}
     report_path = out / "report.json"
     old = load_json(stamp_path) or {}
     if not (report_path.exists() and old.get("stamp") == stamp):
