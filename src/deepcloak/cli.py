@@ -504,6 +504,7 @@ def evaluate(
     from deepcloak.evaluation.run import evaluate_sources
     from deepcloak.evaluation.sources import DataSource, ModelSource
     from deepcloak.report.evaluation import write_evaluation
+    from deepcloak.report.summary import evaluation_mask_lines
     from deepcloak.report.tables import evaluation_tables
 
     level_overrides = {
@@ -551,6 +552,7 @@ def evaluate(
             )  # fmt: skip
         if not ctx.is_main:  # rank 0 prints and writes the results, the same on every process
             return
+        out.print("\n".join(evaluation_mask_lines(report)), highlight=False)
         for table in evaluation_tables(report):
             out.print(table)
         for check in report.warnings:

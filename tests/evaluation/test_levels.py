@@ -214,14 +214,20 @@ def test_cli_prints_the_cap_and_max_samples_lifts_it(checkpoint: Path, tmp_path:
     args = ["evaluate", str(checkpoint), *CHEAP, *SMALL_DATA, "--out", str(out)]
     result = runner.invoke(app, [*args, "--max-samples", "40"])
     assert result.exit_code == 0, result.output
+    # The search's validation is one FGSM pass: the cap leaves its samples whole.
     line = (
-        "evaluating 40 of 360 test samples and 40 of 60 validation samples "
-        "(cap from --max-samples; --max-samples all to lift)"
+        "evaluating 40 of 300 test samples and all 60 validation samples "
+        "(cap from --max-samples; --max-samples all to lift); validation: 60 of the 360 test "
+        "samples (seed 0); every test figure is on the other 300"
     )
     assert line in " ".join(result.output.split())
+    assert "evaluated mask: beam search" in result.output  # the default search, said first
+    assert "chosen on 60 of the 360 test samples" in " ".join(result.output.split())
     report = json.loads((out / "evaluation.json").read_text())
     assert report["run"]["data"]["test"]["n_used"] == 40
-    assert report["run"]["data"]["sample_cap"]["capped"] == ["test", "validation"]
+    assert report["run"]["metadata"]["validation"]["source"] == "test"
+    assert report["run"]["data"]["validation"]["n_used"] == 60
+    assert report["run"]["data"]["sample_cap"]["capped"] == ["test"]
     assert report["config"]["level"] == "quick"
     assert set(report["config"]["level_overrides"]) >= {"max_samples", "attacks", "steps"}
     result = runner.invoke(app, [*args, "--max-samples", "all", "--test-samples", "30"])
@@ -236,7 +242,10 @@ def test_cli_names_the_level_as_the_cap_source(checkpoint: Path, tmp_path: Path)
     args = ["evaluate", str(checkpoint), *CHEAP, *SMALL_DATA, "--ratio", "0.1"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
-    line = "evaluating 100 of 360 test samples (cap from --level quick; --max-samples all to lift)"
+    line = (
+        "evaluating 100 of 300 test samples and all 60 validation samples (cap from --level "
+        "quick; --max-samples all to lift)"
+    )
     assert line in " ".join(result.output.split())
 
 

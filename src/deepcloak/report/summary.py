@@ -11,13 +11,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from deepcloak.evaluation.results import AccuracyResult
+from deepcloak.evaluation.results import (
+    AccuracyResult,
+    EvaluationReport,
+    ThreatModel,
+    find_result,
+)
 from deepcloak.report.figures import attack_label
 
 if TYPE_CHECKING:
     from deepcloak.harden import HardenResult
 
-__all__ = ["paper_line", "saved_mask_lines", "saved_mask_record"]
+__all__ = ["evaluation_mask_lines", "paper_line", "saved_mask_lines", "saved_mask_record"]
 
 
 def _accuracy(r: AccuracyResult) -> dict[str, Any]:
@@ -169,3 +174,58 @@ def paper_line(paper: dict[str, Any], searched: dict[str, Any]) -> str:
         f"{_ci(test['clean'])} ({_pts(-test['clean_drop'])}), gray-box "
         f"{_ci(test['graybox'])} ({_pts(test['graybox_gain'])}); the search's edge: {_pts(edge)}"
     )
+
+
+def _result_text(r: AccuracyResult | None, base: AccuracyResult | None) -> str:
+    if r is None:
+        return "-"
+    lo, hi = r.interval
+    text = f"{100 * r.accuracy:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return text if base is None else f"{text} ({_pts(r.accuracy - base.accuracy)})"
+
+
+def evaluation_mask_lines(report: EvaluationReport) -> list[str]:
+    """The block ``deepcloak evaluate`` prints first: the evaluated mask, how it was chosen,
+    on which samples, and what it buys on the test samples under each threat model (per-sample
+    worst case over the level's attacks)."""
+    cloak, choice = report.cloak, report.ratio_choice
+    layer = cloak.get("layer") or report.run.get("layer") or {}
+    n_features = 1
+    for s in cloak.get("feature_shape", []):
+        n_features *= int(s)
+    n = int(cloak.get("n_removed", 0))
+    selection = cloak.get("selection")
+    if selection:
+        how = f"{selection['selector']} search{_settings(selection.get('settings'))}"
+    elif choice.split == "fixed":
+        how = f"the paper's {cloak.get('score', 'deepcloak')} score at a fixed ratio"
+    else:
+        how = f"the paper's {cloak.get('score', 'deepcloak')} score, ratio chosen on validation"
+    where = f"{layer.get('name', '?')} ({layer.get('side', 'input')})"
+    lines = [
+        f"evaluated mask: {how}, layer {where}: {n} of {n_features} features removed "
+        f"({n / max(n_features, 1):.1%})"
+    ]
+    validation = (report.run.get("metadata") or {}).get("validation")
+    if isinstance(validation, dict) and validation.get("description"):
+        lines.append(f"  chosen on {validation['description']}")
+    if choice.split != "fixed":
+        lines.append(f"  {choice.reason}")
+    results = report.results
+    test_n = next((r.n for r in results), 0)
+    parts = [
+        "clean "
+        + _result_text(
+            find_result(results, "cloaked", ThreatModel.CLEAN),
+            find_result(results, "unmasked", ThreatModel.CLEAN),
+        )
+    ]
+    for tm in (ThreatModel.GRAYBOX, ThreatModel.WHITEBOX, ThreatModel.TRANSFER):
+        cloaked = find_result(results, "cloaked", tm)
+        if cloaked is not None:
+            parts.append(
+                f"{tm.value} {_result_text(cloaked, find_result(results, 'unmasked', tm))}"
+            )
+    lines.append(f"  test ({test_n:,} samples; attacks: per-sample worst case): {parts[0]}")
+    lines += [f"    {p}" for p in parts[1:]]
+    return lines
