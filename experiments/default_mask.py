@@ -4,8 +4,9 @@ Issue 14, items 2 and 7. Same families, recipes and attack (FGSM at eps 0.04) as
 ``experiments/beyond_paper.py``, whose helpers it reuses.
 
 ``--tune``: on tuning models whose seeds no published figure uses (100 and 101), the features at
-L of FGSM samples are cached once per model (fit: the training split; validation: a seeded
-5,000-sample part of the test split; test: the rest), then ``search_cached`` runs a grid of beam
+L of FGSM samples are cached once per model on the CLI's own splits (``DataSource``: fit, the
+training split; validation, a seeded 5,000-sample part of the test split; test, the rest; so a
+setting finds the mask the CLI would), then ``search_cached`` runs a grid of beam
 settings (width, clean weight, fit budget) and records the validation choice, the test clean
 drop (does the 1-point budget hold?) and the test gray-box gain. The winner is the setting with
 the best mean test gain among those whose budget held in every run. Writes
@@ -29,6 +30,9 @@ models among N processes (one GPU holds them all):
     python experiments/default_mask.py --device cuda --jobs 4
     python experiments/default_mask.py --quick --families cnn --seeds 0       # smoke run
     python experiments/default_mask.py --quick --tune --families cnn --seeds 100
+
+Fashion-MNIST is read from ``$DEEPCLOAK_DATA_ROOT/fashion-mnist`` (default
+``/usr/share/datasets``) or ``--root``; checkpoints missing under ``--runs`` are trained.
 """
 
 from __future__ import annotations
