@@ -492,7 +492,10 @@ def _keeps_stages(work: Path) -> Iterator[None]:
         if isinstance(e, WorkFolderError):  # an error about the folder itself: leave it as it is
             raise
         folder = WorkFolder(work)
+        if not folder.held_here():  # stopped before this run opened it: whatever is there stays
+            raise
         if folder.holds_work():
+            folder.release()
             console.print(
                 f"finished stages are saved in {work}: rerun the same command with --resume "
                 "to continue", highlight=False,
