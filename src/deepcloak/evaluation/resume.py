@@ -286,7 +286,7 @@ class WorkFolder:
         """Whether a stage or a crafted set was saved here (a killed write's temporary file
         is not a saved one; nothing behind a link counts)."""
         with contextlib.suppress(WorkFolderError, OSError):
-            return any(
+            return self._kind(self.path) == "dir" and any(
                 self._kind(d) == "dir"
                 and any(
                     e.is_file(follow_symlinks=False) and e.name.endswith((".json", ".safetensors"))
