@@ -23,7 +23,7 @@ from safetensors.torch import load as st_load_bytes
 from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save_bytes
 
-from deepcloak.errors import DataFormatError
+from deepcloak.errors import DataFormatError, DeepCloakError
 
 __all__ = [
     "SafetensorsHeader",
@@ -61,9 +61,12 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            # A failed write() names no file, and the temporary one is gone: name the file.
+            e.filename = os.fspath(path)
         raise
 
 
@@ -91,8 +94,40 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Write ``obj`` as indented JSON to ``path`` atomically.
+
+    Raises:
+        DeepCloakError: ``obj`` holds a NaN or an infinity (strict JSON has none); the message
+            names where. Nothing is written.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        where = _non_finite(obj, "")
+        if where is None:
+            raise
+        raise DeepCloakError(
+            f"cannot write {path}: {where[0] or 'the value'} is {where[1]}, which JSON cannot "
+            "hold; a setting or the model gave a non-finite number (check the inputs, such as "
+            "the model's outputs on the data)"
+        ) from None
+    write_text_atomic(path, text + "\n")
+
+
+def _non_finite(obj: Any, where: str) -> tuple[str, float] | None:
+    """Where in ``obj`` the first NaN or infinity is (``results[3].accuracy``), and it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where, obj
+    items: Any = ()
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    for at, value in items:
+        found = _non_finite(value, at)
+        if found is not None:
+            return found
+    return None
 
 
 def save_tensors(

@@ -64,7 +64,7 @@ SWEEP = SweepResult(
     [{"name": "pgd", "steps": 2}], 2, 0, True,
 )  # fmt: skip
 CHECK = SanityCheck("more-steps", CheckStatus.PASS, "fine", {"steps": 2, "accuracy": 0.5})
-PASS = AttackPass(FGSM, "unmasked", None, None, None, "train", "fit", 10, 0.5)
+PASS = AttackPass(FGSM, "unmasked", None, None, None, "test", "attacks", 10, 0.5)
 #: Each saved stage: its codec and a value it saves.
 STAGES: dict[str, tuple[Codec[Any], Any]] = {
     "ratio choice": (MAYBE_SWEEP, SWEEP),
@@ -119,7 +119,7 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),  # fmt: skip
+    ),
     max_leaves=8,
 )
 
@@ -197,8 +197,11 @@ def test_any_crafted_set_metadata_loads_or_is_one_line_naming_it(
         folder, _ = _resume(work)
     except WorkFolderError as e:
         _one_line_naming(e, path)
-    else:
-        assert folder.saved_passes() == {KEY: PASS}
+    else:  # loaded: the set's key, and a pass of that attack, model and split
+        ((key, record),) = folder.saved_passes().items()
+        assert key == KEY and record.attack == FGSM
+        assert (record.model, record.split) == (KEY.model, KEY.split)
+        assert type(record.samples) is int and type(record.resumed) is bool
 
 
 @pytest.mark.parametrize(
@@ -239,8 +242,8 @@ def test_a_planted_link_is_refused_and_nothing_is_written_through_it(
     _saved_folder(work).release()
     elsewhere.mkdir()
     (work / entry).rename(elsewhere / "target")
-    (work / entry).symlink_to(elsewhere / "target", target_is_directory=entry in ("stages",
-                                                                                  "crafted"))  # fmt: skip
+    is_dir = entry in ("stages", "crafted")
+    (work / entry).symlink_to(elsewhere / "target", target_is_directory=is_dir)
     before = _snapshot(elsewhere)
     with pytest.raises(WorkFolderError, match="is a symbolic link") as caught:
         _, runner = _resume(work)

@@ -353,10 +353,11 @@ class WorkFolder:
         if not isinstance(saved, dict):
             raise self._bad_file(path, f"a JSON {type(saved).__name__}, expected an object")
         now = json.loads(json.dumps(dict(fingerprint)))  # as it reads back from JSON
-        differ = _differences(saved, now)
+        differ = [d if d.isprintable() else repr(d) for d in _differences(saved, now)]
         if differ:
+            names = ", ".join(differ[:8]) + (", ..." if len(differ) > 8 else "")
             raise WorkFolderError(
-                f"cannot resume from {self.path}: it holds another evaluation ({', '.join(differ)} "
+                f"cannot resume from {self.path}: it holds another evaluation ({names} "
                 f"differ from this run's); rerun with the same model, data and settings, or "
                 f"delete {self.path} to start afresh"
             )
@@ -507,7 +508,14 @@ def _crafted_meta(meta: Any) -> tuple[CraftKey, AttackPass]:
     if not isinstance(meta, dict) or set(meta) != {"key", "pass"}:
         raise DeepCloakError("its metadata is not an object of key and pass")
     key = _round_trip(lambda d: CraftKey(**d), vars, meta["key"], "key")
-    return key, _attack_pass(meta["pass"])
+    record = _attack_pass(meta["pass"])
+    if (key.attack, key.model, key.split) != (
+        json.dumps(record.attack, sort_keys=True),
+        record.model,
+        record.split,
+    ):
+        raise DeepCloakError("its key and pass name another attack, model or split")
+    return key, record
 
 
 def _round_trip(
