@@ -324,3 +324,28 @@ def test_a_full_disk_while_saving_a_stage_is_one_line(
     with pytest.raises(WorkFolderError, match="No space left on device") as caught:
         folder.save_stage("sanity", {"seconds": 1.0, "value": [], "passes": []})
     _one_line_naming(caught.value, tmp_path / "work" / "stages" / "sanity.json")
+
+
+def test_the_cli_refuses_a_linked_work_folder_in_one_line_and_leaves_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deepcloak.cli import app
+    from deepcloak.evaluation.resume import work_folder_for
+    from deepcloak.models.checkpoint import save_checkpoint
+    from deepcloak.models.zoo import create_model
+
+    checkpoint = tmp_path / "cnn.safetensors"
+    model = create_model("cnn", in_channels=1, num_classes=10, input_size=8, width=4)
+    save_checkpoint(checkpoint, model, metadata={"data": "digits", "input_shape": [1, 8, 8]})
+    out, elsewhere = tmp_path / "eval", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    work_folder_for(out).symlink_to(elsewhere, target_is_directory=True)
+    args = ["evaluate", str(checkpoint), "--level", "quick", "--test-samples", "20",
+            "--val-samples", "20", "--out", str(out)]  # fmt: skip
+    for extra in ([], ["--resume"]):
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "is a symbolic link" in text and "finished stages are saved" not in text, text
+    assert work_folder_for(out).is_symlink() and list(elsewhere.iterdir()) == []
+    assert not out.exists()
