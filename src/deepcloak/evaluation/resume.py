@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,6 +35,11 @@ from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock, so a live run is not told apart
+    fcntl = None  # type: ignore[assignment]
 
 from deepcloak._version import __version__
 from deepcloak.cloak.fit import Cloak
@@ -246,7 +250,8 @@ class WorkFolder:
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(self._entry(_LOCK), flags, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
