@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -103,7 +104,7 @@ def _one_line_naming(error: BaseException, path: Path) -> None:
 
 
 def test_saved_files_read_back_as_they_were_written(tmp_path: Path) -> None:
-    _saved_folder(tmp_path / "work").release()
+    _saved_folder(tmp_path / "work")
     folder, runner = _resume(tmp_path / "work")
     for name, (codec, value) in STAGES.items():
         assert codec.dump(runner.run(name, _stop, codec)) == codec.dump(value), name
@@ -217,7 +218,7 @@ def test_any_crafted_set_metadata_loads_or_is_one_line_naming_it(
 )
 def test_the_files_the_issue_names_are_one_line(tmp_path: Path, name: str, text: Any) -> None:
     work = tmp_path / "work"
-    _saved_folder(work).release()
+    _saved_folder(work)
     path = work / name
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(DeepCloakError) as caught:
@@ -239,7 +240,7 @@ def test_a_planted_link_is_refused_and_nothing_is_written_through_it(
     tmp_path: Path, entry: str
 ) -> None:
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
-    _saved_folder(work).release()
+    _saved_folder(work)
     elsewhere.mkdir()
     (work / entry).rename(elsewhere / "target")
     is_dir = entry in ("stages", "crafted")
@@ -257,7 +258,7 @@ def test_a_planted_link_is_refused_and_nothing_is_written_through_it(
 
 def test_a_linked_work_folder_is_refused_never_used_nor_removed(tmp_path: Path) -> None:
     real, work = tmp_path / "real", tmp_path / "work"
-    _saved_folder(real).release()
+    _saved_folder(real)
     work.symlink_to(real, target_is_directory=True)
     before = _snapshot(real)
     for resume in (False, True):
@@ -276,8 +277,8 @@ def held_by_another(tmp_path: Path) -> Iterator[Path]:
     """A work folder whose lock another process holds (here: another open file, as flock
     counts it), with that process's id in it."""
     work = tmp_path / "work"
-    _saved_folder(work).release()
-    fd = os.open(work / "lock", os.O_RDWR)
+    shutil.copytree(_saved_folder(tmp_path / "made").path, work)  # this process holds "made"
+    fd = os.open(work / "lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.write(fd, b"4242\n")
     yield work
@@ -298,8 +299,10 @@ def test_a_live_run_is_told_from_an_interrupted_one(held_by_another: Path) -> No
 
 def test_a_live_run_that_saved_nothing_yet_keeps_its_folder(tmp_path: Path) -> None:
     work = tmp_path / "work"
-    WorkFolder.open(work, FINGERPRINT, resume=False).release()
-    fd = os.open(work / "lock", os.O_RDWR)
+    for sub in ("stages", "crafted"):  # as a run that just started has it
+        (work / sub).mkdir(parents=True)
+    (work / "fingerprint.json").write_text(json.dumps(FINGERPRINT))
+    fd = os.open(work / "lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(WorkFolderError, match="running now"):
