@@ -352,3 +352,15 @@ def test_the_cli_refuses_a_linked_work_folder_in_one_line_and_leaves_it(tmp_path
         assert "is a symbolic link" in text and "finished stages are saved" not in text, text
     assert work_folder_for(out).is_symlink() and list(elsewhere.iterdir()) == []
     assert not out.exists()
+
+
+def test_a_read_only_place_for_the_work_folder_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(self: Path, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(WorkFolderError, match="Read-only file system") as caught:
+        WorkFolder.open(tmp_path / "work", FINGERPRINT, resume=False)
+    _one_line_naming(caught.value, tmp_path / "work")
