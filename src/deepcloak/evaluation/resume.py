@@ -324,8 +324,8 @@ class WorkFolder:
 
     def _bad_file(self, path: Path, problem: str) -> WorkFolderError:
         return WorkFolderError(
-            f"cannot resume from {path}: {problem}; it is not what deepcloak saves there (rerun "
-            f"without --resume after deleting {self.path}, to start afresh)"
+            f"cannot resume from {path}: {problem}; deepcloak did not save this (delete "
+            f"{self.path} and rerun without --resume, to start afresh)"
         )
 
     def _read_json(self, path: Path) -> Any:
@@ -540,7 +540,10 @@ def _round_trip(
     again = json.loads(json.dumps(dump(value)))
     where = _first_difference(data, again, what)
     if where is not None:
-        raise DeepCloakError(f"{where} is not what deepcloak writes (read back, it differs)")
+        raise DeepCloakError(
+            f"{where} differs from what deepcloak writes for the rest of the file (its type, "
+            "or its agreement with the other fields)"
+        )
     return value
 
 
