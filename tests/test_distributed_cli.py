@@ -81,3 +81,43 @@ def test_two_processes_give_the_one_process_results(
     assert numbers(json.loads((two / report).read_text()), CLOCK_KEYS) == expected
     accuracies = [k for k in json.dumps(expected).split('"') if k == "accuracy"]
     assert len(accuracies) > 20  # numbers were compared, not blanks
+
+
+# One rank meets bad data while the other waits in a gather, as in a sweep's pass.
+PEER_FAILS = """
+import sys, torch, typer
+from deepcloak.cli import distributed_command, user_errors
+from deepcloak.distributed import gather_batches
+from deepcloak.errors import DataFormatError
+
+@user_errors
+def command():
+    with distributed_command("cpu") as (ctx, _):
+        if ctx.rank == 1:
+            raise DataFormatError("labels.bin: label 12 in batch 3 is outside 0..9")
+        gather_batches([torch.zeros(2)])
+
+try:
+    command()
+except typer.Exit as e:
+    sys.exit(e.exit_code)
+"""
+
+
+def test_a_peer_of_a_process_that_meets_bad_data_stops_with_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "peer_fails.py"
+    script.write_text(PEER_FAILS)
+    src = str(Path(deepcloak.cli.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "--monitor-interval", "5", str(script)]  # fmt: skip
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    lines = (run.stdout + run.stderr).splitlines()
+    why = "labels.bin: label 12 in batch 3 is outside 0..9"
+    assert f"error (rank 1): {why}" in lines, lines
+    assert f"error: rank 1 stopped: {why}" in lines, lines  # rank 0: one line, the reason
+    # torchrun's agent prints its own traceback of the failed children; no process prints one
+    workers = [line for line in lines if "peer_fails.py" in line or "deepcloak" in line]
+    assert not any("File " in line for line in workers), lines
+    assert not any("gloo" in line.lower() or "DistBackendError" in line for line in lines), lines

@@ -8,6 +8,7 @@ as one readable line and exit with status 2.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -103,19 +104,29 @@ def distributed_command(device: str) -> Iterator[tuple[Distributed, str]]:
 
 
 def user_errors(command: F) -> F:
-    """Show a :class:`DeepCloakError` as one line on stderr and exit with status 2."""
+    """Show a :class:`DeepCloakError`, or the OS refusing a file (disk full, read-only,
+    permissions), as one line on stderr and exit with status 2."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except DeepCloakError as e:
+        except (DeepCloakError, OSError) as e:
             rank = os.environ.get("RANK", "0")  # torchrun's; the group may be gone by now
             where = f" (rank {rank})" if rank != "0" else ""
-            console.print(f"[bold red]error{where}:[/] {e}", highlight=False)
+            console.print(f"[bold red]error{where}:[/] {_one_line(e)}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(e: Exception) -> str:
+    """The error's message; for the OS's, the file and the reason (``EACCES``, ...)."""
+    if isinstance(e, OSError) and not isinstance(e, DeepCloakError):
+        code = errno.errorcode.get(e.errno or 0, "")
+        path = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
+        return f"{path}{e.strerror or e}" + (f" ({code})" if code else "")
+    return str(e)
 
 
 @app.callback()
@@ -576,7 +587,10 @@ def _keeps_stages(work: Path) -> Iterator[None]:
         if isinstance(e, WorkFolderError):  # an error about the folder itself: leave it as it is
             raise
         folder = WorkFolder(work)
+        if not folder.held_here():  # stopped before this run opened it: whatever is there stays
+            raise
         if folder.holds_work():
+            folder.release()
             console.print(
                 f"finished stages are saved in {work}: rerun the same command with --resume "
                 "to continue", highlight=False,

@@ -14,9 +14,10 @@ Nothing is passed down the call chain: the library's passes read the group from
 does. Without torchrun (no process group) every function here is a no-op on one process.
 
 Every process must make the same collective calls in the same order. Errors that depend on the
-data (a bad label in one batch) are raised only by the process that holds that batch: it exits,
-and torchrun's agent then stops the other processes of the node. Across nodes, a process left
-waiting in a collective gives up at the process group's timeout.
+data (a bad label in one batch) are raised only by the process that holds that batch: it leaves
+its message in the group's store and exits; a peer whose collective then breaks reads it and
+stops with one line, "rank N stopped: <its message>" (unless torchrun's agent stops it first).
+Across nodes, a process left waiting in a collective gives up at the process group's timeout.
 """
 
 from __future__ import annotations
@@ -132,11 +133,39 @@ def distributed_run(device: torch.device) -> Iterator[tuple[Distributed, torch.d
     ctx, device = setup_distributed(device)
     try:
         yield ctx, device
-    except BaseException:
-        if ctx.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+    except BaseException as e:
+        if not (ctx.enabled and dist.is_initialized()):
+            raise
+        if isinstance(e, DeepCloakError):  # say why before leaving: the peers read it
+            _tell_peers(ctx, str(e))
+        peer = None if isinstance(e, DeepCloakError) else _failed_peer(ctx)
+        dist.destroy_process_group()
+        if peer is not None:  # this process's collective broke because a peer stopped
+            raise DeepCloakError(f"rank {peer[0]} stopped: {peer[1]}") from None
         raise
     close_distributed()
+
+
+_FAILED = "deepcloak/failed/"
+
+
+def _tell_peers(ctx: Distributed, message: str) -> None:
+    """Leave this process's error in the group's store, where the peers look when the
+    collective they wait in breaks (best effort: the store may be gone)."""
+    with contextlib.suppress(Exception):
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"{_FAILED}{ctx.rank}", message.splitlines()[0] if message else "")
+
+
+def _failed_peer(ctx: Distributed) -> tuple[int, str] | None:
+    """The first peer that left its error in the store, and the error, if any did."""
+    with contextlib.suppress(Exception):
+        store = dist.distributed_c10d._get_default_store()
+        for rank in range(ctx.world_size):
+            key = f"{_FAILED}{rank}"
+            if rank != ctx.rank and store.check([key]):
+                return rank, store.get(key).decode("utf-8", "replace")
+    return None
 
 
 class Shardable(Protocol):

@@ -10,18 +10,20 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as st_load_bytes
 from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save_bytes
 
-from deepcloak.errors import DataFormatError
+from deepcloak.errors import DataFormatError, DeepCloakError
 
 __all__ = [
     "SafetensorsHeader",
@@ -59,9 +61,12 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            # A failed write() names no file, and the temporary one is gone: name the file.
+            e.filename = os.fspath(path)
         raise
 
 
@@ -89,8 +94,40 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Write ``obj`` as indented JSON to ``path`` atomically.
+
+    Raises:
+        DeepCloakError: ``obj`` holds a NaN or an infinity (strict JSON has none); the message
+            names where. Nothing is written.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        where = _non_finite(obj, "")
+        if where is None:
+            raise
+        raise DeepCloakError(
+            f"cannot write {path}: {where[0] or 'the value'} is {where[1]}, which JSON cannot "
+            "hold; a setting or the model gave a non-finite number (check the inputs, such as "
+            "the model's outputs on the data)"
+        ) from None
+    write_text_atomic(path, text + "\n")
+
+
+def _non_finite(obj: Any, where: str) -> tuple[str, float] | None:
+    """Where in ``obj`` the first NaN or infinity is (``results[3].accuracy``), and it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where, obj
+    items: Any = ()
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    for at, value in items:
+        found = _non_finite(value, at)
+        if found is not None:
+            return found
+    return None
 
 
 def save_tensors(
@@ -135,7 +172,7 @@ _DTYPE_BYTES = {
 MAX_HEADER_BYTES = 100_000_000
 
 
-def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+def read_header(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> SafetensorsHeader:
     """Read and check a safetensors file's header, without loading any tensor.
 
     Every declared tensor must have a known dtype, a shape of non-negative ints, and a byte
@@ -144,6 +181,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
 
     Args:
         path: the file.
+        follow_symlinks: ``False`` refuses a ``path`` that is a symbolic link (``O_NOFOLLOW``).
 
     Returns:
         The :class:`SafetensorsHeader`.
@@ -153,19 +191,44 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             malformed; the message names the file and the field.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: no such file")
+    with _open_file(path, follow_symlinks) as f:
+        return _read_header(f, path)
+
+
+@contextlib.contextmanager
+def _open_file(path: Path, follow_symlinks: bool) -> Iterator[IO[bytes]]:
+    """``path`` opened for reading as a regular file (a link refused unless followed)."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            length = int.from_bytes(f.read(8), "little") if size >= 8 else -1
-            if not 0 < length <= min(size - 8, MAX_HEADER_BYTES):
-                raise DataFormatError(
-                    f"{path}: not a readable safetensors file (its first 8 bytes declare a "
-                    f"{length}-byte header in a {size}-byte file); expected a file written by "
-                    "deepcloak"
-                )
-            raw = f.read(length)
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: no such file") from None
+    except OSError as e:
+        if not follow_symlinks and os.path.islink(path):  # O_NOFOLLOW's ELOOP
+            raise DataFormatError(
+                f"{path} is a symbolic link, and deepcloak follows none here; remove it"
+            ) from None
+        raise DataFormatError(f"{path}: cannot read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise DataFormatError(f"{path}: no such file (not a regular file)")
+        yield f
+
+
+def _read_header(f: IO[bytes], path: Path) -> SafetensorsHeader:
+    """The checked header of the open safetensors file ``f`` (see :func:`read_header`)."""
+    try:
+        size = os.fstat(f.fileno()).st_size
+        length = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+        if not 0 < length <= min(size - 8, MAX_HEADER_BYTES):
+            raise DataFormatError(
+                f"{path}: not a readable safetensors file (its first 8 bytes declare a "
+                f"{length}-byte header in a {size}-byte file); expected a file written by "
+                "deepcloak"
+            )
+        raw = f.read(length)
     except OSError as e:
         raise DataFormatError(f"{path}: cannot read ({e})") from None
     try:
@@ -237,11 +300,18 @@ def _deepcloak_metadata(metadata: Any, path: Path) -> dict[str, Any] | None:
     return meta
 
 
-def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_tensors(
+    path: str | os.PathLike[str], *, follow_symlinks: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a safetensors file written by :func:`save_tensors`.
 
     The header is checked first (:func:`read_header`), so the tensors loaded never take more
     memory than the file's size.
+
+    Args:
+        path: the file.
+        follow_symlinks: ``False`` refuses a ``path`` that is a symbolic link, and reads the
+            header and the tensors from one open file (nothing can swap the file between).
 
     Returns:
         ``(tensors, metadata)``; ``metadata`` is always a dict.
@@ -250,16 +320,35 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         DataFormatError: the file is missing, not a safetensors file, malformed, or has no
             deepcloak metadata.
     """
+    path = Path(path)
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")  # the safetensors library takes only UTF-8 file names
+    except UnicodeEncodeError:
+        follow_symlinks = False  # read through Python's file instead, which takes any name
+    if not follow_symlinks:
+        with _open_file(path, follow_symlinks=False) as f:
+            header = _read_header(f, path)
+            _check_metadata(header, path)
+            f.seek(0)
+            return _loaded(lambda: st_load_bytes(f.read()), path), header.metadata or {}
     header = read_header(path)
+    _check_metadata(header, path)
+    return _loaded(lambda: st_load_file(name), path), header.metadata or {}
+
+
+def _check_metadata(header: SafetensorsHeader, path: Path) -> None:
     if header.metadata is None:
         raise DataFormatError(
             f"{path}: safetensors file has no {METADATA_KEY!r} metadata; "
             "expected a file written by deepcloak"
         )
+
+
+def _loaded(load: Callable[[], dict[str, torch.Tensor]], path: Path) -> dict[str, torch.Tensor]:
     try:
-        tensors = st_load_file(os.fspath(path))
+        return load()
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise DataFormatError(
             f"{path}: not a readable safetensors file ({e}); expected a file written by deepcloak"
         ) from None
-    return tensors, header.metadata

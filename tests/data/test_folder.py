@@ -18,7 +18,7 @@ from deepcloak.data import images
 from deepcloak.data.folder import ImageFolderDataset
 from deepcloak.data.loader import make_loader
 from deepcloak.data.sets import ImageDataset, ImageSet, load_dataset
-from deepcloak.errors import DeepCloakError
+from deepcloak.errors import DataFormatError, DeepCloakError
 
 RNG = np.random.default_rng(7)
 
@@ -155,3 +155,19 @@ def test_iterating_a_folder_keeps_memory_flat_in_its_size(tmp_path: Path) -> Non
     assert isinstance(folder, ImageFolderDataset)
     whole = _peak_bytes(lambda: in_memory_copy(folder))
     assert whole > len(folder) * decoded > 4 * peak[400]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_image_is_the_same_one_line_error_with_or_without_workers(
+    tmp_path: Path, workers: int
+) -> None:
+    root = write_noise_folder(tmp_path / "images", 4, side=8)
+    data = load_dataset("imagefolder", root=root)
+    for path in root.glob("*/*.png"):
+        path.write_bytes(b"not an image")  # spoilt after the listing: decoding tells
+    with pytest.raises(DataFormatError) as caught:
+        for _ in make_loader(data, batch_size=2, workers=workers):
+            pass
+    message = str(caught.value)
+    assert "\n" not in message and "not a readable image" in message, message
+    assert "DataLoader worker" not in message and "Traceback" not in message

@@ -154,6 +154,19 @@ class StreamLoader(DataLoader[Batch]):
     shard_settings: dict[str, Any] | None = None
     _shards: dict[Distributed, BatchLoader] | None = None
 
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        """The batches; a :class:`DeepCloakError` raised in a worker process comes out as it
+        was raised there (torch re-raises it with the worker's traceback in its message)."""
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except DeepCloakError as e:
+                raise _unwrapped(e) from None
+            yield batch
+
     def sharded(self, ctx: Distributed) -> BatchLoader:
         """Batches ``ctx.rank, ctx.rank + ctx.world_size, ...`` of each pass of this loader."""
         if not ctx.enabled:
@@ -165,6 +178,20 @@ class StreamLoader(DataLoader[Batch]):
         if ctx not in self._shards:
             self._shards[ctx] = make_loader(self.dataset, shard=ctx, **self.shard_settings)
         return self._shards[ctx]
+
+
+def _unwrapped(error: DeepCloakError) -> DeepCloakError:
+    """The error a worker raised, out of torch's "Caught X in DataLoader worker process N.
+    Original Traceback ..." message (torch rebuilds it as ``type(error)(that text)``)."""
+    text = str(error)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return error
+    lines = text.rstrip("\n").split("\n")
+    head = f"{type(error).__module__}.{type(error).__qualname__}: "
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(head):
+            return type(error)("\n".join([lines[i][len(head) :], *lines[i + 1 :]]))
+    return error
 
 
 def pass_order(n: int, *, shuffle: bool, generator: torch.Generator | None) -> Tensor | None:

@@ -75,7 +75,15 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
         DeepCloakError: ``path`` is a file, holds the working directory or files deepcloak did
             not write (it would be replaced whole), or neither it nor its parent can be written.
     """
-    path = Path(path)
+    path = _checked_name(path)
+    try:
+        _check_folder(path)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    return path
+
+
+def _check_folder(path: Path) -> None:
     clean_stale(path)
     if path.exists() and not path.is_dir():
         raise DeepCloakError(
@@ -101,7 +109,6 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
                 "choose another folder or fix its permissions"
             )
     _check_writable(path, _existing_ancestor(path.parent))
-    return path
 
 
 def check_output_file(path: str | os.PathLike[str]) -> Path:
@@ -111,17 +118,59 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
     :func:`~deepcloak.io.atomic_write`) are removed first.
 
     Raises:
-        DeepCloakError: ``path`` is a folder, or the folder it goes into cannot be written.
+        DeepCloakError: ``path`` is a folder, its name is too long, or the folder it goes into
+            cannot be written.
+    """
+    path = _checked_name(path)
+    try:
+        _clean_stale_files(path)
+        if path.is_dir():
+            raise DeepCloakError(
+                f"--out {path} is a folder, but this command writes one file; "
+                f"give a file path such as {path / 'model.safetensors'}"
+            )
+        _check_writable(path, _existing_ancestor(path.parent))
+    except OSError as e:
+        raise _os_error(path, e) from None
+    return path
+
+
+#: Bytes the names of the hidden siblings add to ``--out``'s: ``.<name>.deepcloak-new-<pid>-
+#: <8 hex>`` (a pid has at most 7 digits on Linux); temporary files and the resume folder add less.
+_SIBLING_EXTRA = len("..deepcloak-new--") + 7 + 8
+
+
+def _checked_name(path: str | os.PathLike[str]) -> Path:
+    """``path``, if each of its names fits the file system with the siblings named after it.
+
+    Raises:
+        DeepCloakError: a name is too long (the message says the limit).
     """
     path = Path(path)
-    _clean_stale_files(path)
-    if path.is_dir():
+    try:
+        limit = os.pathconf(_existing_ancestor(path.parent), "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255  # the usual NAME_MAX
+    for part in path.parts[:-1]:
+        if len(os.fsencode(part)) > limit:
+            raise DeepCloakError(
+                f"cannot use --out {path}: its folder name {part[:40]!r}... is "
+                f"{len(os.fsencode(part))} bytes, more than the {limit} this file system allows"
+            )
+    size = len(os.fsencode(path.name))
+    if size + _SIBLING_EXTRA > limit:
         raise DeepCloakError(
-            f"--out {path} is a folder, but this command writes one file; "
-            f"give a file path such as {path / 'model.safetensors'}"
+            f"--out name {path.name[:40]!r}... is {size} bytes: with the hidden work files "
+            f"deepcloak writes beside it, named after it, it exceeds the {limit} bytes a name "
+            f"may have here; give a name of at most {limit - _SIBLING_EXTRA} bytes"
         )
-    _check_writable(path, _existing_ancestor(path.parent))
     return path
+
+
+def _os_error(out: Path, e: OSError) -> DeepCloakError:
+    """One line for an OS refusal about ``--out``: which path, and why."""
+    where = f" ({e.filename})" if e.filename and os.fspath(e.filename) != os.fspath(out) else ""
+    return DeepCloakError(f"cannot write --out {out}: {e.strerror or e}{where}")
 
 
 def _existing_ancestor(folder: Path) -> Path:
@@ -200,8 +249,16 @@ def write_folder(
         >>> paths = write_folder(out, lambda d: write_harden(result, d, model_info=m, data_info=i))
     """
     out = Path(out)
-    with replace_folder(out) as tmp:
-        written = write(tmp)
+    try:
+        with replace_folder(out) as tmp:
+            written = write(tmp)
+    except OSError as e:  # disk full, read-only: the temporary folder is gone, out as it was
+        name = Path(e.filename).name if e.filename else None
+        raise DeepCloakError(
+            f"cannot write --out {out}: {e.strerror or e}"
+            + (f" (writing {name})" if name else "")
+            + f"; {out} is left as it was"
+        ) from None
     return {kind: out / Path(p).relative_to(tmp) for kind, p in written.items()}
 
 
