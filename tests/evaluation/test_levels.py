@@ -218,7 +218,7 @@ def test_cli_prints_the_cap_and_max_samples_lifts_it(checkpoint: Path, tmp_path:
     line = (
         "evaluating 40 of 300 test samples and all 60 validation samples "
         "(cap from --max-samples; --max-samples all to lift); validation: 60 of the 360 test "
-        "samples (seed 0); every test figure is on the other 300"
+        "samples (seed 0); the test figures are on the others"
     )
     assert line in " ".join(result.output.split())
     assert "evaluated mask: beam search" in result.output  # the default search, said first

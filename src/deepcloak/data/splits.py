@@ -180,8 +180,8 @@ class DataSplits:
         if source is ValFrom.TEST:
             info = ValidationInfo(
                 "test", n, len(drawn_from), seed, False,
-                f"{n:,} of the {len(drawn_from):,} test samples (seed {seed}); every test "
-                f"figure is on the other {len(rest):,}",
+                f"{n:,} of the {len(drawn_from):,} test samples (seed {seed}); the test "
+                "figures are on the others",
             )  # fmt: skip
             return DataSplits(train, val, rest, info)
         info = ValidationInfo(
