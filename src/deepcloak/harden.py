@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 from deepcloak.attacks.native import Attack, create_attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.search import search_mask
-from deepcloak.cloak.selectors import SEARCH_SETTINGS, create_selector
+from deepcloak.cloak.selectors import check_selector
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.data.loader import BatchLoader, make_loader
 from deepcloak.distributed import from_main
@@ -76,7 +76,8 @@ class HardenConfig:
             saved mask is the one it chooses (``ratio`` is then ignored).
         select_params: the selector's settings (``{"width": 4, "clean_weight": 2}`` for beam)
             and the search's own (``fit_budget``, ``max_removed``; see
-            :func:`~deepcloak.cloak.search.search_cached`).
+            :func:`~deepcloak.cloak.search.search_cached`), checked against their declared
+            types and ranges and held with every default filled in, so the report shows them.
         clean_budget: with ``select``: the largest clean-accuracy drop the mask may cost, held
             at 95% confidence on the validation samples.
         val_samples: with ``select``: training samples held out to choose the mask on.
@@ -107,8 +108,10 @@ class HardenConfig:
         object.__setattr__(self, "precision", parse_precision(self.precision))
         check_epsilon(self.eps)
         if self.select is not None:
-            params = {k: v for k, v in self.select_params.items() if k not in SEARCH_SETTINGS}
-            create_selector(self.select, **params)  # unknown names/settings fail here
+            # Checked by type and range before any work; recorded with the defaults filled in.
+            object.__setattr__(
+                self, "select_params", check_selector(self.select, self.select_params)
+            )
             check_budget(self.clean_budget)
             check_positive_int(self.val_samples, "val_samples")
         check_ratio(self.ratio)

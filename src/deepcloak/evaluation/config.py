@@ -25,7 +25,7 @@ from deepcloak.attacks import art as art_attacks  # also registers "apgd", "squa
 from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
-from deepcloak.cloak.selectors import SEARCH_SETTINGS, create_selector
+from deepcloak.cloak.selectors import check_selector
 from deepcloak.cloak.taps import Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
@@ -154,7 +154,10 @@ class EvaluationConfig:
             ``"greedy"``, ``"beam"``, ...) or ``None`` to rank features by ``score``. With one,
             the search runs on the training data (the validation samples held out of it) and
             chooses the mask and its ratio on the validation split within ``clean_budget``.
-        select_params: the selector's settings (e.g. ``{"width": 8}`` for beam).
+        select_params: the selector's settings (e.g. ``{"width": 8}`` for beam) and the
+            search's (``fit_budget``, ``max_removed``), checked against their declared types and
+            ranges (:data:`~deepcloak.cloak.selectors.SELECTOR_SETTINGS`) and held with every
+            default filled in, so the report shows them.
         level: the level these settings started from (:meth:`for_level`); settings that differ
             from it are listed by :attr:`level_overrides`.
     """
@@ -215,8 +218,10 @@ class EvaluationConfig:
         object.__setattr__(self, "precision", parse_precision(self.precision))
         object.__setattr__(self, "level", EvaluationLevel.parse(self.level))
         if self.select is not None:
-            params = {k: v for k, v in self.select_params.items() if k not in SEARCH_SETTINGS}
-            create_selector(self.select, **params)  # unknown names/settings fail here
+            # Checked by type and range before any work; recorded with the defaults filled in.
+            object.__setattr__(
+                self, "select_params", check_selector(self.select, self.select_params)
+            )
             if self.ratio is not None:
                 raise DeepCloakError(
                     f"select={self.select!r} chooses the mask and its ratio on validation; "
