@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -111,15 +112,31 @@ def test_select_takes_the_selectors_and_the_searchs_settings(tmp_path: Path) -> 
     assert cloak.selection["settings"]["clean_weight"] == 2.0
     assert cloak.selection["fit_budget"] == 0.03
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["select_params"] == {"width": 2, "clean_weight": 2, "fit_budget": 0.03}
+    assert report["config"]["select_params"] == {
+        "width": 2, "clean_weight": 2.0, "rivals": 16, "stop_at_plateau": True,
+        "fit_budget": 0.03, "max_removed": None,
+    }  # fmt: skip
 
 
-def test_a_bad_selector_setting_is_one_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("beam:depth=3", "selector 'beam' has no setting 'depth'"),
+        ("beam:widht=4", "did you mean 'width'?"),
+        ("beam:width=2.5", "width=2.5 is not allowed"),
+        ("random:seed=abc", "seed=abc is not allowed"),
+        ("beam:max_removed=-1", "max_removed=-1 is not allowed"),
+        ("beam:stop_at_plateau=maybe", "must be true or false"),
+        ("beam:clean_weight=nan", "clean_weight=nan is not allowed"),
+    ],
+)
+def test_a_bad_selector_setting_is_one_clear_error(tmp_path: Path, spec: str, message: str) -> None:
     out = tmp_path / "o"
     for command in ("harden", "evaluate"):
-        args = [command, SPEC, *FAST, "--output", "0", "--select", "beam:depth=3"]
+        args = [command, SPEC, *FAST, "--output", "0", "--select", spec]
         result = CliRunner().invoke(app, [*args, "--out", str(out)])
-        assert result.exit_code == 2 and "bad settings for selector 'beam'" in result.output
+        text = " ".join(result.output.split())  # rich wraps long lines
+        assert result.exit_code == 2 and message in text, result.output
         assert not out.exists()
 
 

@@ -136,7 +136,7 @@ def describe_settings(table: Sequence[Setting]) -> str:
 
 def _unknown(key: str, table: Sequence[Setting], owner: str) -> DeepCloakError:
     names = [s.name for s in table]
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.7)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return DeepCloakError(
         f"{owner} has no setting {key!r}{hint}; its settings: {describe_settings(table)}"
