@@ -167,3 +167,35 @@ def test_non_finite_logits_are_one_clear_error_in_harden_and_evaluate(tmp_path: 
         assert result.exit_code == 2, result.output
         assert "NaN" in result.output or "finite" in result.output
         assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "digits", "--lr", "-1"], "lr must be a finite number > 0, got -1"),
+        (["train", "--model", "cnn", "--data", "digits", "--option", "hidden=abc"],
+         "model 'cnn' option hidden must be an integer, got 'abc'"),
+        (["harden", SPEC, *FAST, "--output", "0", "--side", "sideways"],
+         "side must be 'input' or 'output', got 'sideways'"),
+        (["harden", SPEC, *FAST, "--output", "0", "--weights", "WEIGHTS.txt"],
+         "not a weights file; expected a safetensors file or a torch.save file"),
+        (["harden", SPEC, *FAST, "--output", "0", "--weights", "RANDOM.pt", "--allow-pickle"],
+         "not a weights file"),
+        (["harden", SPEC, *FAST, "--output", "0", "--weights", "PICKLE.pt", "--allow-pickle"],
+         "unreadable torch.save file"),
+    ],
+)  # fmt: skip
+def test_a_bad_option_value_is_one_line_not_a_traceback(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    # Each was a traceback with exit 1 (issue 15): checked at its cause, in the library.
+    (tmp_path / "WEIGHTS.txt").write_text("these are not weights\n")
+    (tmp_path / "RANDOM.pt").write_bytes(bytes(range(7, 256)) * 3)
+    (tmp_path / "PICKLE.pt").write_bytes(b"\x80\x02" + bytes(range(256)))  # a pickle's start
+    named = [
+        str(tmp_path / a) if a in ("WEIGHTS.txt", "RANDOM.pt", "PICKLE.pt") else a for a in args
+    ]
+    result = CliRunner().invoke(app, [*named, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output

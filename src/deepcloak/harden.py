@@ -23,6 +23,7 @@ from deepcloak.attacks.native import Attack, create_attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.search import search_mask
 from deepcloak.cloak.selectors import check_selector
+from deepcloak.cloak.taps import parse_side
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.data.loader import BatchLoader, make_loader
 from deepcloak.distributed import from_main
@@ -107,6 +108,7 @@ class HardenConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", parse_precision(self.precision))
         check_epsilon(self.eps)
+        parse_side(self.side)  # before any work, with or without a layer
         if self.select is not None:
             # Checked by type and range before any work; recorded with the defaults filled in.
             object.__setattr__(

@@ -333,15 +333,11 @@ def _load_pickled_model(
             raise DeepCloakError(
                 f"{path}: is a pickled object, not only weights; " + _PICKLE_HELP
             ) from None
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=False)
-        except (AttributeError, ImportError) as e:
-            raise DataFormatError(
-                f"{path}: the pickled model refers to code that cannot be imported ({e}); "
-                "import or install the package that defines its class"
-            ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise DataFormatError(f"{path}: unreadable torch.save file ({e})") from None
+        obj = _unpickle(path, map_location)
+    except Exception as e:  # torch's reader fails on malformed input in many ways
+        raise DataFormatError(
+            f"{path}: unreadable torch.save file ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(obj, Mapping):
         raise DataFormatError(
             f"{path}: holds a state_dict (weights only), not a model; load it with a "
@@ -350,6 +346,21 @@ def _load_pickled_model(
     if not isinstance(obj, nn.Module):
         raise DataFormatError(f"{path}: holds a {type(obj).__name__}, expected an nn.Module")
     return obj
+
+
+def _unpickle(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load`` without ``weights_only`` (the user allowed it), errors as one line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (AttributeError, ImportError) as e:
+        raise DataFormatError(
+            f"{path}: the pickled object refers to code that cannot be imported ({e}); "
+            "import or install the package that defines its class"
+        ) from None
+    except Exception as e:  # garbage unpickles into any exception at all
+        raise DataFormatError(
+            f"{path}: unreadable torch.save file ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _call_factory(spec: str, module_name: str, attr: str) -> nn.Module:
@@ -396,11 +407,17 @@ def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """A state_dict from a safetensors or ``torch.save`` file (loaded to CPU)."""
     if not path.is_file():
         raise DataFormatError(f"{path}: no such weights file")
-    if _sniff(path) == "safetensors":
+    kind = _sniff(path)
+    if kind == "safetensors":
         try:
             return st_load_file(path)
         except (SafetensorError, OSError) as e:
             raise DataFormatError(f"{path}: not a readable safetensors file ({e})") from None
+    if kind == "unknown":  # a text file, an image, random bytes: not worth unpickling
+        raise DataFormatError(
+            f"{path}: not a weights file; expected a safetensors file or a torch.save file "
+            "(a zip archive or a pickle)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -408,9 +425,11 @@ def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
             raise DeepCloakError(
                 f"{path}: weights file holds pickled objects; " + _PICKLE_HELP
             ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise DataFormatError(f"{path}: unreadable weights file ({e})") from None
+        obj = _unpickle(path, "cpu")
+    except Exception as e:  # torch's reader fails on malformed input in many ways
+        raise DataFormatError(
+            f"{path}: unreadable weights file ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     # Common wrappers: {"state_dict": ...} (Lightning), {"model": ...}, {"model_state_dict": ...}.
