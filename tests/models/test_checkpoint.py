@@ -152,7 +152,7 @@ def test_factory_weights_that_do_not_fit(user_module: Path) -> None:
 )
 def test_bad_specs(user_module: Path, spec: str, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        load_model(spec)
+        load_model(spec, random_weights=":" in spec)  # past the weights check, to the factory
 
 
 def test_pickle_refused_unless_allowed(tmp_path: Path) -> None:
@@ -196,3 +196,23 @@ def test_corrupt_and_foreign_files(tmp_path: Path) -> None:
     save_tensors(mask, {"mask": torch.ones(4)}, {"format": "deepcloak.cloak.mask"})
     with pytest.raises(DataFormatError, match="not a model checkpoint"):
         load_model(mask)
+
+
+def test_a_factory_without_weights_is_refused_unless_random_weights_are_asked_for(
+    user_module: Path,
+) -> None:
+    spec = f"{USER_MODULE}:build"
+    with pytest.raises(DeepCloakError, match=r"random, unseeded model.*--random-weights"):
+        load_model(spec)
+    before = torch.random.get_rng_state()
+    a, meta = load_model(spec, random_weights=True, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is left alone
+    b, _ = load_model(spec, random_weights=True, seed=3)
+    c, _ = load_model(spec, random_weights=True, seed=4)
+    assert meta == {"source": "factory", "factory": spec, "weights": None, "random_weights_seed": 3}
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True))
+    with pytest.raises(DeepCloakError, match="give weights or random_weights, not both"):
+        load_model(spec, weights=user_module / "w.pt", random_weights=True)
+    with pytest.raises(DeepCloakError, match="random_weights is only used with a"):
+        load_model("some/file.safetensors", random_weights=True)

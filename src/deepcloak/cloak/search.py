@@ -45,6 +45,7 @@ from deepcloak.cloak.mask import fold_mask, insert_mask
 from deepcloak.cloak.selectors import SEARCH_SETTINGS, Path, create_selector
 from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.errors import DeepCloakError
+from deepcloak.models.runtime import model_dtype
 from deepcloak.settings import check_settings
 
 __all__ = [
@@ -358,7 +359,7 @@ def search_mask(
         layer = layer.layer
     attack = attack or FGSM(eps=DEFAULT_EPS)
     if not isinstance(layer, LayerRef):
-        x, _ = unpack_batch(next(iter(fit_loader)), model_device(model))
+        x, _ = unpack_batch(next(iter(fit_loader)), model_device(model), model_dtype(model))
         layer = resolve_layer(model, layer, "input" if layer else None, example=x[:1])
     t0 = time.perf_counter()
     fit = cache_head_features(model, fit_loader, layer, attack, max_samples=max_samples)

@@ -20,7 +20,7 @@ from torch import nn
 
 from deepcloak.errors import LayerError
 from deepcloak.models.outputs import select_logits
-from deepcloak.models.runtime import eval_mode
+from deepcloak.models.runtime import eval_mode, model_inputs
 
 __all__ = [
     "FeatureTap",
@@ -91,7 +91,7 @@ def _connected(
     handles = [m.register_forward_hook(record) for m in hooks]
     try:
         # The input requires grad, so every tensor computed from it is in the autograd graph.
-        x = example.detach().clone().requires_grad_(True)
+        x = model_inputs(model, example.detach()).clone().requires_grad_(True)
         with eval_mode(model), torch.enable_grad():
             logits = select_logits(model(x))
             ran = [name for name, _ in seen]
