@@ -216,3 +216,26 @@ def test_a_factory_without_weights_is_refused_unless_random_weights_are_asked_fo
         load_model(spec, weights=user_module / "w.pt", random_weights=True)
     with pytest.raises(DeepCloakError, match="random_weights is only used with a"):
         load_model("some/file.safetensors", random_weights=True)
+
+
+@pytest.mark.parametrize("shape", ["abc", [1, "8", 8], [1, 8.0, 8], [0, 8, 8], [True, 8, 8], {}])
+def test_checkpoint_input_shape_that_is_not_a_shape_is_one_clear_error(
+    tmp_path: Path, shape: object
+) -> None:
+    # Once `ValueError: invalid literal for int()` from the API and the CLI (issue 15).
+    from deepcloak.evaluation.sources import trained_input_shape
+
+    model = trained_like("cnn", width=4, hidden=8)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, metadata={"input_shape": shape})
+    with pytest.raises(DataFormatError, match=r"m\.safetensors: 'input_shape' must be a list"):
+        load_model(path)
+    with pytest.raises(DeepCloakError, match="metadata 'input_shape' must be a list of one to"):
+        trained_input_shape({"input_shape": shape})
+    if shape == "abc":  # and the CLI: one line, exit 2
+        from typer.testing import CliRunner
+
+        from deepcloak.cli import app
+
+        result = CliRunner().invoke(app, ["harden", str(path), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and "'input_shape' must be a list" in result.output

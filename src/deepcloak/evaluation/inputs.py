@@ -21,7 +21,7 @@ from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.sweep import check_cloak_features
 from deepcloak.models.outputs import check_finite_logits, select_logits
 from deepcloak.models.runtime import eval_mode, model_inputs
-from deepcloak.validation import check_labels
+from deepcloak.validation import check_input_shape, check_labels
 
 __all__ = [
     "SampleCap",
@@ -139,7 +139,7 @@ def check_model_fits(
             return ``(N, classes)`` logits, or has fewer outputs than the labels need.
     """
     shape = tuple(x.shape[1:])
-    if input_shape is not None and tuple(input_shape) != shape:
+    if input_shape is not None and check_input_shape(input_shape) != shape:
         raise DeepCloakError(
             f"the {what} was trained on inputs of shape {tuple(input_shape)}, but {data} has "
             f"inputs of shape {shape}: is this the model for this data set?"

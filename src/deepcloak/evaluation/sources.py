@@ -22,17 +22,23 @@ from deepcloak.evaluation.inputs import check_model_fits
 from deepcloak.models.checkpoint import check_weights_given, load_model
 from deepcloak.models.outputs import OutputKey
 from deepcloak.models.runtime import model_device
+from deepcloak.validation import check_input_shape
 
 __all__ = ["DataSource", "LoadedModel", "ModelSource", "trained_input_shape"]
 
 
 def trained_input_shape(model_info: dict[str, Any]) -> tuple[int, ...] | None:
-    """The ``(C, H, W)`` a loaded model was trained on, from its checkpoint metadata if known."""
-    if model_info.get("input_shape"):
-        return tuple(int(v) for v in model_info["input_shape"])
+    """The ``(C, H, W)`` a loaded model was trained on, from its checkpoint metadata if known.
+
+    Raises:
+        DeepCloakError: metadata that gives a shape, but not as positive integers.
+    """
+    if model_info.get("input_shape") is not None:
+        return check_input_shape(model_info["input_shape"], "the model's metadata 'input_shape'")
     kwargs = model_info.get("arch_kwargs") or {}
     if "in_channels" in kwargs and "input_size" in kwargs:
-        return (int(kwargs["in_channels"]), int(kwargs["input_size"]), int(kwargs["input_size"]))
+        c, s = kwargs["in_channels"], kwargs["input_size"]
+        return check_input_shape([c, s, s], "the model's 'in_channels' and 'input_size'")
     return None
 
 

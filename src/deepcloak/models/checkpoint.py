@@ -32,6 +32,7 @@ from deepcloak._version import __version__
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.io import METADATA_KEY, TensorSpec, load_tensors, read_header, save_tensors
 from deepcloak.models.zoo import MODELS, create_model
+from deepcloak.validation import check_input_shape
 
 __all__ = ["CHECKPOINT_FORMAT", "check_weights_given", "load_model", "save_checkpoint"]
 
@@ -342,6 +343,11 @@ def _checked_arch(
                 f"{path}: 'arch_kwargs'.{key} is {value!r}, expected a number, string, bool, "
                 "null or a short list of numbers"
             )
+    if meta.get("input_shape") is not None:  # read by every command that checks the data
+        try:
+            check_input_shape(meta["input_shape"], "'input_shape'")
+        except DeepCloakError as e:
+            raise DataFormatError(f"{path}: {e}") from None
     counts = {k: v for k, v in kwargs.items() if k in _LAYER_COUNTS and type(v) is int}
     if math.prod(counts.values()) > len(tensors):
         raise DataFormatError(
