@@ -80,8 +80,7 @@ def check_input_shape(value: object, name: str = "input_shape") -> tuple[int, ..
         or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items)
     ):
         raise DeepCloakError(
-            f"{name} must be a list of one to four integers >= 1 (e.g. [1, 28, 28]), got "
-            f"{value!r}"
+            f"{name} must be a list of one to four integers >= 1 (e.g. [1, 28, 28]), got {value!r}"
         )
     return tuple(int(v) for v in items)
 
