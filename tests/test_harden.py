@@ -63,7 +63,7 @@ def test_harden_a_factory_model_saves_a_folded_state_dict(tmp_path: Path, monkey
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("user_models", None)
     out = tmp_path / "out"
-    args = ["harden", "user_models:mlp", "--out", str(out), "--ratio", "0.25"]
+    args = ["harden", "user_models:mlp", "--random-weights", "--out", str(out), "--ratio", "0.25"]
     result = runner.invoke(app, [*args, *LIMITS])
     assert result.exit_code == 0, result.output
     state, meta = load_tensors(out / "cloaked_state_dict.safetensors")

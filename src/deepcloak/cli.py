@@ -271,6 +271,10 @@ WeightsOpt = Annotated[
         help="state_dict for a factory model (.pt, read with weights_only; .safetensors)."
     ),
 ]
+RandomWeightsOpt = Annotated[
+    bool,
+    typer.Option(help="Use a factory's own initialisation, seeded with --seed, instead of --weights (a random model: to try things out)."),
+]  # fmt: skip
 PickleOpt = Annotated[
     bool, typer.Option(help="Allow unpickling a full model: it can run code; trusted files only.")
 ]
@@ -407,6 +411,7 @@ def harden(
     data: DataOpt = "digits",
     root: RootOpt = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
     allow_pickle: PickleOpt = False,
     attack: Annotated[str, typer.Option(help="Attack for the fit and the test: fgsm or pgd.")] = "fgsm",
     eps: EpsOpt = 8 / 255,
@@ -452,7 +457,7 @@ def harden(
     with distributed_command(device) as (ctx, run_on):
         source = ModelSource(
             spec=model, weights=weights, allow_pickle=allow_pickle, output=_output_key(output),
-            device=run_on,
+            device=run_on, random_weights=random_weights, seed=seed,
         )  # fmt: skip
         with progress_bars() if ctx.is_main else quiet_progress() as progress:
             result = harden_sources(source, data_source, config, progress=progress, workers=workers)
@@ -472,6 +477,7 @@ def evaluate(
     data: DataOpt = "digits",
     root: RootOpt = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
     allow_pickle: PickleOpt = False,
     cloak: Annotated[Path | None, typer.Option(help="A saved mask (.safetensors); default: fit one.")] = None,
     surrogate: Annotated[str | None, typer.Option(help="Independently trained model for the transfer threat model.")] = None,
@@ -554,7 +560,8 @@ def evaluate(
             report = evaluate_sources(
                 ModelSource(
                     spec=model, weights=weights, allow_pickle=allow_pickle,
-                    output=_output_key(output), device=run_on,
+                    output=_output_key(output), device=run_on, random_weights=random_weights,
+                    seed=seed,
                 ),
                 data_source, config, cloak_file=cloak,
                 surrogate=ModelSource(spec=surrogate, allow_pickle=allow_pickle, device=run_on)

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from deepcloak.attacks.native import Attack, create_attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.search import SearchResult, search_mask
-from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, SEARCH_SETTINGS, create_selector
-from deepcloak.cloak.taps import LayerRef, resolve_layer
+from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
+from deepcloak.cloak.taps import LayerRef, parse_side, resolve_layer
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.data.loader import BatchLoader, make_loader
 from deepcloak.data.splits import DataSplits, ValFrom, ValidationInfo
@@ -124,6 +124,7 @@ class HardenConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", parse_precision(self.precision))
         check_epsilon(self.eps)
+        parse_side(self.side)  # before any work, with or without a layer
         if self.select == AUTO:
             object.__setattr__(self, "select", None if self.ratio is not None else DEFAULT_SELECTOR)
         if self.select is None:
@@ -150,8 +151,9 @@ class HardenConfig:
                 f"the search (select={self.select!r}) chooses its own: add a ratio (--ratio R) "
                 "to rank by that score, or drop the score"
             )
-        params = {k: v for k, v in self.select_params.items() if k not in SEARCH_SETTINGS}
-        create_selector(self.select or DEFAULT_SELECTOR, **params)  # bad settings fail here
+        # Checked by type and range before any work; recorded with the defaults filled in.
+        name = self.select or DEFAULT_SELECTOR
+        object.__setattr__(self, "select_params", check_selector(name, self.select_params))
         check_budget(self.clean_budget)
         ValFrom.parse(self.val_from)
         if self.val_samples is not None:

@@ -16,6 +16,7 @@ from deepcloak.errors import DeepCloakError
 __all__ = [
     "check_epsilon",
     "check_finite",
+    "check_input_shape",
     "check_inputs",
     "check_labels",
     "check_positive",
@@ -64,6 +65,24 @@ def check_positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DeepCloakError(f"{name} must be an integer >= 1, got {value!r}")
     return value
+
+
+def check_input_shape(value: object, name: str = "input_shape") -> tuple[int, ...]:
+    """Check an input shape such as ``(C, H, W)``: one to four integers ``>= 1``.
+
+    Raises:
+        DeepCloakError: anything else (text, floats, booleans, zero or negative sizes).
+    """
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if (
+        items is None
+        or not 1 <= len(items) <= 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items)
+    ):
+        raise DeepCloakError(
+            f"{name} must be a list of one to four integers >= 1 (e.g. [1, 28, 28]), got {value!r}"
+        )
+    return tuple(int(v) for v in items)
 
 
 def check_positive(value: float, name: str) -> float:

@@ -26,10 +26,14 @@ from deepcloak.errors import DeepCloakError
 def test_projection_matches_a_per_sample_brute_force() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(5, 2, 3, 3, generator=gen)
-    x_adv = x + torch.randn(5, 2, 3, 3, generator=gen)
+    # Perturbations inside the ball (L2 norms ~0.08 and ~0.2) as well as outside: a projection
+    # that always rescales to the sphere would pass on outside ones alone.
+    scale = torch.tensor([0.02, 0.05, 0.5, 1.0, 2.0]).view(-1, 1, 1, 1)
+    x_adv = x + torch.randn(5, 2, 3, 3, generator=gen) * scale
     eps = 0.3
     linf = project(x_adv, x, eps, Norm.LINF)
     l2 = project(x_adv, x, eps, Norm.L2)
+    inside = 0
     for i in range(5):
         d = x_adv[i] - x[i]
         expected_inf = (x[i] + d.clamp(-eps, eps)).clamp(0, 1)
@@ -38,6 +42,10 @@ def test_projection_matches_a_per_sample_brute_force() -> None:
         torch.testing.assert_close(linf[i], expected_inf)
         torch.testing.assert_close(l2[i], expected_l2)
         assert float((l2[i] - x[i]).norm()) <= eps + 1e-6
+        if norm <= eps:  # inside: left exactly as it was (up to the [0, 1] clamp)
+            inside += 1
+            assert torch.equal(l2[i], x_adv[i].clamp(0, 1))
+    assert inside == 2
 
 
 def test_worst_case_is_correct_under_every_attack() -> None:

@@ -144,3 +144,53 @@ def test_channels_last_fast_path_computes_the_plain_models_attack(
     got = FGSM(eps=eps)(model, x, y)
     assert got.is_contiguous()
     assert float((got == expected).float().mean()) > 0.995
+
+
+class _Flat(nn.Module):
+    """Logits that do not depend on the input: every gradient step is zero, so PGD's output is
+    its random start (projected), and the start can be measured."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([1.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def _start(attack: PGD, n: int, shape: tuple[int, ...] = (1, 2, 2)) -> torch.Tensor:
+    """The perturbations ``attack`` starts from on ``n`` grey inputs (no clamping at eps 0.1)."""
+    x = torch.full((n, *shape), 0.5)
+    return (attack(_Flat(), x, torch.zeros(n, dtype=torch.long)) - x).flatten(1).double()
+
+
+def test_pgd_starts_at_a_random_point_by_default() -> None:
+    # Issue 15: with the random start switched off, only stored per-sample results noticed.
+    from deepcloak.evaluation.config import EvaluationConfig, build_attack
+
+    assert PGD(eps=0.1).random_start
+    for level in ("quick", "standard", "thorough"):  # and as the evaluation builds it
+        config = EvaluationConfig.for_level(level)
+        assert getattr(build_attack("pgd", config), "random_start", None) is True
+    delta = _start(PGD(eps=0.1, steps=1), 400)
+    assert (delta.abs().amax(1) > 0).all() and float(delta.abs().max()) <= 0.1 + 1e-6
+    # Uniform in [-eps, eps] per coordinate: mean 0, standard deviation eps / sqrt(3).
+    assert abs(float(delta.mean())) < 0.005
+    assert abs(float(delta.std()) - 0.1 / 3**0.5) < 0.003
+    off = _start(PGD(eps=0.1, steps=1, random_start=False), 10)
+    assert torch.equal(off, torch.zeros_like(off))
+
+
+def test_pgd_l2_random_start_is_uniform_in_the_ball() -> None:
+    # Uniform in the d-ball: (r / eps) ** d is uniform on [0, 1] and the direction is isotropic.
+    # A start drawn near the centre (r = eps * U, no 1/d power) fails the KS test at p ~ 1e-300.
+    from scipy.stats import kstest
+
+    eps, d, n = 0.1, 4, 4000
+    delta = _start(PGD(eps=eps, steps=1, norm="l2"), n)
+    radius = delta.norm(dim=1)
+    assert float(radius.max()) <= eps + 1e-6
+    assert kstest(((radius / eps) ** d).numpy(), "uniform").pvalue > 0.01
+    direction = delta / radius[:, None]
+    assert float(direction.mean(0).abs().max()) < 0.05  # no preferred direction
+    assert abs(float((direction**2).mean(0).sum()) - 1) < 1e-6

@@ -152,3 +152,15 @@ def test_logits_without_gradients_fall_back_to_the_last_linear_to_run() -> None:
     m, x = NoGrad(), torch.rand(1, 1, 8, 8)
     assert resolve_layer(m, example=x).name == "fc"
     assert reaches_logits(m, LayerRef("hidden", Side.OUTPUT), x)  # cannot tell: no warning
+
+
+def test_a_bad_side_is_refused_with_or_without_a_layer() -> None:
+    # `harden --side sideways` without `--layer` once ended in an enum ValueError (issue 15).
+    from deepcloak.harden import HardenConfig
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    for layer in (None, "3"):
+        with pytest.raises(LayerError, match="side must be 'input' or 'output', got 'sideways'"):
+            resolve_layer(model, layer, "sideways")
+    with pytest.raises(LayerError, match="got 'sideways'"):
+        HardenConfig(side="sideways")

@@ -178,6 +178,11 @@ def test_pickle_cannot_give_a_dtype_an_odd_layout(tmp_path: Path) -> None:
         ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, True]}, r"'labels'\[1\] is True"),
         ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, r"'labels' is 1, expected"),
         ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"label 10 at record 1"),
+        (  # once an OverflowError from numpy (issue 15)
+            {b"data": np.zeros((2, 3072), np.uint8), b"labels": [2**70, 0]},
+            rf"label {2**70} at record 0 is outside 0\.\.9",
+        ),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -1]}, r"label -1 at record 1"),
         (
             {b"data": np.zeros((2, 3072), np.uint8), b"labels": np.array([0.0, 1.0])},
             r"'labels' is a float64 array",

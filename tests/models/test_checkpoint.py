@@ -152,7 +152,7 @@ def test_factory_weights_that_do_not_fit(user_module: Path) -> None:
 )
 def test_bad_specs(user_module: Path, spec: str, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        load_model(spec)
+        load_model(spec, random_weights=":" in spec)  # past the weights check, to the factory
 
 
 def test_pickle_refused_unless_allowed(tmp_path: Path) -> None:
@@ -196,3 +196,46 @@ def test_corrupt_and_foreign_files(tmp_path: Path) -> None:
     save_tensors(mask, {"mask": torch.ones(4)}, {"format": "deepcloak.cloak.mask"})
     with pytest.raises(DataFormatError, match="not a model checkpoint"):
         load_model(mask)
+
+
+def test_a_factory_without_weights_is_refused_unless_random_weights_are_asked_for(
+    user_module: Path,
+) -> None:
+    spec = f"{USER_MODULE}:build"
+    with pytest.raises(DeepCloakError, match=r"random, unseeded model.*--random-weights"):
+        load_model(spec)
+    before = torch.random.get_rng_state()
+    a, meta = load_model(spec, random_weights=True, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is left alone
+    b, _ = load_model(spec, random_weights=True, seed=3)
+    c, _ = load_model(spec, random_weights=True, seed=4)
+    assert meta == {"source": "factory", "factory": spec, "weights": None, "random_weights_seed": 3}
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True))
+    with pytest.raises(DeepCloakError, match="give weights or random_weights, not both"):
+        load_model(spec, weights=user_module / "w.pt", random_weights=True)
+    with pytest.raises(DeepCloakError, match="random_weights is only used with a"):
+        load_model("some/file.safetensors", random_weights=True)
+
+
+@pytest.mark.parametrize("shape", ["abc", [1, "8", 8], [1, 8.0, 8], [0, 8, 8], [True, 8, 8], {}])
+def test_checkpoint_input_shape_that_is_not_a_shape_is_one_clear_error(
+    tmp_path: Path, shape: object
+) -> None:
+    # Once `ValueError: invalid literal for int()` from the API and the CLI (issue 15).
+    from deepcloak.evaluation.sources import trained_input_shape
+
+    model = trained_like("cnn", width=4, hidden=8)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, metadata={"input_shape": shape})
+    with pytest.raises(DataFormatError, match=r"m\.safetensors: 'input_shape' must be a list"):
+        load_model(path)
+    with pytest.raises(DeepCloakError, match="metadata 'input_shape' must be a list of one to"):
+        trained_input_shape({"input_shape": shape})
+    if shape == "abc":  # and the CLI: one line, exit 2
+        from typer.testing import CliRunner
+
+        from deepcloak.cli import app
+
+        result = CliRunner().invoke(app, ["harden", str(path), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and "'input_shape' must be a list" in result.output

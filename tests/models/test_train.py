@@ -202,3 +202,24 @@ def test_a_streamed_folder_trains_the_weights_of_its_in_memory_copy(tmp_path: Pa
     reference = weights(held)
     for data in (folder, TensorDataset(*held.tensors())):
         assert all(torch.equal(v, reference[k]) for k, v in weights(data).items())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+        ({"momentum": 1.5}, r"momentum must be a finite number in \[0, 1\]"),
+        ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0"),
+        ({"label_smoothing": float("inf")}, "label_smoothing must be a finite number"),
+        ({"crop_padding": -1}, "crop_padding must be an integer >= 0"),
+    ],
+)
+def test_train_settings_out_of_range_are_refused_before_any_work(
+    settings: dict[str, object], message: str
+) -> None:
+    # `train --lr -1` once ended in torch's ValueError traceback from the optimiser (issue 15).
+    from deepcloak.models.train import TrainSettings
+
+    with pytest.raises(DeepCloakError, match=message):
+        TrainSettings(epochs=1, **settings)  # type: ignore[arg-type]

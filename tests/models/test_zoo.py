@@ -143,3 +143,20 @@ def test_unknown_name_lists_the_known_ones() -> None:
 def test_bad_options_are_clear_errors(name: str, kwargs: dict, match: str) -> None:
     with pytest.raises(DeepCloakError, match=match):
         create_model(name, in_channels=1, num_classes=10, input_size=8, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"hidden": "abc"}, "option hidden must be an integer, got 'abc'"),
+        ({"width": 2.5}, "option width must be an integer, got 2.5"),
+        ({"width": True}, "option width must be an integer, got True"),
+        ({"mean": "abc", "std": [1.0]}, "option mean must be a list of finite numbers"),
+    ],
+)
+def test_options_of_the_wrong_type_are_refused_before_building(
+    options: dict[str, object], message: str
+) -> None:
+    # `train --option hidden=abc` once ended in a TypeError from inside torch (issue 15).
+    with pytest.raises(DeepCloakError, match=message):
+        create_model("cnn", in_channels=1, num_classes=3, input_size=8, **options)

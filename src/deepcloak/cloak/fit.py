@@ -41,7 +41,7 @@ from deepcloak.cloak.taps import (
 from deepcloak.distributed import Distributed, from_main, gather_batches, iter_owned
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.models.outputs import check_finite_logits, select_logits
-from deepcloak.models.runtime import eval_mode, model_device, model_dtype
+from deepcloak.models.runtime import eval_mode, model_device, model_dtype, model_inputs
 from deepcloak.progress import ProgressFn, no_progress
 from deepcloak.validation import check_labels, check_ratio
 
@@ -169,7 +169,7 @@ def layer_features(model: nn.Module, ref: LayerRef, *inputs: torch.Tensor) -> li
         DeepCloakError: the model returns no single tensor, or NaN/inf logits.
     """
     with tap(model, ref) as t:
-        logits = select_logits(model(torch.cat(inputs)))
+        logits = select_logits(model(model_inputs(model, torch.cat(inputs))))
         feats = t.take()
     check_finite_logits(logits)
     sizes = [x.shape[0] for x in inputs]

@@ -27,6 +27,7 @@ from deepcloak.cloak.fit import layer_features, model_device, unpack_batch
 from deepcloak.cloak.mask import masked
 from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.errors import DeepCloakError, LayerError
+from deepcloak.models.runtime import model_dtype
 from deepcloak.validation import check_finite, check_labels
 
 __all__ = [
@@ -201,7 +202,7 @@ def cache_head_features_multi(
     done = 0
     with eval_mode(model):
         for batch in loader:
-            x, y = unpack_batch(batch, device)
+            x, y = unpack_batch(batch, device, model_dtype(model))
             if max_samples is not None:
                 x, y = x[: max_samples - done], y[: max_samples - done]
             for out, attack in zip(adv, attacks, strict=True):

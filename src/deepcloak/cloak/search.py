@@ -42,9 +42,11 @@ from deepcloak.cloak.head import (
     margins,
 )
 from deepcloak.cloak.mask import fold_mask, insert_mask
-from deepcloak.cloak.selectors import Path, create_selector
+from deepcloak.cloak.selectors import SEARCH_SETTINGS, Path, create_selector
 from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.errors import DeepCloakError
+from deepcloak.models.runtime import model_dtype
+from deepcloak.settings import check_settings
 
 __all__ = [
     "SearchCandidate",
@@ -270,7 +272,10 @@ def search_cached(
         selector: a name in :data:`~deepcloak.cloak.selectors.SELECTORS`.
         clean_budget: largest clean-accuracy drop allowed on new data (0.01 = 1 point).
         confidence: one-sided confidence of the drop's upper bound on validation.
-        fit_budget: drop the selector may spend on the fit samples (default ``clean_budget``).
+        fit_budget: drop the selector may spend on the fit samples (default
+            :data:`~deepcloak.cloak.selectors.DEFAULT_FIT_BUDGET`, 3 points, whatever
+            ``clean_budget`` is: the study's beam4-w2 spent 3 points on fit samples to hold 1 on
+            validation).
         max_removed: longest path (default: all features).
         attack: the attack's spec, recorded in the result.
         **settings: the selector's settings (``width`` for beam, ``seed`` for random, ...).
@@ -288,7 +293,11 @@ def search_cached(
     ):
         raise DeepCloakError("fit and validation features must come from the same head")
     chosen_selector = create_selector(selector, **settings)
-    fit_budget = clean_budget if fit_budget is None else fit_budget
+    given = {"fit_budget": fit_budget, "max_removed": max_removed}
+    search = check_settings(  # None takes the default (fit_budget: DEFAULT_FIT_BUDGET)
+        SEARCH_SETTINGS, {k: v for k, v in given.items() if v is not None}, owner="the search"
+    )
+    fit_budget, max_removed = float(search["fit_budget"]), search["max_removed"]
     t0 = time.perf_counter()
     path = chosen_selector(fit, fit_budget=fit_budget, max_removed=max_removed or fit.n_features)
     t1 = time.perf_counter()
@@ -350,7 +359,7 @@ def search_mask(
         layer = layer.layer
     attack = attack or FGSM(eps=DEFAULT_EPS)
     if not isinstance(layer, LayerRef):
-        x, _ = unpack_batch(next(iter(fit_loader)), model_device(model))
+        x, _ = unpack_batch(next(iter(fit_loader)), model_device(model), model_dtype(model))
         layer = resolve_layer(model, layer, "input" if layer else None, example=x[:1])
     t0 = time.perf_counter()
     fit = cache_head_features(model, fit_loader, layer, attack, max_samples=max_samples)

@@ -10,7 +10,11 @@ Selectors (chosen by name from :data:`SELECTORS`):
     ``greedy``: each step removes the feature whose removal makes the most adversarial fit
         samples correct, among those keeping the clean fit accuracy within ``fit_budget``.
         Ties go to the larger summed adversarial margin, then to the lower feature index.
-    ``beam``: greedy with the ``width`` best removal sets kept at each size.
+    ``beam``: greedy with the ``width`` best removal sets kept at each size (by default
+        ``width=4, clean_weight=2``: the study's beam4-w2).
+
+Each selector declares its settings with types, ranges and defaults (:data:`SELECTOR_SETTINGS`);
+:func:`parse_selector` reads ``NAME:key=value,...`` against them before any work.
 
 Greedy and beam stop when no allowed removal raises the adversarial fit accuracy.
 """
@@ -18,7 +22,7 @@ Greedy and beam stop when no allowed removal raises the adversarial fit accuracy
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,20 +34,26 @@ from deepcloak.cloak.mask import rank_features
 from deepcloak.cloak.scores import deepcloak_score
 from deepcloak.errors import DeepCloakError
 from deepcloak.registry import Registry
+from deepcloak.settings import Setting, check_settings, parse_key_values
 
 __all__ = [
     "AUTO",
+    "DEFAULT_FIT_BUDGET",
     "DEFAULT_SELECTOR",
     "SEARCH_SETTINGS",
     "SELECTORS",
+    "SELECTOR_SETTINGS",
     "BeamSelector",
     "GreedySelector",
     "Path",
     "RankingSelector",
     "Selector",
+    "check_selector",
     "create_selector",
     "parse_selector",
     "ranked_candidates",
+    "selector_settings",
+    "split_settings",
 ]
 
 #: A config's ``select`` default: the search with :data:`DEFAULT_SELECTOR`, unless a fixed ratio
@@ -152,10 +162,11 @@ class BeamSelector:
     feature indices (lexicographically smaller first). ``width=1`` is greedy.
 
     Args:
-        width: sets kept per size.
+        width: sets kept per size (default 4).
         clean_weight: worth of a clean fit sample against an adversarial one. ``0`` spends the
             fit budget on the first removals that gain most; ``1`` or more trades robustness
-            for clean accuracy step by step, so the path climbs the budget gradually.
+            for clean accuracy step by step, so the path climbs the budget gradually (default
+            2, the study's beam4-w2; greedy's default is 0).
         rivals: rival classes updated per candidate (see :func:`candidate_outcomes`).
         stop_at_plateau: stop when the best set of the next size does not score strictly higher.
     """
@@ -166,17 +177,18 @@ class BeamSelector:
         self,
         *,
         width: int = 4,
-        clean_weight: float = 0.0,
+        clean_weight: float = 2.0,
         rivals: int = 16,
         stop_at_plateau: bool = True,
     ) -> None:
-        if width < 1 or rivals < 1 or clean_weight < 0:
-            raise DeepCloakError(
-                f"width and rivals must be >= 1 and clean_weight >= 0, got {width}, {rivals} "
-                f"and {clean_weight}"
-            )
-        self.width, self.rivals, self.stop_at_plateau = width, rivals, stop_at_plateau
-        self.clean_weight = float(clean_weight)
+        given = {"width": width, "clean_weight": clean_weight, "rivals": rivals}
+        checked = check_settings(
+            SELECTOR_SETTINGS["beam"], {**given, "stop_at_plateau": stop_at_plateau},
+            owner=f"selector {self.name!r}",
+        )  # fmt: skip
+        self.width, self.rivals = int(checked["width"]), int(checked["rivals"])
+        self.stop_at_plateau = bool(checked["stop_at_plateau"])
+        self.clean_weight = float(checked["clean_weight"])
 
     def settings(self) -> dict[str, Any]:
         """The selector's settings."""
@@ -243,7 +255,9 @@ class RankingSelector:
     def __init__(self, name: str, *, seed: int = 0) -> None:
         if name not in ("deepcloak", "random"):
             raise DeepCloakError(f"a ranking selector is 'deepcloak' or 'random', got {name!r}")
-        self.name, self.seed = name, seed
+        self.name = name
+        checked = check_settings(SELECTOR_SETTINGS["random"], {"seed": seed}, owner=name)
+        self.seed = int(checked["seed"])
 
     def settings(self) -> dict[str, Any]:
         """The selector's settings."""
@@ -275,37 +289,111 @@ SELECTORS.register("deepcloak")(_ranking("deepcloak"))
 SELECTORS.register("random")(_ranking("random"))
 
 
-SEARCH_SETTINGS = ("fit_budget", "max_removed")
+_RIVALS = Setting(
+    "rivals", int, 16, "rival classes updated per candidate; the result is exact anyway", 1
+)
+_PLATEAU = Setting(
+    "stop_at_plateau", bool, True, "stop when the next size does not score strictly higher"
+)
+
+
+def _clean_weight(default: float) -> Setting:
+    return Setting(
+        "clean_weight", float, default, "worth of a clean fit sample against an adversarial one",
+        0.0,
+    )  # fmt: skip
+
+
+#: Each built-in selector's settings, with types, ranges and defaults (see :class:`Setting`).
+SELECTOR_SETTINGS: dict[str, tuple[Setting, ...]] = {
+    "beam": (
+        Setting("width", int, 4, "removal sets kept per size", 1),
+        _clean_weight(2.0),
+        _RIVALS,
+        _PLATEAU,
+    ),
+    "greedy": (_clean_weight(0.0), _RIVALS, _PLATEAU),
+    "deepcloak": (),
+    "random": (Setting("seed", int, 0, "seed of the random order", 0, 2**63 - 1),),
+}
+
+#: The clean-accuracy drop the selector may spend on the fit samples, by default: the study's
+#: beam4-w2 spent 3 points on fit samples to hold a 1-point budget on validation.
+DEFAULT_FIT_BUDGET = 0.03
+
+SEARCH_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "fit_budget", float, DEFAULT_FIT_BUDGET,
+        "clean-accuracy drop the selector may spend on the fit samples", 0.0, 1.0,
+    ),
+    Setting(
+        "max_removed", int, None, "longest removal set the selector proposes", 1,
+        none_word="all",
+    ),
+)  # fmt: skip
 """Settings of the search itself (:func:`~deepcloak.cloak.search.search_cached`), not of a
 selector, that a selector spec may carry."""
 
+_SEARCH_NAMES = frozenset(s.name for s in SEARCH_SETTINGS)
 
-def parse_selector(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split ``"beam:width=4,clean_weight=2,fit_budget=0.03"`` into a name and its settings.
 
-    Values are read as ``true``/``false``, integers, floats, or else kept as text. The settings
-    are checked: the selector must accept them (or they are :data:`SEARCH_SETTINGS`).
+def selector_settings(name: str) -> tuple[Setting, ...] | None:
+    """The settings ``name`` declares; ``None`` for a selector registered without a table.
 
     Raises:
-        DeepCloakError: an unknown selector, a malformed ``key=value`` or a setting it refuses.
+        DeepCloakError: an unknown selector (the message lists the known ones).
+    """
+    SELECTORS.get(name)  # an unknown name is an error listing the known ones
+    return SELECTOR_SETTINGS.get(name)
+
+
+def check_selector(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A selector's settings and the search's, checked, with every default filled in.
+
+    Values may be Python values (``{"width": 4}``) or text (``{"width": "4"}``).
+
+    Raises:
+        DeepCloakError: an unknown selector or setting (naming the closest one), or a value of
+            the wrong type or range (naming what is allowed).
+    """
+    table = selector_settings(name)
+    owner = f"selector {name!r}"
+    if table is None:  # registered elsewhere: its factory checks its own settings
+        own = {k: v for k, v in settings.items() if k not in _SEARCH_NAMES}
+        create_selector(name, **own)
+        search = {k: v for k, v in settings.items() if k in _SEARCH_NAMES}
+        return {**own, **check_settings(SEARCH_SETTINGS, search, owner=owner)}
+    return check_settings((*table, *SEARCH_SETTINGS), settings, owner=owner)
+
+
+def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(selector's, search's)``: checked settings split between the selector and the search."""
+    own = {k: v for k, v in settings.items() if k not in _SEARCH_NAMES}
+    return own, {k: v for k, v in settings.items() if k in _SEARCH_NAMES}
+
+
+def parse_selector(spec: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``"beam:width=4,clean_weight=2,fit_budget=0.03"`` into a name and its settings.
+
+    Each value is read against the setting's declared type and range
+    (:data:`SELECTOR_SETTINGS`, :data:`SEARCH_SETTINGS`), once, before any work; the result
+    holds every setting, the ones not given at their defaults.
+
+    Raises:
+        DeepCloakError: an unknown selector or setting (naming the closest one), a malformed
+            ``key=value``, a setting given twice, or a value of the wrong type or range.
     """
     name, _, rest = spec.partition(":")
-    settings: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DeepCloakError(
-                f"bad selector setting {item!r} in {spec!r}; expected NAME:key=value,... "
-                "(e.g. beam:width=4,clean_weight=2)"
-            )
-        settings[key.strip()] = _setting_value(value.strip())
-    create_selector(
-        name.strip(), **{k: v for k, v in settings.items() if k not in SEARCH_SETTINGS}
-    )  # refuse unknown names and settings now, before any work
-    return name.strip(), settings
+    name = name.strip()
+    SELECTORS.get(name)  # the name first: its settings make sense only for a known selector
+    texts = parse_key_values(rest, example="beam:width=4,clean_weight=2")
+    if selector_settings(name) is None:
+        return name, check_selector(name, {k: _loose_value(v) for k, v in texts.items()})
+    return name, check_selector(name, texts)
 
 
-def _setting_value(text: str) -> Any:
+def _loose_value(text: str) -> Any:
+    """A value for a selector without declared settings: a bool, a number, or the text."""
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for kind in (int, float):
@@ -319,9 +407,16 @@ def _setting_value(text: str) -> Any:
 def create_selector(name: str, **settings: Any) -> Selector:
     """Build the selector registered as ``name`` with its ``settings`` (keyword arguments).
 
+    Declared settings are checked first (:func:`check_selector`); missing ones take their
+    defaults.
+
     Raises:
         DeepCloakError: unknown name (the message lists the known ones) or bad settings.
     """
+    table = selector_settings(name)
+    if table is not None:
+        checked = check_settings(table, settings, owner=f"selector {name!r}")
+        return SELECTORS.create(name, **checked)
     try:
         return SELECTORS.create(name, **settings)
     except TypeError as e:

@@ -20,7 +20,7 @@ from torch import nn
 
 from deepcloak.errors import LayerError
 from deepcloak.models.outputs import select_logits
-from deepcloak.models.runtime import eval_mode
+from deepcloak.models.runtime import eval_mode, model_inputs
 
 __all__ = [
     "FeatureTap",
@@ -29,6 +29,7 @@ __all__ = [
     "Side",
     "first_forward",
     "module_names",
+    "parse_side",
     "reaches_logits",
     "resolve_layer",
     "tap",
@@ -90,7 +91,7 @@ def _connected(
     handles = [m.register_forward_hook(record) for m in hooks]
     try:
         # The input requires grad, so every tensor computed from it is in the autograd graph.
-        x = example.detach().clone().requires_grad_(True)
+        x = model_inputs(model, example.detach()).clone().requires_grad_(True)
         with eval_mode(model), torch.enable_grad():
             logits = select_logits(model(x))
             ran = [name for name, _ in seen]
@@ -172,16 +173,28 @@ def resolve_layer(
             "deepcloak.cloak.torchscript.cloakable(model, example_batch) (the CLI does "
             "this), or load the eager model (package.module:factory plus a state_dict)"
         )
+    side = parse_side(side)  # a bad side is one clear error, with or without a layer
     modules = dict(model.named_modules())
     if layer is None:
         name = _default_layer_name(model, modules, example)
-        return LayerRef(name, Side(side) if side is not None else Side.INPUT)
+        return LayerRef(name, side if side is not None else Side.INPUT)
     if layer not in modules or layer == "":
         raise LayerError(f"model has no layer named {layer!r}; {_candidates_hint(model)}")
     if side is None:
         side = Side.INPUT if isinstance(modules[layer], nn.Linear) else Side.OUTPUT
+    return LayerRef(layer, side)
+
+
+def parse_side(side: Side | str | None) -> Side | None:
+    """``"input"`` or ``"output"`` as a :class:`Side` (``None`` stays ``None``: the default).
+
+    Raises:
+        LayerError: any other value.
+    """
+    if side is None:
+        return None
     try:
-        return LayerRef(layer, Side(side))
+        return Side(side)
     except ValueError:
         raise LayerError(f"side must be 'input' or 'output', got {side!r}") from None
 

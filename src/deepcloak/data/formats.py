@@ -326,6 +326,10 @@ def _int_labels(values: Any, n: int, path: Path) -> np.ndarray:
             raise DataFormatError(
                 f"{path}: 'labels'[{i}] is {v!r} ({type(v).__name__}), expected an int class index"
             )
+        if not 0 <= v < len(CIFAR10_CLASSES):  # a Python int can exceed int64 (OverflowError)
+            raise DataFormatError(
+                f"{path}: label {v} at record {i} is outside 0..{len(CIFAR10_CLASSES) - 1}"
+            )
     return np.array(values, dtype=np.int64)
 
 

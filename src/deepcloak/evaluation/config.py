@@ -25,7 +25,7 @@ from deepcloak.attacks import art as art_attacks  # also registers "apgd", "squa
 from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
-from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, SEARCH_SETTINGS, create_selector
+from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
 from deepcloak.cloak.taps import Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
@@ -155,7 +155,10 @@ class EvaluationConfig:
             the search runs on the training data and chooses the mask and its ratio on the
             validation samples within ``clean_budget``. Default ``"auto"``: beam search, unless
             a fixed ``ratio`` or a fitted cloak is given (:meth:`resolved`).
-        select_params: the selector's settings (e.g. ``{"width": 8}`` for beam).
+        select_params: the selector's settings (e.g. ``{"width": 8}`` for beam) and the
+            search's (``fit_budget``, ``max_removed``), checked against their declared types and
+            ranges (:data:`~deepcloak.cloak.selectors.SELECTOR_SETTINGS`) and held with every
+            default filled in, so the report shows them.
         level: the level these settings started from (:meth:`for_level`); settings that differ
             from it are listed by :attr:`level_overrides`.
     """
@@ -218,9 +221,9 @@ class EvaluationConfig:
         if self.select == AUTO and self.ratio is not None:
             object.__setattr__(self, "select", None)  # a fixed ratio: the paper's ranking
         if self.select is not None:
-            params = {k: v for k, v in self.select_params.items() if k not in SEARCH_SETTINGS}
+            # Checked by type and range before any work; recorded with the defaults filled in.
             name = DEFAULT_SELECTOR if self.select == AUTO else self.select
-            create_selector(name, **params)  # unknown names/settings fail here
+            object.__setattr__(self, "select_params", check_selector(name, self.select_params))
             if self.ratio is not None:
                 raise DeepCloakError(
                     f"select={self.select!r} chooses the mask and its ratio on validation; "

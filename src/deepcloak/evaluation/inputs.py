@@ -20,8 +20,8 @@ from deepcloak.cloak.taps import tap
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.sweep import check_cloak_features
 from deepcloak.models.outputs import check_finite_logits, select_logits
-from deepcloak.models.runtime import eval_mode, model_device
-from deepcloak.validation import check_labels
+from deepcloak.models.runtime import eval_mode, model_inputs
+from deepcloak.validation import check_input_shape, check_labels
 
 __all__ = [
     "SampleCap",
@@ -139,14 +139,14 @@ def check_model_fits(
             return ``(N, classes)`` logits, or has fewer outputs than the labels need.
     """
     shape = tuple(x.shape[1:])
-    if input_shape is not None and tuple(input_shape) != shape:
+    if input_shape is not None and check_input_shape(input_shape) != shape:
         raise DeepCloakError(
             f"the {what} was trained on inputs of shape {tuple(input_shape)}, but {data} has "
             f"inputs of shape {shape}: is this the model for this data set?"
         )
     try:
         with torch.no_grad(), eval_mode(model):
-            output = model(x[:2].to(model_device(model)))
+            output = model(model_inputs(model, x[:2]))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DeepCloakError(
@@ -183,7 +183,7 @@ def check_cloak_fits(model: nn.Module, cloak: Cloak, x: torch.Tensor) -> None:
     """
     try:
         with torch.no_grad(), eval_mode(model), tap(model, cloak.layer) as t:
-            model(x[:2].to(model_device(model)))
+            model(model_inputs(model, x[:2]))
             feats = t.take()
     except (AttributeError, LayerError) as e:
         raise DeepCloakError(

@@ -17,6 +17,7 @@ from deepcloak.attacks.native import Attack, eval_mode
 from deepcloak.cloak.fit import model_device
 from deepcloak.distributed import Distributed, gather_batches, owned_rows
 from deepcloak.models.precision import forward_autocast
+from deepcloak.models.runtime import model_inputs
 from deepcloak.progress import ProgressFn
 
 __all__ = ["Stage", "correct", "craft", "renamed", "worst_case"]
@@ -48,7 +49,8 @@ def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int)
     preds = []
     with eval_mode(model), forward_autocast(device):  # bf16 inside forward_precision("bf16")
         for rows in owned_rows(x.shape[0], batch_size):
-            preds.append(model(x[rows].to(device)).argmax(-1).cpu() == y[rows].cpu())  # (B,)
+            logits = model(model_inputs(model, x[rows]))
+            preds.append(logits.argmax(-1).cpu() == y[rows].cpu())  # (B,)
     return _joined(gather_batches(preds), torch.bool)
 
 

@@ -21,20 +21,26 @@ from deepcloak.data.splits import DataSplits, ValFrom
 from deepcloak.devices import resolve_device
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.inputs import check_model_fits
-from deepcloak.models.checkpoint import load_model
+from deepcloak.models.checkpoint import check_weights_given, load_model
 from deepcloak.models.outputs import OutputKey
 from deepcloak.models.runtime import model_device
+from deepcloak.validation import check_input_shape
 
 __all__ = ["DataSource", "LoadedModel", "ModelSource", "trained_input_shape"]
 
 
 def trained_input_shape(model_info: dict[str, Any]) -> tuple[int, ...] | None:
-    """The ``(C, H, W)`` a loaded model was trained on, from its checkpoint metadata if known."""
-    if model_info.get("input_shape"):
-        return tuple(int(v) for v in model_info["input_shape"])
+    """The ``(C, H, W)`` a loaded model was trained on, from its checkpoint metadata if known.
+
+    Raises:
+        DeepCloakError: metadata that gives a shape, but not as positive integers.
+    """
+    if model_info.get("input_shape") is not None:
+        return check_input_shape(model_info["input_shape"], "the model's metadata 'input_shape'")
     kwargs = model_info.get("arch_kwargs") or {}
     if "in_channels" in kwargs and "input_size" in kwargs:
-        return (int(kwargs["in_channels"]), int(kwargs["input_size"]), int(kwargs["input_size"]))
+        c, s = kwargs["in_channels"], kwargs["input_size"]
+        return check_input_shape([c, s, s], "the model's 'in_channels' and 'input_size'")
     return None
 
 
@@ -57,6 +63,9 @@ class ModelSource:
         allow_pickle: allow unpickling a full model (it can run code): trusted files only.
         output: index or key of the logits when the model returns a tuple or dict.
         device: where to run the model (``auto``: CUDA when present, else the CPU).
+        random_weights: a factory without ``weights`` uses its own initialisation, seeded with
+            ``seed`` (refused otherwise: a random model's numbers are noise).
+        seed: seeds that initialisation.
     """
 
     spec: str
@@ -64,6 +73,11 @@ class ModelSource:
     allow_pickle: bool = False
     output: OutputKey | None = None
     device: str = "cpu"
+    random_weights: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_weights_given(self.spec, self.weights, random_weights=self.random_weights)
 
     def load_for(self, data: ImageSet, *, what: str = "model") -> LoadedModel:
         """Load the model, check that it fits ``data``, and make it cloakable.
@@ -71,7 +85,10 @@ class ModelSource:
         Raises:
             DeepCloakError: the model cannot be loaded, or does not fit the data.
         """
-        model, info = load_model(self.spec, weights=self.weights, allow_pickle=self.allow_pickle)
+        model, info = load_model(
+            self.spec, weights=self.weights, allow_pickle=self.allow_pickle,
+            random_weights=self.random_weights, seed=self.seed,
+        )  # fmt: skip
         model = model.to(resolve_device(self.device))
         x = data[0][0][None].to(model_device(model))
         if self.output is not None:  # pick the logits first: the checks need them

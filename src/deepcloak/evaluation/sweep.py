@@ -47,7 +47,7 @@ from deepcloak.models.precision import (
     forward_autocast,
     parse_precision,
 )
-from deepcloak.models.runtime import eval_mode
+from deepcloak.models.runtime import eval_mode, model_dtype
 from deepcloak.progress import ProgressFn, no_progress
 from deepcloak.validation import check_labels, check_ratios
 
@@ -178,7 +178,7 @@ def cache_features(
     Raises:
         DeepCloakError: the loader is empty, or inputs or labels are invalid.
     """
-    device, store = model_device(model), None
+    device, dtype, store = model_device(model), model_dtype(model), None
     report = progress or no_progress
     total = len(getattr(loader, "dataset", ())) or None
     ctx = Distributed.current() if shard else Distributed()
@@ -187,7 +187,9 @@ def cache_features(
     # Whether a head can replace the model after L is decided on the first 16 samples of batch
     # 0 (rank 0's first), the same on every process.
     example = from_main(
-        unpack_batch(first, device)[0][:16].cpu() if first is not None and ctx.is_main else None
+        unpack_batch(first, device, dtype)[0][:16].cpu()
+        if first is not None and ctx.is_main
+        else None
     )
     if example is None:
         raise DeepCloakError("the test loader yielded no samples; expected at least one batch")
@@ -197,7 +199,7 @@ def cache_features(
             log.warning("no separable head after %s: the sweep runs the full model", layer)
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", "adv", "y", "x", "x_adv")}
         for batch in itertools.chain([first] if first is not None else [], batches):
-            x, y = unpack_batch(batch, device)
+            x, y = unpack_batch(batch, device, dtype)  # the model's dtype: cached x too
             x_adv = attack(model, x, y)
             with torch.no_grad(), forward_autocast(device, precision):
                 f_clean, f_adv, logits = layer_features(model, layer, x, x_adv)
@@ -464,7 +466,7 @@ def whitebox_results(
         per_attack: list[list[torch.Tensor]] = [[] for _ in attacks]
         with masked(model, cloak.layer, keep), eval_mode(model):
             for batch in iter_owned(loader):  # this process's batches, gathered below
-                x, y = unpack_batch(batch, device)
+                x, y = unpack_batch(batch, device, model_dtype(model))
                 for got, attack in zip(per_attack, attacks, strict=True):
                     with torch.no_grad():
                         got.append((model(attack(model, x, y)).argmax(-1) == y).cpu())

@@ -32,8 +32,9 @@ from deepcloak._version import __version__
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.io import METADATA_KEY, TensorSpec, load_tensors, read_header, save_tensors
 from deepcloak.models.zoo import MODELS, create_model
+from deepcloak.validation import check_input_shape
 
-__all__ = ["CHECKPOINT_FORMAT", "load_model", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "check_weights_given", "load_model", "save_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ def load_model(
     weights: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
     map_location: str | torch.device = "cpu",
+    random_weights: bool = False,
+    seed: int = 0,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model from a checkpoint, TorchScript file, factory, or (opt-in) pickle.
 
@@ -142,7 +145,8 @@ def load_model(
     * a TorchScript archive (``torch.jit.save``);
     * ``package.module:factory``: the factory is imported and called with no arguments; it must
       return an ``nn.Module``. ``weights`` is then a ``state_dict`` file (``torch.save``, loaded
-      with ``weights_only=True``) or a safetensors file;
+      with ``weights_only=True``) or a safetensors file. Without ``weights`` the factory's own
+      initialisation is random: refused unless ``random_weights`` (then seeded with ``seed``);
     * a pickled full model (``torch.save(model)``), only with ``allow_pickle=True``.
 
     Args:
@@ -150,6 +154,10 @@ def load_model(
         weights: weights for a factory spec; not used otherwise.
         allow_pickle: allow unpickling arbitrary objects, which can run code: trusted files only.
         map_location: device to load onto.
+        random_weights: use a factory's initialisation when no ``weights`` are given (a random
+            model: for trying things out, never for a result); it is seeded with ``seed`` and
+            the metadata records ``random_weights_seed``.
+        seed: seeds a factory's initialisation with ``random_weights``.
 
     Returns:
         ``(model, metadata)``: the model in eval mode, and what is known about it (``source``
@@ -158,8 +166,9 @@ def load_model(
     Raises:
         DataFormatError: missing file, unknown format, corrupt file, or weights that do not fit
             the model (a few missing/unexpected keys are listed).
-        DeepCloakError: a pickle without ``allow_pickle``, or a factory that cannot be imported,
-            called, or does not return an ``nn.Module``.
+        DeepCloakError: a pickle without ``allow_pickle``, a factory that cannot be imported,
+            called, or does not return an ``nn.Module``, or a factory without ``weights`` and
+            without ``random_weights``.
 
     Example:
         >>> model, meta = load_model("fmnist_resnet8.safetensors")
@@ -168,21 +177,20 @@ def load_model(
     spec_str = os.fspath(spec)
     path = Path(spec_str)
     factory_match = _FACTORY_SPEC.match(spec_str) if not path.exists() else None
+    check_weights_given(spec_str, weights, random_weights=random_weights)
     if factory_match is not None:
-        model = _call_factory(spec_str, factory_match["module"], factory_match["attr"])
+        with torch.random.fork_rng(devices=[]):  # seed the factory, leave the caller's RNG
+            torch.manual_seed(seed)
+            model = _call_factory(spec_str, factory_match["module"], factory_match["attr"])
         meta: dict[str, Any] = {"source": "factory", "factory": spec_str, "weights": None}
         if weights is not None:
             state = _read_weights(Path(weights), allow_pickle=allow_pickle)
             _load_state(model, state, source=os.fspath(weights))
             meta["weights"] = os.fspath(weights)
         else:
-            log.info("factory %s given without weights: using the weights it built", spec_str)
+            log.warning("factory %s: a random model (--random-weights, seed %d)", spec_str, seed)
+            meta["random_weights_seed"] = seed
         return model.to(map_location).eval(), meta
-    if weights is not None:
-        raise DeepCloakError(
-            "weights= is only used with a 'package.module:factory' spec, "
-            f"not with the file {spec_str!r}"
-        )
     if not path.is_file():
         hint = " (a factory spec looks like 'package.module:function')" if ":" in spec_str else ""
         raise DataFormatError(f"{path}: no such file{hint}")
@@ -208,6 +216,38 @@ def load_model(
         )
     meta["path"] = str(path)
     return model.to(map_location).eval(), meta
+
+
+def check_weights_given(
+    spec: str | os.PathLike[str],
+    weights: str | os.PathLike[str] | None,
+    *,
+    random_weights: bool = False,
+) -> None:
+    """Check, before any work, that a factory spec comes with weights or ``random_weights``.
+
+    Raises:
+        DeepCloakError: a factory without ``weights`` and without ``random_weights`` (its
+            initialisation is random: every number would be noise), or with both; or either
+            given with a model file.
+    """
+    spec_str = os.fspath(spec)
+    if Path(spec_str).exists() or _FACTORY_SPEC.match(spec_str) is None:
+        if weights is not None or random_weights:
+            raise DeepCloakError(
+                f"{'weights=' if weights is not None else 'random_weights'} is only used with a "
+                f"'package.module:factory' spec, not with the file {spec_str!r}"
+            )
+        return
+    if weights is None and not random_weights:
+        raise DeepCloakError(
+            f"factory {spec_str!r} without weights would build a random, unseeded model: every "
+            "number would be noise and every run different; pass its trained weights "
+            "(weights= / --weights FILE), or random_weights=True (--random-weights) to use its "
+            "initialisation seeded with the seed, for trying things out"
+        )
+    if weights is not None and random_weights:
+        raise DeepCloakError(f"factory {spec_str!r}: give weights or random_weights, not both")
 
 
 def _sniff(path: Path) -> str:
@@ -303,6 +343,11 @@ def _checked_arch(
                 f"{path}: 'arch_kwargs'.{key} is {value!r}, expected a number, string, bool, "
                 "null or a short list of numbers"
             )
+    if meta.get("input_shape") is not None:  # read by every command that checks the data
+        try:
+            check_input_shape(meta["input_shape"], "'input_shape'")
+        except DeepCloakError as e:
+            raise DataFormatError(f"{path}: {e}") from None
     counts = {k: v for k, v in kwargs.items() if k in _LAYER_COUNTS and type(v) is int}
     if math.prod(counts.values()) > len(tensors):
         raise DataFormatError(
@@ -333,15 +378,11 @@ def _load_pickled_model(
             raise DeepCloakError(
                 f"{path}: is a pickled object, not only weights; " + _PICKLE_HELP
             ) from None
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=False)
-        except (AttributeError, ImportError) as e:
-            raise DataFormatError(
-                f"{path}: the pickled model refers to code that cannot be imported ({e}); "
-                "import or install the package that defines its class"
-            ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise DataFormatError(f"{path}: unreadable torch.save file ({e})") from None
+        obj = _unpickle(path, map_location)
+    except Exception as e:  # torch's reader fails on malformed input in many ways
+        raise DataFormatError(
+            f"{path}: unreadable torch.save file ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(obj, Mapping):
         raise DataFormatError(
             f"{path}: holds a state_dict (weights only), not a model; load it with a "
@@ -350,6 +391,21 @@ def _load_pickled_model(
     if not isinstance(obj, nn.Module):
         raise DataFormatError(f"{path}: holds a {type(obj).__name__}, expected an nn.Module")
     return obj
+
+
+def _unpickle(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load`` without ``weights_only`` (the user allowed it), errors as one line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (AttributeError, ImportError) as e:
+        raise DataFormatError(
+            f"{path}: the pickled object refers to code that cannot be imported ({e}); "
+            "import or install the package that defines its class"
+        ) from None
+    except Exception as e:  # garbage unpickles into any exception at all
+        raise DataFormatError(
+            f"{path}: unreadable torch.save file ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _call_factory(spec: str, module_name: str, attr: str) -> nn.Module:
@@ -396,11 +452,17 @@ def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """A state_dict from a safetensors or ``torch.save`` file (loaded to CPU)."""
     if not path.is_file():
         raise DataFormatError(f"{path}: no such weights file")
-    if _sniff(path) == "safetensors":
+    kind = _sniff(path)
+    if kind == "safetensors":
         try:
             return st_load_file(path)
         except (SafetensorError, OSError) as e:
             raise DataFormatError(f"{path}: not a readable safetensors file ({e})") from None
+    if kind == "unknown":  # a text file, an image, random bytes: not worth unpickling
+        raise DataFormatError(
+            f"{path}: not a weights file; expected a safetensors file or a torch.save file "
+            "(a zip archive or a pickle)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -408,9 +470,11 @@ def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
             raise DeepCloakError(
                 f"{path}: weights file holds pickled objects; " + _PICKLE_HELP
             ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise DataFormatError(f"{path}: unreadable weights file ({e})") from None
+        obj = _unpickle(path, "cpu")
+    except Exception as e:  # torch's reader fails on malformed input in many ways
+        raise DataFormatError(
+            f"{path}: unreadable weights file ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     # Common wrappers: {"state_dict": ...} (Lightning), {"model": ...}, {"model_state_dict": ...}.

@@ -18,7 +18,7 @@ from deepcloak.data.sets import load_dataset
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.checkpoint import save_checkpoint
 from deepcloak.models.train import TrainResult, TrainSettings, train_model
-from deepcloak.models.zoo import create_model
+from deepcloak.models.zoo import check_model_options, create_model
 from deepcloak.progress import ProgressFn
 
 __all__ = ["RECIPES", "TrainJob", "recipe", "train_checkpoint"]
@@ -107,6 +107,7 @@ def train_checkpoint(
         augment=job.augment, hflip=job.data not in ("digits", "mnist"), seed=job.seed,
         channels_last=True, device=device,
     )  # fmt: skip
+    check_model_options(job.model, **job.arch_kwargs)  # before any data is read
     train_set = load_dataset(job.data, split="train", root=job.root, limit=job.limit, seed=job.seed)
     test_set = load_dataset(job.data, split="test", root=job.root)
     channels, height, width = train_set.input_shape

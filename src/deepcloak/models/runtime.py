@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "model_device", "model_dtype"]
+__all__ = ["eval_mode", "model_device", "model_dtype", "model_inputs"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -30,6 +30,12 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if torch.is_floating_point(t):
             return t.dtype
     return torch.float32
+
+
+def model_inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the model's device, in its floating dtype (float16, bfloat16, float64 models
+    take inputs of their own dtype; data sets give float32)."""
+    return x.to(device=model_device(model), dtype=model_dtype(model))
 
 
 @contextlib.contextmanager

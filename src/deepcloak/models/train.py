@@ -34,6 +34,7 @@ from deepcloak.errors import DeepCloakError
 from deepcloak.models.outputs import correct
 from deepcloak.models.runtime import model_device
 from deepcloak.progress import ProgressFn
+from deepcloak.validation import check_positive
 
 __all__ = [
     "OptimizerName",
@@ -199,6 +200,27 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DeepCloakError(f"{name} must be >= 1 (an integer), got {value!r}")
+        if self.lr is not None:
+            check_positive(self.lr, "lr")  # torch's own error is a traceback from the optimiser
+        for name, low, high, allowed in (
+            ("weight_decay", 0.0, math.inf, ">= 0"),
+            ("momentum", 0.0, 1.0, "in [0, 1]"),
+            ("label_smoothing", 0.0, 1.0, "in [0, 1]"),
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not low <= value <= high
+            ):
+                raise DeepCloakError(f"{name} must be a finite number {allowed}, got {value!r}")
+        if self.crop_padding is not None and (
+            isinstance(self.crop_padding, bool)
+            or not isinstance(self.crop_padding, int)
+            or self.crop_padding < 0
+        ):
+            raise DeepCloakError(f"crop_padding must be an integer >= 0, got {self.crop_padding!r}")
         try:
             object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
             object.__setattr__(self, "schedule", Schedule(self.schedule))

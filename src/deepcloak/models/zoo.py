@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, ClassVar, cast
@@ -28,8 +29,8 @@ from deepcloak.errors import DeepCloakError
 from deepcloak.registry import Registry
 
 __all__ = [
-    "CNN", "MODELS", "VGG", "Normalize", "ResNet", "WideResNet", "ZooModel", "create_model",
-    "list_models",
+    "CNN", "MODELS", "VGG", "Normalize", "ResNet", "WideResNet", "ZooModel",
+    "check_model_options", "create_model", "list_models",
 ]  # fmt: skip
 
 MODELS: Registry[nn.Module] = Registry("model")
@@ -433,20 +434,65 @@ def create_model(
     Raises:
         DeepCloakError: unknown name (the message lists the known ones), or bad options.
     """
+    check_model_options(
+        name, in_channels=in_channels, num_classes=num_classes, input_size=input_size, **kwargs
+    )
+    return MODELS.get(name)(
+        in_channels=in_channels, num_classes=num_classes, input_size=input_size, **kwargs
+    )
+
+
+def check_model_options(name: str, **options: Any) -> None:
+    """Check a zoo model's option names and value types, without building it.
+
+    Raises:
+        DeepCloakError: an unknown model or option, or an option value of the wrong type.
+    """
     factory = MODELS.get(name)
     # Check option names up front: a TypeError from inside a constructor would say less.
     params = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(kwargs) - set(params))
+        unknown = sorted(set(options) - set(params))
         if unknown:
             known = sorted(set(params) - {"in_channels", "num_classes", "input_size"})
             raise DeepCloakError(
                 f"model {name!r} has no option {', '.join(unknown)}; "
                 f"expected some of: {', '.join(known)}"
             )
-    return factory(
-        in_channels=in_channels, num_classes=num_classes, input_size=input_size, **kwargs
-    )
+    for key, value in options.items():
+        if key in params:
+            _check_option(name, key, value, params[key].annotation)
+
+
+def _check_option(model: str, key: str, value: Any, annotation: Any) -> None:
+    """Refuse an option whose value is not of its declared type (``hidden="abc"``).
+
+    The zoo's constructors declare ``int``, ``float``, ``str`` or ``Sequence[float] | None``
+    (as text, under ``from __future__ import annotations``); a value of another type would end
+    in a ``TypeError`` from deep inside torch.
+    """
+    kind = str(annotation)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int":
+        ok, what = number and isinstance(value, int), "an integer"
+    elif kind == "float":
+        ok, what = number and math.isfinite(value), "a finite number"
+    elif kind == "str":
+        ok, what = isinstance(value, str), "text"
+    elif kind.startswith("Sequence[float]"):
+        items = value if isinstance(value, (list, tuple)) else None
+        ok = value is None or (
+            items is not None
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in items
+            )
+        )
+        what = "a list of finite numbers"
+    else:
+        return  # a type the zoo does not use: its constructor checks it
+    if not ok:
+        raise DeepCloakError(f"model {model!r} option {key} must be {what}, got {value!r}")
 
 
 def list_models() -> list[str]:
