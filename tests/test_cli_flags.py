@@ -137,7 +137,7 @@ def test_select_takes_the_selectors_and_the_searchs_settings(tmp_path: Path) -> 
     assert cloak.selection["settings"]["clean_weight"] == 2.0
     assert cloak.selection["fit_budget"] == 0.03
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["select_params"] == {
+    assert report["config"]["selector_settings"] == {
         "width": 2, "clean_weight": 2.0, "rivals": 16, "stop_at_plateau": True,
         "fit_budget": 0.03, "max_removed": None,
     }  # fmt: skip

@@ -115,6 +115,9 @@ class HardenConfig:
     seed: int = 0
     select: str | None = AUTO
     select_params: Mapping[str, Any] = field(default_factory=dict)
+    #: ``select_params`` checked, with every default of the selector and the search filled in
+    #: (what the search runs with and the report shows); empty without a search.
+    selector_settings: dict[str, Any] = field(init=False, default_factory=dict)
     clean_budget: float = 0.01
     val_from: str = "test"
     val_samples: int | None = None
@@ -153,7 +156,7 @@ class HardenConfig:
             )
         # Checked by type and range before any work; recorded with the defaults filled in.
         name = self.select or DEFAULT_SELECTOR
-        object.__setattr__(self, "select_params", check_selector(name, self.select_params))
+        object.__setattr__(self, "selector_settings", check_selector(name, self.select_params))
         check_budget(self.clean_budget)
         ValFrom.parse(self.val_from)
         if self.val_samples is not None:
@@ -293,7 +296,7 @@ def harden(
         search = search_mask(
             model, loader(train_set), loader(val_set), layer=_layer(model, config, train_set),
             attack=attack, selector=config.select, clean_budget=config.clean_budget,
-            **dict(config.select_params),
+            **config.selector_settings,
         )  # fmt: skip
         # The search's removal order ranks the features, so the sweep shows its prefixes and
         # the saved mask (at the chosen ratio) is exactly the searched one.

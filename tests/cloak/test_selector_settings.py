@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -126,12 +127,19 @@ def test_configs_refuse_bad_settings_and_record_every_default() -> None:
     with pytest.raises(DeepCloakError, match="did you mean 'clean_weight'"):
         HardenConfig(select="beam", select_params={"clean_wieght": 1})
     config = EvaluationConfig(select="beam", select_params={"width": "8"})
-    assert config.to_json()["select_params"] == {
+    assert config.to_json()["selector_settings"] == {
         "width": 8, "clean_weight": 2.0, "rivals": 16, "stop_at_plateau": True,
         "fit_budget": 0.03, "max_removed": None,
     }  # fmt: skip
-    assert HardenConfig(select="random").select_params == {
+    assert HardenConfig(select="random").selector_settings == {
         "seed": 0, "fit_budget": 0.03, "max_removed": None,
+    }  # fmt: skip
+    # The settings given stay as given, so another selector can replace the default one.
+    assert config.to_json()["select_params"] == {"width": "8"}
+    greedy = dataclasses.replace(EvaluationConfig(), select="greedy")
+    assert "width" not in greedy.selector_settings and greedy.select_params == {}
+    assert dataclasses.replace(HardenConfig(), select="deepcloak").selector_settings == {
+        "fit_budget": 0.03, "max_removed": None,
     }  # fmt: skip
 
 

@@ -158,7 +158,8 @@ class EvaluationConfig:
         select_params: the selector's settings (e.g. ``{"width": 8}`` for beam) and the
             search's (``fit_budget``, ``max_removed``), checked against their declared types and
             ranges (:data:`~deepcloak.cloak.selectors.SELECTOR_SETTINGS`) and held with every
-            default filled in, so the report shows them.
+            default filled in, so the report shows them
+            (:attr:`selector_settings`; ``select_params`` stays as given).
         level: the level these settings started from (:meth:`for_level`); settings that differ
             from it are listed by :attr:`level_overrides`.
     """
@@ -197,6 +198,9 @@ class EvaluationConfig:
     precision: Precision | str = Precision.FP32
     select: str | None = AUTO
     select_params: Mapping[str, Any] = field(default_factory=dict)
+    #: ``select_params`` checked, with every default of the selector and the search filled in
+    #: (what the search runs with and the report shows); empty without a search.
+    selector_settings: dict[str, Any] = field(init=False, default_factory=dict)
     level: EvaluationLevel | str = EvaluationLevel.STANDARD
 
     @classmethod
@@ -223,7 +227,7 @@ class EvaluationConfig:
         if self.select is not None:
             # Checked by type and range before any work; recorded with the defaults filled in.
             name = DEFAULT_SELECTOR if self.select == AUTO else self.select
-            object.__setattr__(self, "select_params", check_selector(name, self.select_params))
+            object.__setattr__(self, "selector_settings", check_selector(name, self.select_params))
             if self.ratio is not None:
                 raise DeepCloakError(
                     f"select={self.select!r} chooses the mask and its ratio on validation; "

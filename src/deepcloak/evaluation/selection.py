@@ -69,7 +69,7 @@ def search_cloak(
     found = search_mask(
         model, train, val_loader, layer=_layer(model, config, val.x), attack=FGSM(eps=eps),
         selector=config.select, clean_budget=config.clean_budget, confidence=config.confidence,
-        max_samples=config.max_fit_samples, **dict(config.select_params),
+        max_samples=config.max_fit_samples, **config.selector_settings,
     )  # fmt: skip
     cloak, _ = found.to_cloak(seed=config.seed)
     return cloak
