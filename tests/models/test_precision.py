@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,7 +168,7 @@ def test_harden_records_its_precision() -> None:
     dataset = data.dataset
     config = HardenConfig(ratio=0.5, ratios=(0.0, 0.5), whitebox_ratios=(), n_random=1)
     for name, recorded_as in (("fp32", "float32"), ("bf16", "bfloat16")):
-        cfg = HardenConfig(**{**config.__dict__, "precision": name})
+        cfg = dataclasses.replace(config, precision=name)
         result = harden(model, dataset, dataset, cfg)
         doc = harden_document(result, {})
         assert doc["environment"]["precision"] == recorded_as

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset, Subset
 
 from deepcloak.data.base import ImageSet
 from deepcloak.errors import DeepCloakError
@@ -69,18 +70,28 @@ def default_val_samples(available: int) -> int:
     return min(DEFAULT_MAX_VAL_SAMPLES, available // 2)
 
 
-def hold_out(data: ImageSet, n: int, *, seed: int) -> tuple[ImageSet, ImageSet]:
+def hold_out(data: Dataset[Any], n: int, *, seed: int) -> tuple[Any, Any]:
     """``(rest, held_out)``: ``n`` samples drawn with ``seed``, disjoint, each in original order.
+
+    An :class:`~deepcloak.data.base.ImageSet` splits itself (keeping its classes and shape);
+    any other data set is split into two :class:`~torch.utils.data.Subset` views.
 
     Raises:
         DeepCloakError: ``n`` leaves nothing on either side.
     """
-    if not 0 < n < len(data):
+    size = len(data)  # type: ignore[arg-type]
+    if not 0 < n < size:
+        name = getattr(data, "name", "data")
         raise DeepCloakError(
-            f"cannot hold out {n:,} of {len(data):,} {data.name} samples for validation; "
-            f"expected between 1 and {len(data) - 1:,} (--val-samples)"
+            f"cannot hold out {n:,} of {size:,} {name} samples for validation; "
+            f"expected between 1 and {size - 1:,} (--val-samples)"
         )
-    return data.split_off(n, seed=seed)
+    if isinstance(data, ImageSet):
+        return data.split_off(n, seed=seed)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    return Subset(data, order[n:].sort().values.tolist()), Subset(
+        data, order[:n].sort().values.tolist()
+    )
 
 
 @dataclass(frozen=True)
@@ -210,9 +221,11 @@ def _first(size: int, n: int, seed: int) -> torch.Tensor:
     return order[:n].sort().values
 
 
-def _limit(data: ImageSet, n: int | None, seed: int) -> ImageSet:
+def _limit(data: Any, n: int | None, seed: int) -> Any:
     if n is None or n >= len(data):
         return data
     if isinstance(n, bool) or n < 1:
         raise DeepCloakError(f"a sample count must be a positive integer, got {n!r}")
-    return data.subset(_first(len(data), n, seed))
+    if isinstance(data, ImageSet):
+        return data.subset(_first(len(data), n, seed))
+    return Subset(data, _first(len(data), n, seed).tolist())
