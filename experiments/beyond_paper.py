@@ -41,7 +41,8 @@ from deepcloak.cloak.head import HeadFeatures, cache_head_features, full_logits,
 from deepcloak.cloak.mask import masked
 from deepcloak.cloak.search import SearchResult, choose_on_validation, search_cached
 from deepcloak.cloak.taps import LayerRef, resolve_layer
-from deepcloak.data.sets import FASHION_MNIST_ROOT, ImageDataset, load_dataset
+from deepcloak.data.memory import ImageDataset
+from deepcloak.data.sets import FASHION_MNIST_ROOT, load_dataset
 from deepcloak.environment import environment
 from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from deepcloak.models.checkpoint import load_model, save_checkpoint

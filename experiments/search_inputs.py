@@ -66,7 +66,8 @@ from deepcloak.cloak.iterative import iterative_search
 from deepcloak.cloak.search import choose_on_validation, pick_within_budget
 from deepcloak.cloak.selectors import create_selector
 from deepcloak.cloak.taps import LayerRef, Side, resolve_layer
-from deepcloak.data.sets import FASHION_MNIST_ROOT, ImageDataset, load_dataset
+from deepcloak.data.memory import ImageDataset
+from deepcloak.data.sets import FASHION_MNIST_ROOT, load_dataset
 from deepcloak.environment import environment
 from deepcloak.io import write_json_atomic
 
