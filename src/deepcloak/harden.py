@@ -31,7 +31,6 @@ from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
 from deepcloak.evaluation.inputs import check_model_fits
-from deepcloak.evaluation.ratio_choice import check_budget
 from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult
 from deepcloak.evaluation.sources import DataSource, ModelSource, trained_input_shape
 from deepcloak.evaluation.sweep import graybox_sweep
@@ -41,7 +40,13 @@ from deepcloak.models.precision import Precision, check_precision_supported, par
 from deepcloak.progress import ProgressFn
 from deepcloak.report.files import write_folder
 from deepcloak.report.summary import saved_mask_record
-from deepcloak.validation import check_epsilon, check_positive_int, check_ratio, check_ratios
+from deepcloak.validation import (
+    check_budget,
+    check_epsilon,
+    check_positive_int,
+    check_ratio,
+    check_ratios,
+)
 
 __all__ = [
     "AUTO",

@@ -27,7 +27,7 @@ from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.config import EvaluationConfig
 from deepcloak.evaluation.crafted import Samples
-from deepcloak.evaluation.ratio_choice import RatioCandidate, RatioChoice
+from deepcloak.evaluation.results import RatioCandidate, RatioChoice
 from deepcloak.evaluation.stats import wilson_interval
 from deepcloak.models.runtime import model_device
 
