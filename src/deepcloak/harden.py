@@ -18,7 +18,8 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from deepcloak.attacks.native import Attack, create_attack
+from deepcloak.attacks import create_attack
+from deepcloak.attacks.native import Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.search import SearchResult, search_mask
 from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
@@ -211,7 +212,15 @@ class HardenResult:
     def saved_mask(self) -> dict[str, Any]:
         """What was saved and what it bought: ``report.json``'s ``saved_mask`` (see
         :func:`deepcloak.report.summary.saved_mask_lines` for its one block of text)."""
-        return saved_mask_record(self)
+        return saved_mask_record(
+            self.sweep,
+            ratio=self.ratio,
+            layer=self.cloak.layer,
+            search=self.search,
+            validation=self.validation,
+            score=self.config.score,
+            clean_budget=self.config.clean_budget,
+        )
 
 
 def check_model_fits_data(

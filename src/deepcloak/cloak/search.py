@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcloak.attacks.native import FGSM, Attack, create_attack
+from deepcloak.attacks import create_attack
+from deepcloak.attacks.native import FGSM, Attack
 from deepcloak.cloak.budget import PairedDrop, paired_drop
 from deepcloak.cloak.fit import DEFAULT_EPS, Cloak, model_device, unpack_batch
 from deepcloak.cloak.head import (

@@ -21,8 +21,9 @@ from typing import Any, ParamSpec, TypeVar
 
 from torch import nn
 
+from deepcloak.attacks import ATTACKS
 from deepcloak.attacks import art as art_attacks  # also registers "apgd", "square", "art-pgd"
-from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
+from deepcloak.attacks.native import Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
 from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
