@@ -36,7 +36,6 @@ from torch.utils.data import DataLoader
 
 from deepcloak import FGSM, PGD, mcnemar_exact, wilson_interval
 from deepcloak.attacks.native import Attack, eval_mode
-from deepcloak.cloak.budget import paired_drop
 from deepcloak.cloak.head import HeadFeatures, cache_head_features, full_logits, margins
 from deepcloak.cloak.mask import masked
 from deepcloak.cloak.search import SearchResult, choose_on_validation, search_cached
@@ -47,6 +46,7 @@ from deepcloak.environment import environment
 from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from deepcloak.models.checkpoint import load_model, save_checkpoint
 from deepcloak.models.recipes import recipe, train_checkpoint
+from deepcloak.stats import paired_drop
 
 log = logging.getLogger("beyond_paper")
 

@@ -7,7 +7,7 @@ from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.ratio_choice import choose_ratio
 from deepcloak.evaluation.results import AccuracyResult, SweepResult, SweepRow, ThreatModel
-from deepcloak.evaluation.stats import wilson_interval
+from deepcloak.stats import wilson_interval
 
 N = 1000
 

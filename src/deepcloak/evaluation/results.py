@@ -22,8 +22,8 @@ import torch
 from deepcloak.cloak.taps import LayerRef
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.sanity import SanityCheck
-from deepcloak.evaluation.stats import McNemarResult, mcnemar_exact, mean_interval, wilson_interval
 from deepcloak.evaluation.timings import Timings
+from deepcloak.stats import McNemarResult, mcnemar_exact, mean_interval, wilson_interval
 
 if TYPE_CHECKING:
     from deepcloak.evaluation.config import EvaluationConfig
@@ -103,7 +103,7 @@ class AccuracyResult:
     ``correct`` is boolean, ``(N,)`` over the test samples in order, or ``(k, N)`` for ``k``
     random masks of the same size evaluated on the same samples (then ``accuracy`` is the mean
     over the masks and ``interval`` the interval of that mean,
-    :func:`~deepcloak.evaluation.stats.mean_interval`).
+    :func:`~deepcloak.stats.mean_interval`).
     """
 
     defense: str
