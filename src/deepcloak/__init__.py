@@ -31,6 +31,7 @@ from deepcloak.attacks import (
 )
 from deepcloak.cloak.fit import Cloak, fit
 from deepcloak.cloak.mask import FeatureMask
+from deepcloak.cloak.scores import DeepCloakScore
 from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.cloak.torchscript import cloakable
 from deepcloak.data.sets import load_dataset
@@ -56,6 +57,7 @@ __all__ = [
     "Cloak",
     "DataFormatError",
     "DeepCloakError",
+    "DeepCloakScore",
     "EvaluationConfig",
     "EvaluationReport",
     "FeatureMask",
