@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from deepcloak import FGSM, PGD, fit, graybox_sweep
 from deepcloak.attacks.native import Attack
 from deepcloak.cloak.fit import Cloak
-from deepcloak.data.sets import ImageDataset, fashion_mnist_root, load_dataset
+from deepcloak.data.memory import ImageDataset
+from deepcloak.data.sets import fashion_mnist_root, load_dataset
 from deepcloak.environment import environment
 from deepcloak.evaluation.grids import DEFAULT_RATIOS
 from deepcloak.evaluation.ratio_choice import choose_ratio

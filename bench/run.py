@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from deepcloak import FGSM, PGD, ArtPGD, fit, graybox_sweep
 from deepcloak.cloak.mask import find_masks
-from deepcloak.data.sets import ImageDataset
+from deepcloak.data.memory import ImageDataset
 from deepcloak.environment import environment
 from deepcloak.models.zoo import create_model
 

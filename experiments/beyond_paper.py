@@ -14,7 +14,9 @@ Same families, recipes, seeds and attack as ``experiments/paper_sweep.py`` (chec
    and white-box FGSM and PGD run through the cloaked model, with McNemar p-values.
 
 Writes the "Beyond the paper" section of ``docs/results.md`` (between its markers, nothing
-else), ``docs/beyond_paper.json`` and ``docs/figures/beyond_gain_vs_cost.png``:
+else), ``docs/figures/beyond_gain_vs_cost.png`` and the results, gzipped:
+``docs/data/beyond_paper.json.gz`` (``zcat`` gives the indented JSON; 6.8 MB of every selector's
+search path and candidates, which only the figure and this script read):
 
     python experiments/beyond_paper.py --families resnet,wrn --seeds 0 --device cpu
     python experiments/beyond_paper.py --device cuda --seeds 0,1,2     # all four families
@@ -24,6 +26,7 @@ else), ``docs/beyond_paper.json`` and ``docs/figures/beyond_gain_vs_cost.png``:
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import time
@@ -36,16 +39,17 @@ from torch.utils.data import DataLoader
 
 from deepcloak import FGSM, PGD, mcnemar_exact, wilson_interval
 from deepcloak.attacks.native import Attack, eval_mode
-from deepcloak.cloak.budget import paired_drop
 from deepcloak.cloak.head import HeadFeatures, cache_head_features, full_logits, margins
 from deepcloak.cloak.mask import masked
 from deepcloak.cloak.search import SearchResult, choose_on_validation, search_cached
 from deepcloak.cloak.taps import LayerRef, resolve_layer
-from deepcloak.data.sets import FASHION_MNIST_ROOT, ImageDataset, load_dataset
+from deepcloak.data.memory import ImageDataset
+from deepcloak.data.sets import FASHION_MNIST_ROOT, load_dataset
 from deepcloak.environment import environment
-from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from deepcloak.io import write_bytes_atomic, write_text_atomic
 from deepcloak.models.checkpoint import load_model, save_checkpoint
 from deepcloak.models.recipes import recipe, train_checkpoint
+from deepcloak.stats import paired_drop
 
 log = logging.getLogger("beyond_paper")
 
@@ -268,6 +272,21 @@ def make_sets(args: argparse.Namespace, seed: int) -> dict[str, ImageDataset]:
 
 
 START, END = "<!-- beyond-the-paper:start -->", "<!-- beyond-the-paper:end -->"
+#: The results under ``--docs``: JSON, gzipped (the search traces would be 6.8 MB of ``docs/``).
+RESULTS = Path("data") / "beyond_paper.json.gz"
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """The results written by :func:`write_results`."""
+    results: dict[str, Any] = json.loads(gzip.decompress(path.read_bytes()))
+    return results
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    """``results`` as indented JSON, gzipped the same way each time (no time stamp, no name)."""
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0))
 
 
 def pts(x: float) -> str:
@@ -514,7 +533,7 @@ def merged(path: Path, new: dict[str, Any]) -> dict[str, Any]:
     """``new`` with the runs of the results at ``path`` added (a run of ``new`` wins)."""
     if not path.exists():
         return new
-    old = json.loads(path.read_text())
+    old = read_results(path)
     new_json = json.loads(json.dumps(new))  # tuples become lists, as in the file
     differ = [k for k in SAME if old.get(k) != new_json.get(k)]
     if differ:
@@ -545,7 +564,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     docs = args.runs / "quick" if args.quick else args.docs  # a smoke run is never published
     if args.render_only:
-        render(json.loads((docs / "beyond_paper.json").read_text()), docs)
+        render(read_results(docs / RESULTS), docs)
         return
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
@@ -573,8 +592,8 @@ def main() -> None:
         "seconds": time.perf_counter() - start,
     }  # fmt: skip
     if args.merge:
-        results = merged(docs / "beyond_paper.json", results)
-    write_json_atomic(docs / "beyond_paper.json", results)
+        results = merged(docs / RESULTS, results)
+    write_results(docs / RESULTS, results)
     render(results, docs)
     log.info("done in %.1f minutes", results["seconds"] / 60)
 

@@ -71,7 +71,6 @@ from paper_sweep import SECTIONS
 
 from deepcloak import FGSM, PGD, mcnemar_exact
 from deepcloak.attacks.native import eval_mode
-from deepcloak.cloak.budget import paired_drop
 from deepcloak.cloak.head import HeadFeatures, cache_head_features
 from deepcloak.cloak.search import search_cached
 from deepcloak.cloak.taps import resolve_layer
@@ -81,6 +80,7 @@ from deepcloak.environment import environment
 from deepcloak.evaluation.sources import DataSource
 from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from deepcloak.models.checkpoint import load_model
+from deepcloak.stats import paired_drop
 
 log = logging.getLogger("default_mask")
 

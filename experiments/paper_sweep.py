@@ -41,7 +41,8 @@ from torch.utils.data import DataLoader
 
 from deepcloak.attacks.native import FGSM, PGD
 from deepcloak.cloak.fit import fit
-from deepcloak.data.sets import FASHION_MNIST_ROOT, ImageDataset, load_dataset
+from deepcloak.data.memory import ImageDataset
+from deepcloak.data.sets import FASHION_MNIST_ROOT, load_dataset
 from deepcloak.environment import environment
 from deepcloak.evaluation.grids import PAPER_RATIOS
 from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult, SweepRow

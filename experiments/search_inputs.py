@@ -52,7 +52,6 @@ from search_inputs_report import BUDGET, EPS, LARGE, N_RANDOM, PGD_STEPS, SPEND,
 
 from deepcloak import FGSM, PGD, mcnemar_exact
 from deepcloak.attacks.native import Attack, eval_mode
-from deepcloak.cloak.budget import paired_drop
 from deepcloak.cloak.fit import layer_features
 from deepcloak.cloak.head import (
     HeadFeatures,
@@ -66,9 +65,11 @@ from deepcloak.cloak.iterative import iterative_search
 from deepcloak.cloak.search import choose_on_validation, pick_within_budget
 from deepcloak.cloak.selectors import create_selector
 from deepcloak.cloak.taps import LayerRef, Side, resolve_layer
-from deepcloak.data.sets import FASHION_MNIST_ROOT, ImageDataset, load_dataset
+from deepcloak.data.memory import ImageDataset
+from deepcloak.data.sets import FASHION_MNIST_ROOT, load_dataset
 from deepcloak.environment import environment
 from deepcloak.io import write_json_atomic
+from deepcloak.stats import paired_drop
 
 log = logging.getLogger("search_inputs")
 

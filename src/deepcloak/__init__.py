@@ -31,6 +31,7 @@ from deepcloak.attacks import (
 )
 from deepcloak.cloak.fit import Cloak, fit
 from deepcloak.cloak.mask import FeatureMask
+from deepcloak.cloak.scores import DeepCloakScore
 from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.cloak.torchscript import cloakable
 from deepcloak.data.sets import load_dataset
@@ -38,13 +39,13 @@ from deepcloak.errors import DataFormatError, DeepCloakError, LayerError
 from deepcloak.evaluation.config import EvaluationConfig
 from deepcloak.evaluation.results import EvaluationReport, ThreatModel
 from deepcloak.evaluation.run import evaluate_cloak
-from deepcloak.evaluation.stats import mcnemar_exact, wilson_interval
 from deepcloak.evaluation.sweep import SweepResult, graybox_sweep, whitebox_accuracy
 from deepcloak.harden import HardenConfig, harden
 from deepcloak.models.checkpoint import load_model, save_checkpoint
 from deepcloak.models.outputs import SelectOutput
 from deepcloak.models.train import TrainResult, train_model
 from deepcloak.models.zoo import create_model, list_models
+from deepcloak.stats import mcnemar_exact, wilson_interval
 
 __all__ = [
     "FGSM",
@@ -56,6 +57,7 @@ __all__ = [
     "Cloak",
     "DataFormatError",
     "DeepCloakError",
+    "DeepCloakScore",
     "EvaluationConfig",
     "EvaluationReport",
     "FeatureMask",

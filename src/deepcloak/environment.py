@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from deepcloak._version import __version__
+
 __all__ = ["device_name", "environment"]
 
 # Distributions whose versions are recorded (a missing one is recorded as None).
@@ -38,8 +40,6 @@ def environment(
     Example:
         >>> report["environment"] = environment(model_device(model))
     """
-    from deepcloak._version import __version__
-
     device = torch.device(device or "cpu")
     record: dict[str, Any] = {
         "deepcloak": __version__,

@@ -18,7 +18,8 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from deepcloak.attacks.native import Attack, create_attack
+from deepcloak.attacks import create_attack
+from deepcloak.attacks.native import Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.search import SearchResult, search_mask
 from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
@@ -31,7 +32,6 @@ from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
 from deepcloak.evaluation.inputs import check_model_fits
-from deepcloak.evaluation.ratio_choice import check_budget
 from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult
 from deepcloak.evaluation.sources import DataSource, ModelSource, trained_input_shape
 from deepcloak.evaluation.sweep import graybox_sweep
@@ -41,7 +41,13 @@ from deepcloak.models.precision import Precision, check_precision_supported, par
 from deepcloak.progress import ProgressFn
 from deepcloak.report.files import write_folder
 from deepcloak.report.summary import saved_mask_record
-from deepcloak.validation import check_epsilon, check_positive_int, check_ratio, check_ratios
+from deepcloak.validation import (
+    check_budget,
+    check_epsilon,
+    check_positive_int,
+    check_ratio,
+    check_ratios,
+)
 
 __all__ = [
     "AUTO",
@@ -206,7 +212,15 @@ class HardenResult:
     def saved_mask(self) -> dict[str, Any]:
         """What was saved and what it bought: ``report.json``'s ``saved_mask`` (see
         :func:`deepcloak.report.summary.saved_mask_lines` for its one block of text)."""
-        return saved_mask_record(self)
+        return saved_mask_record(
+            self.sweep,
+            ratio=self.ratio,
+            layer=self.cloak.layer,
+            search=self.search,
+            validation=self.validation,
+            score=self.config.score,
+            clean_budget=self.config.clean_budget,
+        )
 
 
 def check_model_fits_data(

@@ -14,6 +14,7 @@ import torch
 from deepcloak.errors import DeepCloakError
 
 __all__ = [
+    "check_budget",
     "check_epsilon",
     "check_finite",
     "check_input_shape",
@@ -44,6 +45,21 @@ def check_ratios(ratios: Iterable[float]) -> list[float]:
     if not out:
         raise DeepCloakError("expected at least one ratio, got none")
     return out
+
+
+def check_budget(clean_budget: float) -> float:
+    """Check a clean-accuracy budget: a fraction in [0, 1] (0.01 = one accuracy point)."""
+    if (
+        isinstance(clean_budget, bool)
+        or not isinstance(clean_budget, (int, float))
+        or not math.isfinite(clean_budget)
+        or not 0.0 <= clean_budget <= 1.0
+    ):
+        raise DeepCloakError(
+            f"clean_budget must be a fraction in [0, 1] (0.01 = at most 1 point of clean "
+            f"accuracy lost), got {clean_budget!r}"
+        )
+    return float(clean_budget)
 
 
 def check_epsilon(eps: float, *, name: str = "eps") -> float:

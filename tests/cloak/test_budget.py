@@ -7,10 +7,9 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from deepcloak.cloak.budget import newcombe_upper, paired_drop, wilson_bounds
 from deepcloak.cloak.search import pick_within_budget
 from deepcloak.errors import DeepCloakError
-from deepcloak.evaluation.stats import wilson_interval
+from deepcloak.stats import newcombe_upper, paired_drop, wilson_bounds, wilson_interval
 
 Z95 = NormalDist().inv_cdf(0.95)
 

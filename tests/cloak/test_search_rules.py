@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepcloak.cloak.budget import paired_drop
 from deepcloak.cloak.head import HeadFeatures
 from deepcloak.cloak.search import (
     choose_on_validation,
@@ -18,6 +17,7 @@ from deepcloak.cloak.search import (
 )
 from deepcloak.cloak.selectors import create_selector
 from deepcloak.cloak.taps import LayerRef, Side
+from deepcloak.stats import paired_drop
 from tests.cloak.test_search import toy_head
 
 LAYER = LayerRef("fc", Side.INPUT)

@@ -17,7 +17,8 @@ from PIL import Image
 from deepcloak.data import images
 from deepcloak.data.folder import ImageFolderDataset
 from deepcloak.data.loader import make_loader
-from deepcloak.data.sets import ImageDataset, ImageSet, load_dataset
+from deepcloak.data.memory import ImageDataset
+from deepcloak.data.sets import ImageSet, load_dataset
 from deepcloak.errors import DataFormatError, DeepCloakError
 
 RNG = np.random.default_rng(7)

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from deepcloak.data import images
 from deepcloak.data.folder import ImageFolderDataset, read_image_folder
 from deepcloak.data.loader import TensorLoader, make_loader
-from deepcloak.data.sets import ImageDataset, load_dataset
+from deepcloak.data.memory import ImageDataset
+from deepcloak.data.sets import load_dataset
 from deepcloak.distributed import Distributed
 from deepcloak.errors import DeepCloakError
 
@@ -22,9 +23,9 @@ from deepcloak.errors import DeepCloakError
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_batches_equal_the_dataloaders_bit_for_bit(drop_last: bool) -> None:
     data = load_dataset("digits")  # 1437 samples: the last batch of 100 is partial
-    ours = list(data.loader(batch_size=100, drop_last=drop_last))
+    ours = list(TensorLoader(data, batch_size=100, drop_last=drop_last))
     theirs = list(DataLoader(data, batch_size=100, drop_last=drop_last))
-    assert len(ours) == len(theirs) == len(data.loader(batch_size=100, drop_last=drop_last))
+    assert len(ours) == len(theirs) == len(TensorLoader(data, batch_size=100, drop_last=drop_last))
     for (x, y), (x_ref, y_ref) in zip(ours, theirs, strict=True):
         assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert torch.equal(x, x_ref) and torch.equal(y, y_ref)

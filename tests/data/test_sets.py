@@ -20,7 +20,8 @@ from PIL import Image
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
-from deepcloak.data.sets import DATA_ROOT_ENV, DATASETS, ImageDataset, load_dataset
+from deepcloak.data.memory import ImageDataset
+from deepcloak.data.sets import DATA_ROOT_ENV, DATASETS, load_dataset
 from deepcloak.errors import DataFormatError, DeepCloakError
 from tests.realdata import skip_without_fashion_mnist
 
@@ -449,3 +450,13 @@ def test_split_off_holds_out_disjoint_samples() -> None:
     torch.testing.assert_close(ds.split_off(100, seed=3)[1].labels, held.labels)
     with pytest.raises(DeepCloakError, match="cannot hold out"):
         ds.split_off(len(ds))
+
+
+def test_image_dataset_still_imports_from_sets_with_a_warning() -> None:
+    import deepcloak.data.sets as sets
+
+    with pytest.warns(DeprecationWarning, match=r"deepcloak\.data\.memory\.ImageDataset"):
+        moved = sets.ImageDataset
+    assert moved is ImageDataset
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        sets.NoSuchThing  # noqa: B018

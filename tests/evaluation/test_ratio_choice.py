@@ -7,7 +7,7 @@ from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.ratio_choice import choose_ratio
 from deepcloak.evaluation.results import AccuracyResult, SweepResult, SweepRow, ThreatModel
-from deepcloak.evaluation.stats import wilson_interval
+from deepcloak.stats import wilson_interval
 
 N = 1000
 
@@ -97,3 +97,21 @@ def test_bad_input() -> None:
         choose_ratio(SWEEP, clean_budget=1.5)
     with pytest.raises(DeepCloakError, match="clean_budget"):
         choose_ratio(SWEEP, clean_budget=-0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("RatioChoice", "deepcloak.evaluation.results"),
+        ("RatioCandidate", "deepcloak.evaluation.results"),
+        ("check_budget", "deepcloak.validation"),
+    ],
+)
+def test_moved_names_still_import_from_ratio_choice_with_a_warning(name: str, home: str) -> None:
+    import importlib
+
+    import deepcloak.evaluation.ratio_choice as old
+
+    with pytest.warns(DeprecationWarning, match=rf"moved to {home}\.{name}"):
+        moved = getattr(old, name)
+    assert moved is getattr(importlib.import_module(home), name)

@@ -16,8 +16,8 @@ from deepcloak.cloak.fit import fit
 from deepcloak.cloak.mask import keep_mask
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.results import AccuracyResult, ThreatModel, compare
-from deepcloak.evaluation.stats import mcnemar_exact, mean_interval, wilson_interval
 from deepcloak.evaluation.sweep import graybox_sweep
+from deepcloak.stats import mcnemar_exact, mean_interval, wilson_interval
 
 
 def test_threat_models_accept_their_names() -> None:

@@ -19,7 +19,7 @@ from deepcloak.evaluation.config import EvaluationConfig, build_attack
 from deepcloak.evaluation.results import SCHEMA, EvaluationReport, ThreatModel
 from deepcloak.evaluation.run import evaluate_cloak
 from deepcloak.evaluation.sanity import CheckStatus
-from deepcloak.evaluation.stats import mean_interval, wilson_interval
+from deepcloak.stats import mean_interval, wilson_interval
 from tests.robust_toys import (
     TOY_CONFIG,
     gradient_masked_mlp,

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import importlib
 import math
+from statistics import NormalDist
 
 import pytest
 import torch
 from scipy.stats import norm
 
+import deepcloak.stats
 from deepcloak.errors import DeepCloakError
-from deepcloak.evaluation.stats import mcnemar_exact, wilson_interval
+from deepcloak.stats import mcnemar_exact, wilson_bounds, wilson_interval
 
 
 # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Stat. Med. 17,
@@ -101,3 +104,64 @@ def test_mcnemar_no_discordant_pairs_and_bad_input() -> None:
         mcnemar_exact(torch.tensor([0.5, 1.0]), torch.tensor([True, False]))
     with pytest.raises(DeepCloakError, match="1-D"):
         mcnemar_exact(torch.ones(2, 2, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool))
+
+
+# The two Wilson implementations as they were before deepcloak.stats merged them (verbatim
+# arithmetic): the one formula must give every figure bit for bit as before.
+def _old_interval(correct: int, n: int, confidence: float) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = correct / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    lo = 0.0 if correct == 0 else max(0.0, center - half)
+    hi = 1.0 if correct == n else min(1.0, center + half)
+    return lo, hi
+
+
+def _old_bounds(successes: torch.Tensor, n: int, z: float) -> tuple[torch.Tensor, torch.Tensor]:
+    p = successes.double() / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * torch.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (center - half).clamp(min=0.0), (center + half).clamp(max=1.0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 29, 100, 263, 1000, 10000])
+@pytest.mark.parametrize("confidence", [0.5, 0.9, 0.95, 0.99])
+def test_one_wilson_gives_the_old_figures_exactly(n: int, confidence: float) -> None:
+    counts = range(n + 1) if n <= 1000 else [0, 1, 2, 17, n // 3, n // 2, n - 1, n]
+    for k in counts:
+        assert wilson_interval(k, n, confidence) == _old_interval(k, n, confidence)
+    if n:
+        z = NormalDist().inv_cdf(confidence)
+        ks = torch.tensor(list(counts))
+        for new, old in zip(wilson_bounds(ks, n, z), _old_bounds(ks, n, z), strict=True):
+            assert new.dtype == torch.float64 and torch.equal(new, old)
+
+
+@pytest.mark.parametrize(
+    ("old", "names"),
+    [
+        (
+            "deepcloak.cloak.budget",
+            ["PairedDrop", "newcombe_upper", "paired_drop", "wilson_bounds"],
+        ),
+        (
+            "deepcloak.evaluation.stats",
+            ["McNemarResult", "mcnemar_exact", "mean_interval", "wilson_interval"],
+        ),
+    ],
+)
+def test_moved_statistics_still_import_from_their_old_modules_with_a_warning(
+    old: str, names: list[str]
+) -> None:
+    module = importlib.import_module(old)
+    for name in names:
+        with pytest.warns(DeprecationWarning, match=rf"{old}\.{name} moved to deepcloak\.stats"):
+            moved = getattr(module, name)
+        assert moved is getattr(deepcloak.stats, name)
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from deepcloak.data.folder import read_image_folder
 from deepcloak.data.images import read_images
-from deepcloak.data.sets import ImageDataset
+from deepcloak.data.memory import ImageDataset
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.train import Schedule, _lr_factor, accuracy, augment_batch, train_model
 from deepcloak.models.zoo import create_model

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +32,9 @@ from deepcloak.models.outputs import check_finite_logits, select_logits
 from deepcloak.models.runtime import eval_mode
 from deepcloak.validation import check_epsilon, check_labels
 
-if TYPE_CHECKING:  # at run time, see __getattr__ at the end (deepcloak.attacks imports this)
-    from deepcloak.attacks import ATTACKS, create_attack
-
 __all__ = ["FGSM", "PGD"]
 # Re-exported for callers that import them from here; their home is given in each import above.
-__all__ += ["ATTACKS", "Attack", "Norm", "create_attack", "eval_mode", "parse_norm"]
+__all__ += ["Attack", "Norm", "eval_mode", "parse_norm"]
 
 
 Forward = Callable[[torch.Tensor], Any]
@@ -221,13 +218,3 @@ class PGD:
         d["norm"] = self.norm.value
         d["step_size"] = self.alpha
         return {"name": "pgd", **d}
-
-
-def __getattr__(name: str) -> Any:
-    # Moved to deepcloak.attacks (which registers native and ART attacks in one place); kept
-    # importable from here for older callers. Resolved lazily: deepcloak.attacks imports this.
-    if name in ("ATTACKS", "create_attack"):
-        import deepcloak.attacks
-
-        return getattr(deepcloak.attacks, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

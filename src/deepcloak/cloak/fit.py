@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepcloak._version import __version__
 from deepcloak.attacks.base import Attack
 from deepcloak.attacks.native import FGSM
 from deepcloak.batches import unpack_batch
@@ -117,8 +118,6 @@ class Cloak:
 
     def metadata(self, ratio: float | None = None) -> dict[str, Any]:
         """Everything needed to reproduce this cloak, JSON-able."""
-        from deepcloak._version import __version__
-
         meta: dict[str, Any] = {
             "format": FORMAT,
             "layer": self.layer.to_json(),

@@ -12,7 +12,7 @@ Two data splits, never the test data:
    of removal sets of growing size;
 2. **validation** samples: the entry of the path with the highest adversarial accuracy is
    chosen among those whose *upper confidence bound* of the paired clean-accuracy drop stays
-   within the budget (:mod:`deepcloak.cloak.budget`), so the budget holds on new data with high
+   within the budget (:mod:`deepcloak.stats`), so the budget holds on new data with high
    probability rather than only on the samples the choice was made on.
 
 Example:
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcloak.attacks.native import FGSM, Attack, create_attack
-from deepcloak.cloak.budget import PairedDrop, paired_drop
+from deepcloak.attacks import create_attack
+from deepcloak.attacks.native import FGSM, Attack
 from deepcloak.cloak.fit import DEFAULT_EPS, Cloak, model_device, unpack_batch
 from deepcloak.cloak.head import (
     HeadFeatures,
@@ -47,6 +47,7 @@ from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.runtime import model_dtype
 from deepcloak.settings import check_settings
+from deepcloak.stats import PairedDrop, paired_drop
 
 __all__ = [
     "SearchCandidate",

@@ -1,6 +1,6 @@
 """What every labelled image data set offers, whether it holds its pixels or reads them on access.
 
-:class:`~deepcloak.data.sets.ImageDataset` holds all pixels in memory;
+:class:`~deepcloak.data.memory.ImageDataset` holds all pixels in memory;
 :class:`~deepcloak.data.folder.ImageFolderDataset` holds only file names and labels and decodes
 each image when it is asked for. Code that takes either (training, hardening, the loaders) uses
 this interface: the labels, the classes, the input shape, subsets and held-out splits.

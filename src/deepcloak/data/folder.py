@@ -22,7 +22,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,10 +30,8 @@ from torch import Tensor
 
 from deepcloak.data import images as _images
 from deepcloak.data.base import ImageSet
+from deepcloak.data.memory import ImageDataset
 from deepcloak.errors import DataFormatError, DeepCloakError
-
-if TYPE_CHECKING:
-    from deepcloak.data.sets import ImageDataset
 
 __all__ = ["TEST_FRACTION", "ImageFolderDataset", "read_class_folder", "read_image_folder"]
 
@@ -69,7 +67,7 @@ class ImageFolderDataset(ImageSet):
 
     Each image is converted to ``mode`` and resized bilinearly to ``size`` when it differs, by
     :func:`deepcloak.data.images.decode_image`; pixels are divided by 255, so every sample
-    equals what an in-memory :class:`~deepcloak.data.sets.ImageDataset` of the same decoded
+    equals what an in-memory :class:`~deepcloak.data.memory.ImageDataset` of the same decoded
     bytes gives, bit for bit.
 
     Args:
@@ -150,8 +148,6 @@ class ImageFolderDataset(ImageSet):
         (measured on 2 busy CPU cores: 14,000 against 1,100 images a second for 64 x 64
         JPEGs). Same samples, same values, same order.
         """
-        from deepcloak.data.sets import ImageDataset  # sets imports this module
-
         paths = [self._paths[i] for i in range(len(self))]
         pixels = _images.read_images(paths, mode=self.mode, size=self.size)
         return ImageDataset(

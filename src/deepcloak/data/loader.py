@@ -1,7 +1,7 @@
 """Batches of any data set, from one factory: sliced tensors in memory, worker processes on disk.
 
 :func:`make_loader` is the one way the library batches a data set. In-memory sets
-(:class:`~deepcloak.data.sets.ImageDataset`, a ``TensorDataset`` of ``(x, y)``) are served by
+(:class:`~deepcloak.data.memory.ImageDataset`, a ``TensorDataset`` of ``(x, y)``) are served by
 :class:`TensorLoader`: a ``DataLoader`` would fetch every sample through ``__getitem__`` and stack
 them again in ``collate`` (per batch of 256, 256 Python calls and 512 small tensors), while
 slicing the held tensors once per batch gives the same values bit for bit, 42x faster on 60k
@@ -24,17 +24,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from deepcloak.data.memory import ImageDataset
 from deepcloak.distributed import Distributed
 from deepcloak.errors import DeepCloakError
-
-if TYPE_CHECKING:
-    from deepcloak.data.sets import ImageDataset
 
 __all__ = [
     "BatchLoader",
@@ -73,7 +71,7 @@ def make_loader(
     """Batches of ``dataset``, by the fastest path that gives the same values.
 
     Args:
-        dataset: an :class:`~deepcloak.data.sets.ImageDataset` or a ``TensorDataset(x, y)``
+        dataset: an :class:`~deepcloak.data.memory.ImageDataset` or a ``TensorDataset(x, y)``
             (sliced in memory), or any sized ``Dataset`` of ``(x, y)`` samples, such as an
             :class:`~deepcloak.data.folder.ImageFolderDataset` (a ``DataLoader``).
         batch_size: samples per batch (the last may be smaller unless ``drop_last``).
@@ -100,8 +98,6 @@ def make_loader(
         DeepCloakError: ``batch_size`` or ``workers`` is out of range, or ``dataset`` has no
             length.
     """
-    from deepcloak.data.sets import ImageDataset  # sets imports this module
-
     _check_int("batch_size", batch_size, low=1)
     _check_int("workers", workers, low=0)
     if generator is None and shuffle:

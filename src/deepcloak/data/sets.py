@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
+from deepcloak._moved import moved_names
 from deepcloak.data import formats as _formats
+from deepcloak.data import memory as _memory
 from deepcloak.data.base import ImageSet
 from deepcloak.data.folder import TEST_FRACTION, read_image_folder
-from deepcloak.data.loader import TensorLoader
+from deepcloak.data.memory import ImageDataset as _ImageDataset
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.registry import Registry
 
@@ -35,7 +36,6 @@ __all__ = [
     "DATASETS",
     "DATA_ROOT_ENV",
     "FASHION_MNIST_ROOT",
-    "ImageDataset",
     "ImageSet",
     "Split",
     "data_root",
@@ -77,104 +77,6 @@ class Split(str, Enum):
         except ValueError:
             choices = ", ".join(s.value for s in cls)
             raise DeepCloakError(f"unknown split {value!r}; expected one of: {choices}") from None
-
-
-class ImageDataset(ImageSet):
-    """Images held as ``uint8`` and served as ``float32`` in ``[0, 1]``.
-
-    Holding bytes keeps memory four times lower than floats (it matters for CIFAR-10). Pixels
-    are divided by ``scale`` on the way out: 255 for 8-bit images, 16 for scikit-learn's digits
-    (values 0..16), so that every value is exactly what the source holds.
-
-    Args:
-        images: ``uint8`` tensor ``(N, C, H, W)`` with values in ``0..scale``.
-        labels: ``int64`` tensor ``(N,)`` of class indices in ``0..len(classes) - 1``.
-        name: the data set's name, recorded in results.
-        classes: class names, indexed by label.
-        scale: the pixel value that means 1.0.
-
-    Raises:
-        DeepCloakError: the tensors have the wrong dtype or shape, or do not fit together.
-
-    Shape:
-        ``dataset[i]`` is ``(x, y)``: ``x`` ``(C, H, W)`` float32, ``y`` a 0-d int64 tensor.
-        :meth:`tensors` gives ``(N, C, H, W)`` and ``(N,)``.
-    """
-
-    def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        name: str,
-        classes: Sequence[str],
-        scale: int = 255,
-    ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise DeepCloakError(
-                f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} "
-                f"{tuple(images.shape)}"
-            )
-        if labels.dtype != torch.int64 or labels.shape != (len(images),):
-            raise DeepCloakError(
-                f"labels must be an int64 tensor ({len(images)},), got {labels.dtype} "
-                f"{tuple(labels.shape)}"
-            )
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
-            raise DeepCloakError(
-                f"labels must lie in 0..{len(classes) - 1} ({len(classes)} classes)"
-            )
-        if not 0 < scale <= 255:
-            raise DeepCloakError(f"scale must be in 1..255, got {scale}")
-        self.images = images
-        self.labels = labels
-        self.name = name
-        self.classes = list(classes)
-        self.scale = scale
-        c, h, w = images.shape[1:]
-        self.input_shape: tuple[int, int, int] = (int(c), int(h), int(w))
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index].float() / self.scale, self.labels[index]
-
-    def tensors(self) -> tuple[Tensor, Tensor]:
-        """All samples at once, for small sets.
-
-        Returns:
-            ``(x, y)``: ``x`` float32 ``(N, C, H, W)`` in ``[0, 1]``, ``y`` int64 ``(N,)``.
-        """
-        return self.images.float() / self.scale, self.labels.clone()
-
-    def subset(self, indices: Sequence[int] | Tensor) -> ImageDataset:
-        """A new data set holding the samples at ``indices``, in that order (pixels are copied)."""
-        index = torch.as_tensor(indices, dtype=torch.int64)
-        return ImageDataset(
-            self.images[index],
-            self.labels[index],
-            name=self.name,
-            classes=self.classes,
-            scale=self.scale,
-        )
-
-    def loader(
-        self,
-        *,
-        batch_size: int = 256,
-        shuffle: bool = False,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> TensorLoader:
-        """Batches sliced from the held tensors: the values ``DataLoader(self, batch_size)``
-        gives, without one ``__getitem__`` call per sample (see :class:`TensorLoader`)."""
-        return TensorLoader(
-            self, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"ImageDataset(name={self.name!r}, samples={len(self)}, "
-            f"input_shape={self.input_shape}, num_classes={self.num_classes})"
-        )
 
 
 #: Loaders by name: ``loader(*, split, root, image_size) -> ImageSet``.
@@ -219,7 +121,7 @@ def load_dataset(
             Without it, all images must share one size.
 
     Returns:
-        An in-memory :class:`ImageDataset`, or for ``imagefolder`` an
+        An in-memory :class:`~deepcloak.data.memory.ImageDataset`, or for ``imagefolder`` an
         :class:`~deepcloak.data.folder.ImageFolderDataset` that reads each image from disk when
         it is used (memory flat in the number of images). Batch either with
         :func:`deepcloak.data.loader.make_loader`.
@@ -250,8 +152,8 @@ def load_dataset(
 
 def _from_numpy(
     images: np.ndarray, labels: np.ndarray, *, name: str, classes: Sequence[str], scale: int = 255
-) -> ImageDataset:
-    return ImageDataset(
+) -> _ImageDataset:
+    return _ImageDataset(
         torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
         torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
         name=name,
@@ -269,7 +171,7 @@ def _require_root(root: Path | None, name: str, what: str) -> Path:
 
 
 @DATASETS.register("digits")
-def _digits(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
+def _digits(*, split: Split, root: Path | None, image_size: int | None) -> _ImageDataset:
     """scikit-learn's bundled 8x8 digits (1797 images, values 0..16), split 80/20 stratified."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -284,7 +186,7 @@ def _digits(*, split: Split, root: Path | None, image_size: int | None) -> Image
     return _from_numpy(images[keep], labels[keep], name="digits", classes=DIGIT_CLASSES, scale=16)
 
 
-def _idx_dataset(name: str, folder: Path, split: Split, classes: Sequence[str]) -> ImageDataset:
+def _idx_dataset(name: str, folder: Path, split: Split, classes: Sequence[str]) -> _ImageDataset:
     prefix = "train" if split is Split.TRAIN else "t10k"
     expected = [
         f"{p}-{k}" for p in ("train", "t10k") for k in ("images-idx3-ubyte", "labels-idx1-ubyte")
@@ -296,7 +198,7 @@ def _idx_dataset(name: str, folder: Path, split: Split, classes: Sequence[str]) 
 
 
 @DATASETS.register("fashion-mnist")
-def _fashion_mnist(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
+def _fashion_mnist(*, split: Split, root: Path | None, image_size: int | None) -> _ImageDataset:
     """Fashion-MNIST (28x28 grey, 10 classes) from IDX files; root defaults to
     :func:`fashion_mnist_root` (Debian's copy, or under ``$DEEPCLOAK_DATA_ROOT``)."""
     default = fashion_mnist_root()
@@ -312,14 +214,14 @@ def _fashion_mnist(*, split: Split, root: Path | None, image_size: int | None) -
 
 
 @DATASETS.register("mnist")
-def _mnist(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
+def _mnist(*, split: Split, root: Path | None, image_size: int | None) -> _ImageDataset:
     """MNIST (28x28 grey digits) from IDX files in ``root``."""
     folder = _require_root(root, "mnist", "MNIST's IDX files (train-images-idx3-ubyte etc.)")
     return _idx_dataset("mnist", folder, split, DIGIT_CLASSES)
 
 
 @DATASETS.register("cifar10")
-def _cifar10(*, split: Split, root: Path | None, image_size: int | None) -> ImageDataset:
+def _cifar10(*, split: Split, root: Path | None, image_size: int | None) -> _ImageDataset:
     """CIFAR-10 (32x32 RGB) from the binary or python version, extracted under ``root``."""
     what = "cifar-10-batches-bin or cifar-10-batches-py (or the folder itself)"
     folder, binary = _formats.find_cifar_dir(_require_root(root, "cifar10", what))
@@ -343,3 +245,7 @@ def _image_folder(*, split: Split, root: Path | None, image_size: int | None) ->
     """
     folder = _require_root(root, "imagefolder", "one sub-folder of images per class")
     return read_image_folder(folder, split=split.value, image_size=image_size)
+
+
+# Moved after 0.1.0: ImageDataset has a module of its own (deepcloak.data.memory).
+__getattr__ = moved_names(__name__, {"ImageDataset": _memory})

@@ -21,15 +21,15 @@ from typing import Any, ParamSpec, TypeVar
 
 from torch import nn
 
+from deepcloak.attacks import ATTACKS
 from deepcloak.attacks import art as art_attacks  # also registers "apgd", "square", "art-pgd"
-from deepcloak.attacks.native import ATTACKS, Attack, Norm, parse_norm
+from deepcloak.attacks.native import Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
 from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
 from deepcloak.cloak.taps import Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
-from deepcloak.evaluation.ratio_choice import check_budget
 from deepcloak.models.precision import (
     Precision,
     check_precision_supported,
@@ -37,7 +37,7 @@ from deepcloak.models.precision import (
     parse_precision,
 )
 from deepcloak.models.runtime import model_device
-from deepcloak.validation import check_epsilon, check_ratio, check_ratios
+from deepcloak.validation import check_budget, check_epsilon, check_ratio, check_ratios
 
 __all__ = ["LEVELS", "EvaluationConfig", "EvaluationLevel", "build_attack", "in_config_precision"]
 

@@ -5,15 +5,15 @@ Every accuracy deepcloak reports, from ``deepcloak harden``, ``deepcloak evaluat
 ``(N,)`` (or ``(k, N)`` for ``k`` random masks) with the defence, the threat model (one
 :class:`ThreatModel` vocabulary), the attack and the ratio that produced it. Accuracies,
 intervals and McNemar tests are computed from those vectors, never reconstructed from rounded
-fractions. A ratio sweep is a :class:`SweepResult` of :class:`SweepRow`; the careful evaluation
-an :class:`EvaluationReport`. Their JSON follows one versioned layout, :data:`SCHEMA`, documented
-in ``docs/schema.md``.
+fractions. A ratio sweep is a :class:`SweepResult` of :class:`SweepRow`; the ratio chosen from
+one a :class:`RatioChoice`; the careful evaluation an :class:`EvaluationReport`. Their JSON
+follows one versioned layout, :data:`SCHEMA`, documented in ``docs/schema.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +22,11 @@ import torch
 from deepcloak.cloak.taps import LayerRef
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.sanity import SanityCheck
-from deepcloak.evaluation.stats import McNemarResult, mcnemar_exact, mean_interval, wilson_interval
 from deepcloak.evaluation.timings import Timings
+from deepcloak.stats import McNemarResult, mcnemar_exact, mean_interval, wilson_interval
 
 if TYPE_CHECKING:
     from deepcloak.evaluation.config import EvaluationConfig
-    from deepcloak.evaluation.ratio_choice import RatioChoice
 
 __all__ = [
     "ACTIVATION",
@@ -42,6 +41,8 @@ __all__ = [
     "AccuracyResult",
     "Comparison",
     "EvaluationReport",
+    "RatioCandidate",
+    "RatioChoice",
     "SweepResult",
     "SweepRow",
     "ThreatModel",
@@ -102,7 +103,7 @@ class AccuracyResult:
     ``correct`` is boolean, ``(N,)`` over the test samples in order, or ``(k, N)`` for ``k``
     random masks of the same size evaluated on the same samples (then ``accuracy`` is the mean
     over the masks and ``interval`` the interval of that mean,
-    :func:`~deepcloak.evaluation.stats.mean_interval`).
+    :func:`~deepcloak.stats.mean_interval`).
     """
 
     defense: str
@@ -396,6 +397,75 @@ class SweepResult:
             ],
             "comparisons": [c.to_json() for c in self.comparisons()],
         }
+
+
+@dataclass(frozen=True)
+class RatioCandidate:
+    """One ratio considered: its validation accuracies and whether it fits the budget."""
+
+    ratio: float
+    n_removed: int
+    clean_accuracy: float
+    graybox_accuracy: float
+    graybox_gain: float
+    clean_drop: float
+    within_budget: bool
+    clean_ci: tuple[float, float] = (0.0, 1.0)
+    graybox_ci: tuple[float, float] = (0.0, 1.0)
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class RatioChoice:
+    """The chosen ratio and everything that led to it.
+
+    Attributes:
+        ratio: the chosen fraction of features removed (0 when no ratio helps within budget).
+        clean_budget: the largest clean-accuracy drop allowed, as a fraction (0.01 = 1 point).
+        baseline_clean_accuracy: the unmasked model's clean accuracy on the validation split
+            (``None`` for a fixed ratio).
+        baseline_graybox_accuracy: the unmasked model's gray-box accuracy there.
+        candidates: every ratio considered, in sweep order.
+        n_samples: validation samples behind the choice.
+        attack: the attack that crafted the validation samples (on the unmasked model).
+        split: where the choice was made (``"validation"``, or ``"fixed"`` for a user's ratio).
+        reason: one sentence on why this ratio was chosen.
+    """
+
+    ratio: float
+    clean_budget: float
+    baseline_clean_accuracy: float | None
+    baseline_graybox_accuracy: float | None
+    candidates: tuple[RatioCandidate, ...]
+    n_samples: int
+    attack: dict[str, Any]
+    split: str
+    reason: str
+
+    @property
+    def chosen(self) -> RatioCandidate | None:
+        """The candidate row of the chosen ratio (``None`` for a fixed ratio)."""
+        for c in self.candidates:
+            if c.ratio == self.ratio:
+                return c
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of all fields; each candidate's accuracies with a Wilson interval."""
+        d = asdict(self)
+        d["candidates"] = [
+            {
+                **asdict(c),
+                "clean_ci": _ci(c.clean_ci, c.confidence),
+                "graybox_ci": _ci(c.graybox_ci, c.confidence),
+            }
+            for c in self.candidates
+        ]
+        return d
+
+
+def _ci(interval: tuple[float, float], confidence: float) -> dict[str, Any]:
+    return {"low": interval[0], "high": interval[1], "confidence": confidence, "method": "wilson"}
 
 
 @dataclass

@@ -45,10 +45,12 @@ from deepcloak._version import __version__
 from deepcloak.cloak.fit import Cloak
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.evaluation.crafted import CraftedSets, CraftKey
+from deepcloak.evaluation.inputs import describe_train
 from deepcloak.evaluation.results import AccuracyResult, SweepResult
 from deepcloak.evaluation.sanity import SanityCheck
 from deepcloak.evaluation.timings import AttackPass, StageTime, Timings, clock
 from deepcloak.io import load_tensors, read_header, save_tensors, write_json_atomic
+from deepcloak.models.runtime import model_device
 
 __all__ = [
     "CHECKS",
@@ -737,9 +739,6 @@ def fingerprint(
         config: the evaluation's settings as JSON.
         metadata: the caller's facts (``deepcloak evaluate``: model and data names, ...).
     """
-    from deepcloak.evaluation.inputs import describe_train
-    from deepcloak.models.runtime import model_device
-
     source = describe_train(train)
     if isinstance(train, Cloak):
         source = {**source, "layer": train.layer.to_json(), "scores": digest(train.scores)}

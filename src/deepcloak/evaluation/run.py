@@ -65,13 +65,14 @@ from deepcloak.evaluation.inputs import (
 )
 from deepcloak.evaluation.passes import Stage, renamed
 from deepcloak.evaluation.probes import eps_curve, sanity_checks
-from deepcloak.evaluation.ratio_choice import RatioChoice, choose_ratio
+from deepcloak.evaluation.ratio_choice import choose_ratio
 from deepcloak.evaluation.results import (
     CLOAKED,
     UNMASKED,
     AccuracyResult,
     Comparison,
     EvaluationReport,
+    RatioChoice,
     SweepResult,
     ThreatModel,
     compare,

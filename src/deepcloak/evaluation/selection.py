@@ -27,9 +27,9 @@ from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.config import EvaluationConfig
 from deepcloak.evaluation.crafted import Samples
-from deepcloak.evaluation.ratio_choice import RatioCandidate, RatioChoice
-from deepcloak.evaluation.stats import wilson_interval
+from deepcloak.evaluation.results import RatioCandidate, RatioChoice
 from deepcloak.models.runtime import model_device
+from deepcloak.stats import wilson_interval
 
 __all__ = ["search_choice", "search_cloak"]
 

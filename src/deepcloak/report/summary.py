@@ -20,7 +20,10 @@ from deepcloak.evaluation.results import (
 from deepcloak.report.figures import attack_label
 
 if TYPE_CHECKING:
-    from deepcloak.harden import HardenResult
+    from deepcloak.cloak.search import SearchResult
+    from deepcloak.cloak.taps import LayerRef
+    from deepcloak.data.splits import ValidationInfo
+    from deepcloak.evaluation.results import SweepResult
 
 __all__ = ["evaluation_mask_lines", "paper_line", "saved_mask_lines", "saved_mask_record"]
 
@@ -29,24 +32,44 @@ def _accuracy(r: AccuracyResult) -> dict[str, Any]:
     return {"accuracy": r.accuracy, "interval": list(r.interval), "correct": r.n_correct, "n": r.n}
 
 
-def saved_mask_record(result: HardenResult) -> dict[str, Any]:
+def saved_mask_record(
+    sweep: SweepResult,
+    *,
+    ratio: float,
+    layer: LayerRef,
+    search: SearchResult | None,
+    validation: ValidationInfo | None,
+    score: str,
+    clean_budget: float,
+) -> dict[str, Any]:
     """The ``saved_mask`` record of ``report.json`` (documented in ``docs/schema.md``).
 
     Test figures are the sweep's rows at the saved ratio and at 0 (the unmasked model), on the
     same samples; validation figures are the search's, on the samples the mask was chosen on.
+
+    Args:
+        sweep: the test sweep of ``deepcloak harden`` (it includes ``ratio`` and 0).
+        ratio: the saved mask's ratio.
+        layer: the layer the mask applies to.
+        search: the search that chose the mask, or ``None`` for a fixed ratio.
+        validation: where the search's validation samples came from, if it ran.
+        score: the scorer that ranked features for a fixed ratio.
+        clean_budget: the search's clean-accuracy budget.
+
+    Returns:
+        The record, JSON-able (:meth:`deepcloak.harden.HardenResult.saved_mask` fills it).
     """
-    sweep, config, search = result.sweep, result.config, result.search
-    row, base = sweep.row(result.ratio), sweep.row(0.0)
+    row, base = sweep.row(ratio), sweep.row(0.0)
     record: dict[str, Any] = {
         "method": "search" if search is not None else "ratio",
         "selector": search.selector if search is not None else None,
         "settings": dict(search.settings) if search is not None else None,
-        "score": None if search is not None else config.score,
-        "layer": result.cloak.layer.to_json(),
+        "score": None if search is not None else score,
+        "layer": layer.to_json(),
         "n_features": sweep.n_features,
         "n_removed": row.n_removed,
-        "ratio": result.ratio,
-        "clean_budget": config.clean_budget if search is not None else None,
+        "ratio": ratio,
+        "clean_budget": clean_budget if search is not None else None,
         "fits_budget": None,
         "found": None,
         "validation": None,
@@ -58,7 +81,7 @@ def saved_mask_record(result: HardenResult) -> dict[str, Any]:
         record["fit_budget"] = search.fit_budget
         record["fit_samples"] = search.fit_samples
         record["validation"] = {
-            **(result.validation.to_json() if result.validation is not None else {}),
+            **(validation.to_json() if validation is not None else {}),
             "samples": search.val_samples,
             "confidence": search.confidence,
             "clean_accuracy": chosen.clean_accuracy,
