@@ -107,3 +107,17 @@ def test_a_checkpoint_whose_name_is_not_utf8_is_read(tmp_path: Path) -> None:
     x = torch.rand(2, 1, 8, 8)
     assert torch.equal(loaded(x), model.eval()(x))
     assert load_tensors(path)[0].keys() == load_tensors(path, follow_symlinks=False)[0].keys()
+
+
+def test_weights_whose_name_is_not_utf8_are_read(tmp_path: Path) -> None:
+    from safetensors.torch import save
+
+    from deepcloak.models.checkpoint import _read_weights
+
+    model = create_model("cnn", in_channels=1, num_classes=10, input_size=8, width=4)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/weights-\xff.safetensors"))
+    path.write_bytes(save(state))  # the safetensors library itself cannot open this name
+    read = _read_weights(path, allow_pickle=False)
+    assert read.keys() == state.keys()
+    assert all(torch.equal(read[k], v) for k, v in state.items())

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as st_load_bytes
 from safetensors.torch import load_file as st_load_file
 from torch import nn
 
@@ -448,6 +449,14 @@ def _call_factory(spec: str, module_name: str, attr: str) -> nn.Module:
     return model
 
 
+def _utf8_name(path: Path) -> bool:
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """A state_dict from a safetensors or ``torch.save`` file (loaded to CPU)."""
     if not path.is_file():
@@ -455,7 +464,12 @@ def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
     kind = _sniff(path)
     if kind == "safetensors":
         try:
-            return st_load_file(path)
+            if _utf8_name(path):
+                return st_load_file(path)
+            # The safetensors library takes only UTF-8 file names: read the bytes through
+            # Python's file instead, after the header check bounds what they may hold.
+            read_header(path)
+            return st_load_bytes(path.read_bytes())
         except (SafetensorError, OSError) as e:
             raise DataFormatError(f"{path}: not a readable safetensors file ({e})") from None
     if kind == "unknown":  # a text file, an image, random bytes: not worth unpickling
