@@ -6,6 +6,7 @@ that produce them, on the cloaked model (where gradient masking would show).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -147,14 +148,15 @@ def _more_steps(
 ) -> SanityCheck:
     name = curve_attack(config)
     base = build_attack(name, config)  # the defences' white-box first attack, when they ran it
-    more_steps = config.steps * config.more_steps_factor
-    more = build_attack(name, config, steps=more_steps)
+    steps: int = getattr(base, "steps", config.steps)  # attack_params may set its own
+    more_steps = steps * config.more_steps_factor
+    more = dataclasses.replace(base, steps=more_steps)  # type: ignore[type-var]
     stage = Stage(progress, "sanity checks", 2 * samples.y.numel())
     with cloaked() as m:
         base_correct = samples.correct(m, store.get(base, m, on, samples, stage))
         more_correct = samples.correct(m, store.get(more, m, on, samples, stage))
     return check_more_steps(
-        _mean(base_correct), _mean(more_correct), steps=config.steps, more_steps=more_steps,
+        _mean(base_correct), _mean(more_correct), steps=steps, more_steps=more_steps,
         n=samples.y.numel(), tolerance=config.sanity_tolerance, attack=name.upper(),
     )  # fmt: skip
 
