@@ -127,13 +127,26 @@ def cloak_for(model: nn.Module, eps: float, args: argparse.Namespace) -> Cloak:
     return fit(model, train.loader(batch_size=256), attack=FGSM(eps=eps), seed=args.seed)
 
 
+#: The pseudo-level ``before``: ``standard`` as it was before issue 17 (FGSM, PGD-20, ART's
+#: APGD-CE-20, Square-300, each on every sample), for the before/after comparison.
+BEFORE = "before"
+
+
 def level_worst_case(
     model: nn.Module, samples: Samples, level: str, eps: float, on: Any
 ) -> torch.Tensor:
     """Per-sample correctness under the level's white-box worst case."""
-    config = EvaluationConfig.for_level(level, eps=eps, batch_size=samples.batch_size)
-    attacks = {name: build_attack(name, config) for name in config.attacks}
-    sets = CraftedSets(Timings()).get_all(attacks, model, on, samples)
+    store = CraftedSets(Timings())
+    if level == BEFORE:
+        config = EvaluationConfig(
+            eps=eps, attacks=("fgsm", "pgd", "art-apgd", "square"), steps=20, attack_params={},
+            max_queries=300, batch_size=samples.batch_size,
+        )  # fmt: skip
+        sets = {n: store.get(build_attack(n, config), model, on, samples) for n in config.attacks}
+    else:
+        config = EvaluationConfig.for_level(level, eps=eps, batch_size=samples.batch_size)
+        attacks = {name: build_attack(name, config) for name in config.attacks}
+        sets = store.get_all(attacks, model, on, samples)
     return worst_case([correct(model, samples, x) for x in sets.values()])
 
 
@@ -245,7 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--families", default="resnet,cnn,vgg,wrn")
     parser.add_argument("--samples", type=int, default=500, help="first N test samples")
-    parser.add_argument("--levels", default="standard,thorough")
+    parser.add_argument(
+        "--levels", default="standard,thorough", help=f"levels, and {BEFORE!r}: standard before"
+    )
     parser.add_argument("--variants", default="unmasked,cloaked")
     parser.add_argument("--eps", default=None, help="comma-separated budgets (default: picked)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")

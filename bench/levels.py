@@ -277,6 +277,12 @@ def peer_section(data: dict[str, Any]) -> list[str]:
             f"| {row['only_peer']} / {row['only_deepcloak']} | {_p(row['p_value'])} "
             f"| {row['cost_ratio']:.2f} ({row['seconds']:.0f} s / {row['peer_seconds']:.0f} s) |"
         )
+    if any(row["level"] == "before" for row in data.get("rows", [])):
+        lines += [
+            "",
+            "`before`: the `standard` level before issue 17 (FGSM, PGD-20, ART's APGD-CE-20,",
+            "Square-300, each on every sample), on the same samples.",
+        ]
     lines += ["", *data.get("notes", []), "<!-- autoattack:end -->"]
     return lines
 
