@@ -188,7 +188,7 @@ def measure(args: argparse.Namespace, data: dict[str, Any]) -> None:
             write_json_atomic(args.json, data)
         cloak = cloak_for(model, max(picks[name]), args)
         for variant in args.variants.split(","):
-            for eps in picks[name]:
+            for eps in args.eps or picks[name]:  # --eps: only these (e.g. to finish a part)
                 key = f"{name}|{variant}|{eps:g}"
                 cloaked = variant == "cloaked"
                 on = target("cloaked", RATIO) if cloaked else target("unmasked")
