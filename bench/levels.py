@@ -263,8 +263,9 @@ def peer_section(data: dict[str, Any]) -> list[str]:
         f"{run.get('peer', 'AutoAttack')} against deepcloak's levels (white-box worst case of",
         "the level's attacks) on the same models, samples and budgets (L-inf), by",
         "`python bench/autoattack.py`. *Only peer / only deepcloak*: samples broken by one and",
-        "not the other; *p*: exact McNemar test on those; *cost*: deepcloak's attack seconds",
-        "over the peer's. Measured on: " + run.get("setting", "(not recorded)"),
+        "not the other; *p*: exact McNemar test on those, one-sided (the peer breaks more);",
+        "*cost*: deepcloak's attack seconds over the peer's. Measured on: "
+        + run.get("setting", "(not recorded)"),
         "",
         "| model | variant | eps | clean | AutoAttack | level | deepcloak "
         "| only peer / only deepcloak | p | cost |",
