@@ -29,13 +29,15 @@ from typing import Any
 import torch
 
 from deepcloak.environment import environment
-from deepcloak.evaluation.config import EvaluationConfig, EvaluationLevel
+from deepcloak.evaluation.config import EvaluationConfig, EvaluationLevel, build_attack
+from deepcloak.evaluation.probes import curve_attack
 from deepcloak.evaluation.run import evaluate_sources
 from deepcloak.evaluation.sources import DataSource, ModelSource
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "evaluation-levels.md"
 TIMES = ROOT / "docs" / "evaluation-levels.json"
+PEER = ROOT / "docs" / "autoattack.json"  # bench/autoattack.py: the levels against AutoAttack
 DEFAULT_MODEL = ROOT / "runs" / "resnet-fashion-mnist.safetensors"
 
 
@@ -121,9 +123,21 @@ def level_rows() -> list[list[str]]:
     def yes(flag: bool) -> str:
         return "yes" if flag else "no"
 
+    def spec(c: EvaluationConfig, name: str, key: str) -> Any:
+        return build_attack(name, c).spec()[key] if name in c.attacks else None
+
+    def apgd(c: EvaluationConfig) -> str:
+        ce, t = spec(c, "apgd", "steps"), spec(c, "apgd-t", "steps")
+        out = f"APGD-CE {ce} × {spec(c, 'apgd', 'restarts')}" if ce else ""
+        if t:
+            out += f"; APGD-T {t} × top-{spec(c, 'apgd-t', 'targets')} targets"
+        return out or "–"
+
     return [
-        row("attacks", lambda c: ", ".join(c.attacks)),
-        row("PGD/APGD steps × restarts", lambda c: f"{c.steps} × {c.restarts}"),
+        row("attacks (each after FGSM and the first: on the samples still standing)",
+            lambda c: ", ".join(c.attacks)),
+        row("APGD steps × restarts", apgd),
+        row("PGD steps (ratio sweep) × restarts", lambda c: f"{c.steps} × {c.restarts}"),
         row("Square queries per sample",
             lambda c: str(c.max_queries) if "square" in c.attacks else "–"),
         row("random masks (baseline)", lambda c: str(c.n_random)),
@@ -132,7 +146,9 @@ def level_rows() -> list[list[str]]:
             lambda c: _grid(c.whitebox_ratios) + " + chosen"),
         row("FeatureSqueezing, SpatialSmoothing", lambda c: yes(c.preprocessing_baselines)),
         row("baselines attacked white-box", lambda c: yes(c.whitebox_baselines)),
-        row("sanity: more-steps probe", lambda c: f"PGD-{c.steps * c.more_steps_factor}"),
+        row("sanity: more-steps probe", lambda c: (
+            f"{curve_attack(c).upper()}-"
+            f"{build_attack(curve_attack(c), c).spec()['steps'] * c.more_steps_factor}")),
         row("sanity: unbounded probe, eps growth, gradient-free, FGSM", lambda c: "yes"),
         row("test and validation samples (cap)", lambda c: cap(c.max_samples)),
         row("fit samples (cap)", lambda c: cap(c.max_fit_samples)),
@@ -176,8 +192,12 @@ def markdown(times: dict[str, dict[str, Any]]) -> str:
         "validation split (PGD gray-box sweep), every defence (unmasked, cloaked, random mask,",
         "activation pruning and, where listed, the preprocessing baselines) under every attack",
         "gray-box and white-box, the accuracy-vs-eps curve, the sanity checks and the test ratio",
-        "curve. `standard` is today's evaluation; `quick` is a first look, not a result to",
-        "publish (no gradient-free attack, so the gradient-masking check cannot pass).",
+        "curve. Within a worst case the attacks run as AutoAttack runs them: FGSM and the first",
+        "attack on every sample, each later one only on the samples still standing. `quick` is",
+        "a first look, not a result to publish (APGD-CE-10 on 100 samples, no gradient-free",
+        "attack, so the gradient-masking check cannot pass); `standard` aims at AutoAttack's",
+        "strength at a third of its cost or less, `thorough` at least at AutoAttack's standard",
+        "version (see the comparison below).",
         "",
         "| " + " | ".join(head) + " |",
         "| " + " | ".join("---" for _ in head) + " |",
@@ -224,7 +244,48 @@ def markdown(times: dict[str, dict[str, Any]]) -> str:
         )
     notes = sorted({t.get("note", "") for t in times.values()} - {""})
     lines += ["", *notes] if notes else []
+    if PEER.exists():
+        lines += ["", *peer_section(json.loads(PEER.read_text()))]
     return "\n".join(lines) + "\n"
+
+
+def _p(value: float | None) -> str:
+    return "–" if value is None else (f"{value:.2g}" if value >= 0.001 else f"{value:.0e}")
+
+
+def peer_section(data: dict[str, Any]) -> list[str]:
+    """The levels against AutoAttack, as ``bench/autoattack.py`` recorded them."""
+    run = data.get("run", {})
+    lines = [
+        "<!-- autoattack:start (python bench/autoattack.py --render) -->",
+        "## Measured strength against AutoAttack",
+        "",
+        f"{run.get('peer', 'AutoAttack')} against deepcloak's levels (white-box worst case of",
+        "the level's attacks) on the same models, samples and budgets (L-inf), by",
+        "`python bench/autoattack.py`. *Only peer / only deepcloak*: samples broken by one and",
+        "not the other; *p*: exact McNemar test on those, one-sided (the peer breaks more);",
+        "*cost*: deepcloak's attack seconds over the peer's. Measured on: "
+        + run.get("setting", "(not recorded)"),
+        "",
+        "| model | variant | eps | clean | AutoAttack | level | deepcloak "
+        "| only peer / only deepcloak | p | cost |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in data.get("rows", []):
+        lines.append(
+            f"| {row['model']} | {row['variant']} | {row['eps']:g} | {row['clean']:.1%} "
+            f"| {row['peer_accuracy']:.1%} | `{row['level']}` | {row['accuracy']:.1%} "
+            f"| {row['only_peer']} / {row['only_deepcloak']} | {_p(row['p_value'])} "
+            f"| {row['cost_ratio']:.2f} ({row['seconds']:.0f} s / {row['peer_seconds']:.0f} s) |"
+        )
+    if any(row["level"] == "before" for row in data.get("rows", [])):
+        lines += [
+            "",
+            "`before`: the `standard` level before issue 17 (FGSM, PGD-20, ART's APGD-CE-20,",
+            "Square-300, each on every sample), on the same samples.",
+        ]
+    lines += ["", *data.get("notes", []), "<!-- autoattack:end -->"]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

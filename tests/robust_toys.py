@@ -94,6 +94,7 @@ TOY_CONFIG = EvaluationConfig(
     eps=0.05,
     attacks=("fgsm", "pgd", "apgd", "square"),
     steps=10,
+    attack_params={},  # APGD at ``steps`` too (not the standard level's 100)
     max_queries=100,
     ratios=(0.0, 0.05, 0.1, 0.2, 0.3),
     whitebox_ratios=(0.0, 0.1),

@@ -483,7 +483,7 @@ def evaluate(
     surrogate: Annotated[str | None, typer.Option(help="Independently trained model for the transfer threat model.")] = None,
     level: Annotated[str, typer.Option(help="quick (a first look), standard or thorough: fixes attacks, steps, restarts, queries, random masks, eps grid, white-box ratios, sanity probes and the sample cap; the options below override it.")] = "standard",
     max_samples: Annotated[str | None, typer.Option(help="Cap on test and validation samples: N or all (default: the level's).")] = None,
-    attacks: Annotated[str | None, typer.Option(help="Comma-separated: fgsm, pgd, apgd, square, art-pgd (default: the level's).")] = None,
+    attacks: Annotated[str | None, typer.Option(help="Comma-separated: fgsm, pgd, apgd, apgd-t, square, art-apgd, art-pgd (default: the level's).")] = None,
     eps: EpsOpt = 8 / 255,
     norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
     steps: Annotated[int | None, typer.Option(help="Steps of PGD and APGD (default: the level's).")] = None,

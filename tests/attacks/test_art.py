@@ -125,11 +125,11 @@ def test_zero_budget_returns_the_inputs(toy: tuple[nn.Module, torch.Tensor, torc
 
 
 def test_registered_by_name_with_specs() -> None:
-    assert {"apgd", "square", "art-pgd"} <= set(ATTACKS.names())
-    apgd = create_attack("apgd", eps=0.03, steps=20)
+    assert {"art-apgd", "square", "art-pgd"} <= set(ATTACKS.names())
+    apgd = create_attack("art-apgd", eps=0.03, steps=20)
     assert isinstance(apgd, ArtAPGD)
     assert apgd.spec() == {
-        "name": "apgd",
+        "name": "art-apgd",
         "library": "art",
         "eps": 0.03,
         "steps": 20,

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from deepcloak.attacks import (
+    APGD,
+    APGDT,
     FGSM,
     PGD,
     ArtAPGD,
@@ -79,7 +81,7 @@ def test_native_and_art_share_the_iterative_checks(
 
 
 def test_create_attack_builds_native_and_art_attacks_by_name() -> None:
-    assert list_attacks() == ["apgd", "art-pgd", "fgsm", "pgd", "square"]
+    assert list_attacks() == ["apgd", "apgd-t", "art-apgd", "art-pgd", "fgsm", "pgd", "square"]
     assert isinstance(create_attack("fgsm", eps=0.1), FGSM)
     assert isinstance(create_attack("square", eps=0.1, max_queries=5), ArtSquare)
     assert attack_settings("fgsm") == {"eps"}
@@ -91,9 +93,13 @@ def test_create_attack_builds_native_and_art_attacks_by_name() -> None:
         create_attack("pgd", steps=3)
     with pytest.raises(DeepCloakError, match="unknown attack 'cw'"):
         create_attack("cw", eps=0.1)
-    for attack in (PGD(eps=0.1, steps=3, norm="l2"), ArtAPGD(eps=0.1), ArtSquare(eps=0.2)):
+    attacks = (PGD(eps=0.1, steps=3, norm="l2"), ArtAPGD(eps=0.1), ArtSquare(eps=0.2))
+    for attack in (*attacks, APGD(eps=0.1, norm="l2"), APGDT(eps=0.1, targets=3)):
         rebuilt = attack_from_spec(attack.spec())
         assert type(rebuilt) is type(attack) and rebuilt.spec() == attack.spec()
+    # ART's APGD was saved as "apgd" before the native one took the name
+    old = {**ArtAPGD(eps=0.1).spec(), "name": "apgd"}
+    assert isinstance(attack_from_spec(old), ArtAPGD)
 
 
 def test_import_deepcloak_loads_neither_art_nor_rich_nor_matplotlib() -> None:

@@ -15,7 +15,7 @@ from deepcloak.attacks.native import FGSM
 from deepcloak.cli import app
 from deepcloak.cloak.search import search_mask
 from deepcloak.errors import DeepCloakError
-from deepcloak.evaluation.config import LEVELS, EvaluationConfig, EvaluationLevel
+from deepcloak.evaluation.config import LEVELS, EvaluationConfig, EvaluationLevel, build_attack
 from deepcloak.evaluation.crafted import Samples
 from deepcloak.evaluation.results import EvaluationReport
 from deepcloak.evaluation.run import evaluate_cloak
@@ -38,9 +38,9 @@ def test_standard_is_the_default_evaluation() -> None:
     assert EvaluationConfig.for_level("standard") == EvaluationConfig()
     assert EvaluationConfig().level is EvaluationLevel.STANDARD
     assert EvaluationConfig().level_overrides == ()
-    # what standard must keep: white-box PGD, APGD, Square, the random baseline, the probes
+    # what standard must keep: white-box APGD-CE and APGD-T, Square, the random baseline, the probes
     standard = EvaluationConfig()
-    assert {"pgd", "apgd", "square"} <= set(standard.attacks) and standard.n_random >= 5
+    assert {"apgd", "apgd-t", "square"} <= set(standard.attacks) and standard.n_random >= 5
     assert standard.max_samples == 500 and standard.more_steps_factor >= 4
 
 
@@ -54,6 +54,10 @@ def test_a_level_fixes_its_settings_and_explicit_settings_win(level: EvaluationL
     assert (tuned.steps, tuned.max_samples) == (7, None)
     changed = {"steps": 7, "max_samples": None}
     expected = {n for n, v in changed.items() if LEVELS[level][n] != v}  # thorough: no cap already
+    # explicit steps are APGD's too, which the level sets apart in attack_params
+    assert tuned.attack_params.get("apgd", {}).get("steps") is None
+    assert build_attack("apgd", tuned).spec()["steps"] == 7
+    expected |= {"attack_params"} if "apgd" in LEVELS[level]["attack_params"] else set()
     assert set(tuned.level_overrides) == expected
     assert tuned.to_json()["level"] == level.value
     assert set(tuned.to_json()["level_overrides"]) == set(tuned.level_overrides)

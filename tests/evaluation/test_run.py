@@ -220,7 +220,8 @@ def test_the_json_is_complete_and_strict(report: EvaluationReport) -> None:
 # ------------------------------------------------------------------------------------ bad input
 def test_bad_settings_are_clear_errors() -> None:
     with pytest.raises(
-        DeepCloakError, match=r"unknown attack 'cw'; expected one of: apgd, art-pgd"
+        DeepCloakError,
+        match=r"unknown attack 'cw'; expected one of: apgd, apgd-t, art-apgd, art-pgd",
     ):
         EvaluationConfig(attacks=("pgd", "cw"))
     with pytest.raises(DeepCloakError, match=r"eps must be <= 1.*Did you mean 8/255"):

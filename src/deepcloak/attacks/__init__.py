@@ -1,4 +1,5 @@
-"""Attacks: native FGSM/PGD (:mod:`.native`, the hot path) and ART's attacks (:mod:`.art`).
+"""Attacks: native FGSM/PGD (:mod:`.native`) and APGD (:mod:`.apgd`), the hot path, and ART's
+attacks (:mod:`.art`), the independent cross-check.
 
 Every attack, native or ART, is built by name with :func:`create_attack`. The names are
 registered here, explicitly, in one place: importing :mod:`.art` registers nothing, and the
@@ -11,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from deepcloak.attacks.apgd import APGD, APGDT
 from deepcloak.attacks.art import ART_ATTACKS, GRADIENT_FREE, ArtAPGD, ArtPGD, ArtSquare
 from deepcloak.attacks.base import Attack, Norm
 from deepcloak.attacks.native import FGSM, PGD
@@ -18,6 +20,8 @@ from deepcloak.errors import DeepCloakError
 from deepcloak.registry import Registry
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "ART_ATTACKS",
     "ATTACKS",
     "FGSM",
@@ -34,11 +38,14 @@ __all__ = [
     "list_attacks",
 ]
 
-#: Every attack by name: ``fgsm`` and ``pgd`` (native), ``apgd``, ``square``, ``art-pgd`` (ART).
+#: Every attack by name: ``fgsm``, ``pgd``, ``apgd`` (APGD-CE) and ``apgd-t`` (targeted APGD-DLR)
+#: native; ``art-apgd``, ``square`` and ``art-pgd`` from ART.
 ATTACKS: Registry[Attack] = Registry("attack")
 ATTACKS.register("fgsm")(FGSM)
 ATTACKS.register("pgd")(PGD)
-ATTACKS.register("apgd")(ArtAPGD)
+ATTACKS.register("apgd")(APGD)
+ATTACKS.register("apgd-t")(APGDT)
+ATTACKS.register("art-apgd")(ArtAPGD)
 ATTACKS.register("square")(ArtSquare)
 ATTACKS.register("art-pgd")(ArtPGD)
 
@@ -67,8 +74,8 @@ def create_attack(name: str, **settings: Any) -> Attack:
     """Build any attack, native or ART, by name.
 
     Args:
-        name: one of :func:`list_attacks` (``"fgsm"``, ``"pgd"``, ``"apgd"``, ``"square"``,
-            ``"art-pgd"``).
+        name: one of :func:`list_attacks` (``"fgsm"``, ``"pgd"``, ``"apgd"``, ``"apgd-t"``,
+            ``"art-apgd"``, ``"square"``, ``"art-pgd"``).
         **settings: the attack's parameters (``eps`` always; see each class for the rest).
 
     Returns:
@@ -105,5 +112,7 @@ def attack_from_spec(spec: Mapping[str, Any]) -> Attack:
     name = params.pop("name", None)
     if not isinstance(name, str):
         raise DeepCloakError(f"an attack spec needs a 'name', got {dict(spec)!r}")
+    if name == "apgd" and params.get("library") == "art":
+        name = "art-apgd"  # ART's APGD, saved under its name before the native one took it
     params.pop("library", None)  # descriptive only: the name says which library
     return create_attack(name, **params)

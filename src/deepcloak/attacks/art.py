@@ -14,7 +14,7 @@ reproducible and other code's randomness is untouched.
 
 ``art`` is imported only when an attack runs: install it with ``pip install 'deepcloak[art]'``.
 Importing this module has no side effect; :mod:`deepcloak.attacks` registers the names
-``"apgd"``, ``"square"`` and ``"art-pgd"``.
+``"art-apgd"``, ``"square"`` and ``"art-pgd"``.
 """
 
 from __future__ import annotations
@@ -325,8 +325,8 @@ class ArtAPGD(_ArtAttack):
         return np.asarray(attack.generate(x, y))
 
     def spec(self) -> dict[str, Any]:
-        """``{"name": "apgd", "library": "art", ...}`` with every parameter."""
-        return {"name": "apgd", "library": "art", **self._params()}
+        """``{"name": "art-apgd", "library": "art", ...}`` with every parameter."""
+        return {"name": "art-apgd", "library": "art", **self._params()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -447,4 +447,4 @@ class ArtPGD(_ArtAttack):
 GRADIENT_FREE = frozenset({"square"})
 
 #: The registered names of the attacks in this module (they need ART installed).
-ART_ATTACKS = frozenset({"apgd", "square", "art-pgd"})
+ART_ATTACKS = frozenset({"art-apgd", "square", "art-pgd"})

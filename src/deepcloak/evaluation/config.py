@@ -68,25 +68,37 @@ def _level(**settings: Any) -> Mapping[str, Any]:
 
 
 #: The settings each level fixes; every other setting keeps its default. ``standard`` is the
-#: dataclass defaults (today's evaluation); ``quick`` is a first look in about a minute on a
-#: CPU; ``thorough`` adds restarts, steps, queries, random masks and budgets, on every sample.
+#: dataclass defaults; ``quick`` is a first look in about a minute on a CPU (FGSM and APGD-CE-10
+#: on 100 samples, no gradient-free attack: not a result to publish); ``standard`` is AutoAttack's
+#: strength at a fraction of its cost (APGD-CE-100, then APGD-T over the top-3 targets and
+#: Square-300 on the samples still standing; ``bench/autoattack.py`` measures it against
+#: AutoAttack); ``thorough`` is at least AutoAttack's standard version (APGD-CE-100 with
+#: restarts, APGD-T over the top-9 targets, Square-5000) with more masks and budgets, on every
+#: sample. The sweep's PGD keeps ``steps``; APGD's steps and targets are ``attack_params``.
 # fmt: off
 LEVELS: Mapping[EvaluationLevel, Mapping[str, Any]] = MappingProxyType(
     {
         EvaluationLevel.QUICK: _level(
-            attacks=("fgsm", "pgd"), steps=10, restarts=1, max_queries=100, n_random=2,
+            attacks=("fgsm", "apgd"), steps=10, restarts=1, max_queries=100, n_random=2,
+            attack_params=_level(apgd=_level(steps=10)),
             eps_factors=(0.5, 1.0, 2.0), whitebox_ratios=(0.0,),
             preprocessing_baselines=False, whitebox_baselines=False, more_steps_factor=2,
             max_samples=100, max_fit_samples=2000,
         ),
         EvaluationLevel.STANDARD: _level(
-            attacks=("fgsm", "pgd", "apgd", "square"), steps=20, restarts=1, max_queries=300,
+            attacks=("fgsm", "apgd", "apgd-t", "square"), steps=20, restarts=1, max_queries=300,
+            attack_params=_level(
+                apgd=_level(steps=100), **{"apgd-t": _level(steps=100, targets=3)}
+            ),
             n_random=5, eps_factors=(0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
             whitebox_ratios=EVALUATION_WHITEBOX_RATIOS, preprocessing_baselines=True,
             whitebox_baselines=True, more_steps_factor=4, max_samples=500, max_fit_samples=None,
         ),
         EvaluationLevel.THOROUGH: _level(
-            attacks=("fgsm", "pgd", "apgd", "square"), steps=50, restarts=3, max_queries=1000,
+            attacks=("fgsm", "apgd", "apgd-t", "square"), steps=50, restarts=3, max_queries=5000,
+            attack_params=_level(
+                apgd=_level(steps=100), **{"apgd-t": _level(steps=100, targets=9, restarts=1)}
+            ),
             n_random=10, eps_factors=(0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0),
             whitebox_ratios=(0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5),
             preprocessing_baselines=True, whitebox_baselines=True, more_steps_factor=4,
@@ -107,6 +119,10 @@ def _default_eps_factors() -> tuple[float, ...]:
     return tuple(_STANDARD["eps_factors"])
 
 
+def _default_attack_params() -> Mapping[str, Mapping[str, Any]]:
+    return {k: dict(v) for k, v in _STANDARD["attack_params"].items()}
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvaluationConfig:
     """Everything that defines an evaluation (the CLI only parses into this).
@@ -114,12 +130,14 @@ class EvaluationConfig:
     Args:
         eps: attack budget in the [0, 1] input scale (8/255 ~ 0.031).
         norm: ``"linf"`` or ``"l2"`` for every attack (FGSM is L-inf only).
-        attacks: attack names from :data:`deepcloak.attacks.native.ATTACKS`: ``"fgsm"``, ``"pgd"``,
-            ``"apgd"``, ``"square"``, ``"art-pgd"``.
+        attacks: attack names from :data:`deepcloak.attacks.ATTACKS`: ``"fgsm"``, ``"pgd"``,
+            ``"apgd"``, ``"apgd-t"``, ``"square"``, ``"art-apgd"``, ``"art-pgd"``. In a worst
+            case each after the first (FGSM aside) runs only on the samples still standing.
         steps: iterations of PGD, APGD and ART's PGD.
         restarts: random restarts of those attacks.
         max_queries: queries per sample of the Square attack.
-        attack_params: per-attack overrides, e.g. ``{"apgd": {"loss": "dlr"}}``.
+        attack_params: per-attack overrides, e.g. ``{"apgd-t": {"targets": 9}}`` (the level's
+            by default: APGD's steps and targets).
         fit_eps: FGSM budget of the fit when a train loader is given (default ``eps``).
         score: scorer of the fit when a train loader is given.
         layer: layer L for the fit (default: input of the final ``nn.Linear``).
@@ -170,7 +188,7 @@ class EvaluationConfig:
     steps: int = 20
     restarts: int = 1
     max_queries: int = 300
-    attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=_default_attack_params)
     fit_eps: float | None = None
     score: str = "deepcloak"
     layer: str | None = None
@@ -217,7 +235,14 @@ class EvaluationConfig:
             DeepCloakError: an unknown level, or a bad setting.
         """
         parsed = EvaluationLevel.parse(level)
-        return cls(**{**LEVELS[parsed], **overrides, "level": parsed})
+        settings = dict(LEVELS[parsed])
+        if "steps" in overrides and "attack_params" not in overrides:
+            # explicit steps are every iterative attack's, APGD's too (which the level sets apart)
+            settings["attack_params"] = {
+                name: {k: v for k, v in params.items() if k != "steps"}
+                for name, params in settings["attack_params"].items()
+            }
+        return cls(**{**settings, **overrides, "level": parsed})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", parse_precision(self.precision))
@@ -266,6 +291,8 @@ class EvaluationConfig:
             )
         if len(set(self.attacks)) != len(self.attacks):
             raise DeepCloakError(f"attacks must not repeat, got {list(self.attacks)}")
+        # plain dicts: a level's read-only mappings cannot be copied by dataclasses.asdict
+        set_(self, "attack_params", {k: dict(v) for k, v in self.attack_params.items()})
         for name in self.attack_params:
             ATTACKS.get(name)  # an unknown name is an error listing the known ones
         for name in (*self.attacks, self.select_attack):

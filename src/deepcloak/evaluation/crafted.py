@@ -13,6 +13,12 @@ stage already crafted gets them back instead of attacking again:
   white-box attack at ratio 0 is the gray-box one;
 - an attack with budget 0 returns its input (the only point of its ball), without running.
 
+Attacks combined into a per-sample worst case run as AutoAttack runs them
+(:meth:`CraftedSets.get_standing`): the first on every sample, each later one only on the
+samples still standing (classified correctly under every attack before it). A later attack's set
+holds its own point for the samples it attacked and, for the others, the point that broke them
+earlier; its key names the attacks before it, so it is never mistaken for a set crafted alone.
+
 The key assumes what holds in an evaluation: an attack's spec names everything that shapes its
 output (attacks seed every call from their ``seed``), and every set is crafted in batches of the
 same size (``config.batch_size``), since random starts are drawn per batch.
@@ -25,6 +31,7 @@ an interrupted run.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +45,7 @@ from deepcloak.evaluation.results import UNMASKED
 from deepcloak.evaluation.timings import AttackPass, Timings, clock
 
 __all__ = [
+    "EVERY_SAMPLE",
     "SURROGATE",
     "CraftKey",
     "CraftedSets",
@@ -46,11 +54,24 @@ __all__ = [
     "Saved",
     "Target",
     "TimedAttack",
+    "standing_after",
     "target",
 ]
 
 #: The model name of the transfer threat model's surrogate.
 SURROGATE = "surrogate"
+
+#: Attacks that run on every sample even in a worst case (:meth:`CraftedSets.get_all`): FGSM
+#: costs one gradient, and the single-step sanity check compares it with the iterative attacks
+#: on the same samples.
+EVERY_SAMPLE = frozenset({"fgsm"})
+
+
+def standing_after(attacks: Sequence[str]) -> dict[str, list[str]]:
+    """Per attack name, the attacks it ran after on the samples still standing (
+    :meth:`CraftedSets.get_all`'s order); empty for those that ran on every sample."""
+    chained = [k for k in attacks if k not in EVERY_SAMPLE]
+    return {k: chained[: chained.index(k)] if k in chained else [] for k in attacks}
 
 
 @dataclass(frozen=True)
@@ -109,9 +130,13 @@ class CraftKey:
     split: str
 
     @classmethod
-    def of(cls, attack: Attack, model: str, split: str) -> CraftKey:
-        """The key of ``attack`` crafted on ``model`` over ``split``."""
-        return cls(json.dumps(attack.spec(), sort_keys=True), model, split)
+    def of(cls, attack: Attack, model: str, split: str, after: tuple[Attack, ...] = ()) -> CraftKey:
+        """The key of ``attack`` crafted on ``model`` over ``split`` (on the samples standing
+        ``after`` those attacks, when given)."""
+        spec = attack.spec()
+        if after:
+            spec = {**spec, "standing_after": [a.spec() for a in after]}
+        return cls(json.dumps(spec, sort_keys=True), model, split)
 
 
 class Saved(Protocol):
@@ -177,17 +202,107 @@ class CraftedSets:
                 progress.advance(n)
             return samples.x
         key = CraftKey.of(attack, on.key, samples.split)
+        found = self._found(key, samples, progress)
+        if found is not None:
+            return found
+        start = clock()
+        x_adv = samples.craft(attack, model, progress)
+        return self._keep(key, x_adv, attack, on, samples.split, n, clock() - start)
+
+    def get_standing(
+        self,
+        attacks: tuple[Attack, ...],
+        model: nn.Module,
+        on: Target,
+        samples: Samples,
+        progress: Stage | None = None,
+    ) -> list[torch.Tensor]:
+        """The sets of ``attacks`` run in turn, each after the first on the samples standing.
+
+        A sample stands while ``model`` classifies it correctly at the point of every attack
+        before; the others keep, in each later set, the point that broke them. So the per-sample
+        worst case over the sets is AutoAttack's, and each set's accuracy on ``model`` is the
+        worst case of the attacks up to it. The first set is :meth:`get`'s (shared with any
+        stage that runs that attack alone).
+
+        Args:
+            attacks: the attacks, in the order they run.
+            model: the model to attack; ``on``, ``samples``, ``progress``: as in :meth:`get`.
+
+        Returns:
+            One set ``(N, ...)`` per attack, in order.
+        """
+        n = samples.y.numel()
+        sets = [self.get(attacks[0], model, on, samples, progress)]
+        for i, attack in enumerate(attacks[1:], start=1):
+            key = CraftKey.of(attack, on.key, samples.split, after=attacks[:i])
+            found = None if attack.spec().get("eps") == 0 else self._found(key, samples, progress)
+            if found is not None:
+                sets.append(found)
+                continue
+            start = clock()
+            standing = samples.correct(model, sets[-1])  # (N,)
+            x_adv = sets[-1].clone()
+            if attack.spec().get("eps") != 0 and bool(standing.any()):
+                rows = Samples(
+                    samples.x[standing], samples.y[standing], samples.batch_size, samples.split
+                )
+                x_adv[standing] = rows.craft(attack, model, progress)
+            if progress is not None:
+                progress.advance(n - int(standing.sum()))
+            attacked = int(standing.sum())
+            sets.append(
+                self._keep(key, x_adv, attack, on, samples.split, attacked, clock() - start)
+            )
+        return sets
+
+    def get_all(
+        self,
+        attacks: Mapping[str, Attack],
+        model: nn.Module,
+        on: Target,
+        samples: Samples,
+        progress: Stage | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The sets of every attack (by name) for a per-sample worst case on ``model``.
+
+        The attacks in :data:`EVERY_SAMPLE` run alone on every sample (:meth:`get`); the others
+        in order, each after the first only on the samples still standing
+        (:meth:`get_standing`).
+        """
+        alone = [k for k in attacks if k in EVERY_SAMPLE]
+        chained = [k for k in attacks if k not in EVERY_SAMPLE]
+        out = {k: self.get(attacks[k], model, on, samples, progress) for k in alone}
+        if chained:
+            sets = self.get_standing(
+                tuple(attacks[k] for k in chained), model, on, samples, progress
+            )
+            out.update(zip(chained, sets, strict=True))
+        return {k: out[k] for k in attacks}
+
+    def _found(
+        self, key: CraftKey, samples: Samples, progress: Stage | None
+    ) -> torch.Tensor | None:
         found = self._find(key, samples)
         if found is not None:
             self._passes[key].uses += 1
             if progress is not None:
-                progress.advance(n)
-            return found
-        start = clock()
-        x_adv = samples.craft(attack, model, progress)
+                progress.advance(samples.y.numel())
+        return found
+
+    def _keep(
+        self,
+        key: CraftKey,
+        x_adv: torch.Tensor,
+        attack: Attack,
+        on: Target,
+        split: str,
+        attacked: int,
+        seconds: float,
+    ) -> torch.Tensor:
         record = AttackPass(
-            attack.spec(), on.key, on.defense, on.ratio, on.threat_model, samples.split,
-            self.stage, n, clock() - start,
+            json.loads(key.attack), on.key, on.defense, on.ratio, on.threat_model, split,
+            self.stage, attacked, seconds,
         )  # fmt: skip
         self._sets[key], self._passes[key] = x_adv, record
         self.timings.passes.append(record)

@@ -22,7 +22,14 @@ from deepcloak.cloak.fit import Cloak
 from deepcloak.cloak.mask import keep_mask, masked
 from deepcloak.evaluation.baselines import feature_squeezing, spatial_smoothing
 from deepcloak.evaluation.config import EvaluationConfig
-from deepcloak.evaluation.crafted import SURROGATE, CraftedSets, Samples, Target, target
+from deepcloak.evaluation.crafted import (
+    SURROGATE,
+    CraftedSets,
+    Samples,
+    Target,
+    standing_after,
+    target,
+)
 from deepcloak.evaluation.passes import Stage, worst_case
 from deepcloak.evaluation.results import (
     ACTIVATION,
@@ -153,10 +160,8 @@ def _whitebox(
     stage: Stage,
 ) -> dict[str, torch.Tensor]:
     with defense.variants[0]() as m:
-        return {
-            n: samples.correct(m, store.get(a, m, defense.target(), samples, stage))
-            for n, a in attacks.items()
-        }
+        sets = store.get_all(attacks, m, defense.target(), samples, stage)
+        return {n: samples.correct(m, x) for n, x in sets.items()}
 
 
 def _results(
@@ -202,27 +207,29 @@ def measure_defenses(
     """Every defence, clean and under every threat model and attack, plus the worst case.
 
     Gray-box samples are crafted once on the unmasked ``model`` and transfer samples once on the
-    ``surrogate``; white-box attacks run through each defence that allows it. Every set comes
-    from ``store`` (a fresh one by default), which crafts it only if no stage did before.
+    ``surrogate``; white-box attacks run through each defence that allows it. On each model the
+    attacks run as AutoAttack runs them, each after the first only on the samples still standing
+    (:meth:`CraftedSets.get_all`). Every set comes from ``store`` (a fresh one by default),
+    which crafts it only if no stage did before.
     """
     store = store if store is not None else CraftedSets(Timings())
     n = samples.y.numel()
     stage = Stage(progress, "gray-box attacks", len(attacks) * n)
     unmasked = target(UNMASKED)
-    crafted = {
-        ThreatModel.GRAYBOX: {
-            k: store.get(a, model, unmasked, samples, stage) for k, a in attacks.items()
-        }
-    }
+    crafted = {ThreatModel.GRAYBOX: store.get_all(attacks, model, unmasked, samples, stage)}
     if surrogate is not None:
         stage = Stage(progress, "transfer attacks", len(attacks) * n)
         on = target(SURROGATE)
-        crafted[ThreatModel.TRANSFER] = {
-            k: store.get(a, surrogate, on, samples, stage) for k, a in attacks.items()
-        }
+        crafted[ThreatModel.TRANSFER] = store.get_all(attacks, surrogate, on, samples, stage)
     n_white = sum(d.whitebox for d in defenses)
     white_stage = Stage(progress, "white-box attacks", len(attacks) * n_white * n)
-    specs: dict[str, dict[str, Any]] = {k: a.spec() for k, a in attacks.items()}
+    # An attack run after others only on the samples they left standing is reported as
+    # such: its accuracy is the worst case of those attacks and itself.
+    after = standing_after(list(attacks))
+    specs: dict[str, dict[str, Any]] = {
+        k: {**a.spec(), "standing_after": after[k]} if after[k] else a.spec()
+        for k, a in attacks.items()
+    }
     specs["none"] = {"name": "none"}
     results: list[AccuracyResult] = []
     for d in defenses:

@@ -6,6 +6,7 @@ that produce them, on the cloaked model (where gradient masking would show).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from deepcloak.attacks import art as art_attacks
 from deepcloak.attacks.native import PGD, Attack, Norm
 from deepcloak.evaluation.config import EvaluationConfig, build_attack
-from deepcloak.evaluation.crafted import CraftedSets, Samples, Target, target
+from deepcloak.evaluation.crafted import EVERY_SAMPLE, CraftedSets, Samples, Target, target
 from deepcloak.evaluation.defenses import Enter
 from deepcloak.evaluation.passes import Stage, worst_case
 from deepcloak.evaluation.results import (
@@ -35,7 +36,7 @@ from deepcloak.evaluation.sanity import (
 )
 from deepcloak.progress import ProgressFn
 
-__all__ = ["UNBOUNDED_EPS", "eps_curve", "sanity_checks", "unbounded_probe"]
+__all__ = ["UNBOUNDED_EPS", "curve_attack", "eps_curve", "sanity_checks", "unbounded_probe"]
 
 #: The L-inf budget of the unbounded probe: at eps = 1 any image in [0, 1] is reachable.
 UNBOUNDED_EPS = 1.0
@@ -60,6 +61,18 @@ def unbounded_probe(config: EvaluationConfig) -> PGD:
     )
 
 
+def curve_attack(config: EvaluationConfig) -> str:
+    """The attack of the accuracy-vs-eps curve and of the more-steps check: the first gradient
+    attack of the worst case that runs on every sample (APGD-CE at ``standard``), else PGD.
+
+    At the evaluation's budget its sets are the worst case's own (the store hands them back).
+    """
+    for name in config.attacks:
+        if name not in EVERY_SAMPLE and name not in art_attacks.GRADIENT_FREE:
+            return name
+    return "pgd"
+
+
 def eps_curve(
     model: nn.Module,
     cloaked: Enter,
@@ -70,9 +83,10 @@ def eps_curve(
     progress: ProgressFn,
     store: CraftedSets,
 ) -> tuple[list[AccuracyResult], SanityCheck]:
-    """Unmasked and cloaked (gray-box, white-box) accuracy under PGD at each budget of the grid.
+    """Unmasked and cloaked (gray-box, white-box) accuracy at each budget of the grid, under
+    :func:`curve_attack` (the worst case's strongest first attack; PGD when it has none).
 
-    At the evaluation's own budget the PGD samples are those the defences were measured on
+    At the evaluation's own budget its samples are those the defences were measured on
     (same spec, same models): ``store`` hands them back instead of attacking again.
 
     Args:
@@ -94,7 +108,7 @@ def eps_curve(
     white: list[tuple[float, float]] = []
     on_cloaked = target(CLOAKED, ratio)
     for eps in grid:
-        attack = build_attack("pgd", config, eps=eps)
+        attack = build_attack(curve_attack(config), config, eps=eps)
         spec = attack.spec()
         x_gray = store.get(attack, model, target(UNMASKED), samples, stage)
         points.append(
@@ -132,16 +146,18 @@ def _more_steps(
     store: CraftedSets,
     progress: ProgressFn,
 ) -> SanityCheck:
-    base = build_attack("pgd", config)  # the white-box PGD of the defences, when they ran it
-    more_steps = config.steps * config.more_steps_factor
-    more = build_attack("pgd", config, steps=more_steps)
+    name = curve_attack(config)
+    base = build_attack(name, config)  # the defences' white-box first attack, when they ran it
+    steps: int = getattr(base, "steps", config.steps)  # attack_params may set its own
+    more_steps = steps * config.more_steps_factor
+    more = dataclasses.replace(base, steps=more_steps)  # type: ignore[type-var]
     stage = Stage(progress, "sanity checks", 2 * samples.y.numel())
     with cloaked() as m:
         base_correct = samples.correct(m, store.get(base, m, on, samples, stage))
         more_correct = samples.correct(m, store.get(more, m, on, samples, stage))
     return check_more_steps(
-        _mean(base_correct), _mean(more_correct), steps=config.steps, more_steps=more_steps,
-        n=samples.y.numel(), tolerance=config.sanity_tolerance,
+        _mean(base_correct), _mean(more_correct), steps=steps, more_steps=more_steps,
+        n=samples.y.numel(), tolerance=config.sanity_tolerance, attack=name.upper(),
     )  # fmt: skip
 
 
@@ -158,8 +174,11 @@ def sanity_checks(
 ) -> list[SanityCheck]:
     """The checks on the cloaked model under white-box attacks (where masking would show).
 
-    Reuses the white-box results already measured and the crafted sets in ``store``; runs PGD
-    once more with more steps.
+    Reuses the white-box results already measured and the crafted sets in ``store``; runs
+    :func:`curve_attack` once more with more steps. Attacks that ran only on the samples left
+    standing report the worst case up to them: the gradient-free check then asks whether the
+    gradient-free attack broke more samples than the tolerance that every gradient attack
+    missed.
     """
     n, tol = samples.y.numel(), config.sanity_tolerance
     whitebox = {

@@ -73,9 +73,16 @@ def _acc(correct: torch.Tensor) -> float:
 
 
 def check_more_steps(
-    acc_steps: float, acc_more: float, *, steps: int, more_steps: int, n: int, tolerance: float
+    acc_steps: float,
+    acc_more: float,
+    *,
+    steps: int,
+    more_steps: int,
+    n: int,
+    tolerance: float,
+    attack: str = "PGD",
 ) -> SanityCheck:
-    """More PGD steps must not raise robust accuracy (else the attack had not converged)."""
+    """More steps of ``attack`` must not raise robust accuracy (else it had not converged)."""
     tol = _tol(tolerance, n)
     values = {
         "steps": steps,
@@ -88,14 +95,14 @@ def check_more_steps(
         return SanityCheck(
             "more-steps",
             CheckStatus.WARN,
-            f"PGD with {more_steps} steps leaves MORE samples correct ({acc_more:.2%}) than with "
-            f"{steps} ({acc_steps:.2%}): the attack is unstable or gradients are masked",
+            f"{attack} with {more_steps} steps leaves MORE samples correct ({acc_more:.2%}) "
+            f"than with {steps} ({acc_steps:.2%}): the attack is unstable or gradients are masked",
             values,
         )
     return SanityCheck(
         "more-steps",
         CheckStatus.PASS,
-        f"{more_steps} PGD steps: {acc_more:.2%}, {steps} steps: {acc_steps:.2%} (not higher)",
+        f"{more_steps} {attack} steps: {acc_more:.2%}, {steps} steps: {acc_steps:.2%} (not higher)",
         values,
     )
 

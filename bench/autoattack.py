@@ -1,0 +1,307 @@
+"""deepcloak's evaluation levels against AutoAttack, sample by sample (issue 17).
+
+For each zoo family on Fashion-MNIST (trained with :mod:`deepcloak.models.recipes` at a seed no
+published figure uses, or loaded from ``--models``), it picks two L-inf budgets where accuracy is
+mid-range, then runs on the same samples and budgets, on the unmasked model and a cloaked one:
+
+- the peer: torchattacks' ``AutoAttack`` (version ``standard``: APGD-CE, APGD-T, FAB-T,
+  Square-5000, Croce & Hein's own configuration), a public implementation;
+- deepcloak's levels: the white-box worst case of the level's attacks, run as the evaluation
+  runs them (:meth:`deepcloak.evaluation.crafted.CraftedSets.get_all`).
+
+It writes, per model, variant, budget and level, the accuracies, the samples broken only by the
+peer and only by deepcloak, the exact McNemar p-value of "the peer breaks more" and the cost
+ratio (attack seconds) into ``--json``, after each measurement, so an interrupted run resumes
+where it stopped; ``--render`` (or the end of a run) writes the table into
+``docs/evaluation-levels.md`` (through ``bench/levels.py``, which renders the whole document).
+
+The peer is an optional extra, never a runtime dependency. Install it with::
+
+    pip install --no-deps torchattacks==3.5.1     # or: pip install 'deepcloak[peers]'
+
+Run::
+
+    python bench/autoattack.py --device cuda --json runs/autoattack/full.json   # 4 x 2 x 500
+    python bench/autoattack.py --quick        # ResNet-8, 1 epoch, 200 samples: a CPU check
+    python bench/autoattack.py --render --json runs/autoattack/full.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepcloak.attacks import APGD, FGSM
+from deepcloak.cloak.fit import Cloak, fit
+from deepcloak.cloak.mask import masked
+from deepcloak.data.sets import load_dataset
+from deepcloak.evaluation.config import EvaluationConfig, build_attack
+from deepcloak.evaluation.crafted import CraftedSets, Samples, target
+from deepcloak.evaluation.passes import worst_case
+from deepcloak.evaluation.stats import mcnemar_exact
+from deepcloak.evaluation.timings import Timings
+from deepcloak.io import write_json_atomic
+from deepcloak.models.checkpoint import load_model
+from deepcloak.models.recipes import recipe, train_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS_JSON = ROOT / "docs" / "autoattack.json"
+MODELS = ROOT / "runs" / "autoattack"
+INSTALL = "pip install --no-deps torchattacks==3.5.1  (or: pip install 'deepcloak[peers]')"
+PEER = "torchattacks 3.5.1 AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square-5000)"
+
+#: Budgets tried when picking the two where accuracy is mid-range (under APGD-CE-20).
+EPS_CANDIDATES = (0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15)
+#: The accuracies the two budgets aim at.
+TARGET_ACCURACIES = (0.6, 0.3)
+#: The cloaked variant's mask ratio (features removed at layer L).
+RATIO = 0.1
+
+
+def require_peer() -> Any:
+    """Import torchattacks, or exit with how to install it."""
+    try:
+        import torchattacks
+    except ImportError as e:
+        sys.exit(f"the peer is not installed ({e}); install it with: {INSTALL}")
+    return torchattacks
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` and its wall time, waiting for the device."""
+    _sync(device)
+    start = time.perf_counter()
+    out = fn(*args)
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def model_for(family: str, args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """The family's model: loaded from ``--models``, or trained there first."""
+    job = recipe(family, "fashion-mnist", seed=args.seed, epochs=args.epochs)
+    path = Path(args.models) / f"{family}-seed{job.seed}-e{job.epochs}.safetensors"
+    if not path.exists():
+        print(f"training {path.name}", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        train_checkpoint(job, path, device=args.device)
+    model, meta = load_model(path, map_location=args.device)
+    return model.eval(), meta
+
+
+def correct(model: nn.Module, samples: Samples, x: torch.Tensor | None = None) -> torch.Tensor:
+    return samples.correct(model, x)
+
+
+def pick_eps(model: nn.Module, samples: Samples) -> list[float]:
+    """Two budgets where APGD-CE-20 leaves accuracy nearest 60 % and 30 %."""
+    acc = {}
+    for eps in EPS_CANDIDATES:
+        x_adv = samples.craft(APGD(eps=eps, steps=20), model)
+        acc[eps] = float(correct(model, samples, x_adv).double().mean())
+        if acc[eps] < min(TARGET_ACCURACIES) / 2:
+            break
+    picked: list[float] = []
+    for aim in TARGET_ACCURACIES:
+        rest = [e for e in acc if e not in picked]
+        picked.append(min(rest, key=lambda e: abs(acc[e] - aim)))
+    return sorted(picked)
+
+
+def cloak_for(model: nn.Module, eps: float, args: argparse.Namespace) -> Cloak:
+    """The paper's cloak (FGSM at ``eps``) fit on 2,000 training samples."""
+    train = load_dataset("fashion-mnist", split="train", limit=2000, seed=args.seed)
+    return fit(model, train.loader(batch_size=256), attack=FGSM(eps=eps), seed=args.seed)
+
+
+#: The pseudo-level ``before``: ``standard`` as it was before issue 17 (FGSM, PGD-20, ART's
+#: APGD-CE-20, Square-300, each on every sample), for the before/after comparison.
+BEFORE = "before"
+
+
+def level_worst_case(
+    model: nn.Module, samples: Samples, level: str, eps: float, on: Any
+) -> torch.Tensor:
+    """Per-sample correctness under the level's white-box worst case."""
+    store = CraftedSets(Timings())
+    if level == BEFORE:
+        config = EvaluationConfig(
+            eps=eps, attacks=("fgsm", "pgd", "art-apgd", "square"), steps=20, attack_params={},
+            max_queries=300, batch_size=samples.batch_size,
+        )  # fmt: skip
+        sets = {n: store.get(build_attack(n, config), model, on, samples) for n in config.attacks}
+    else:
+        config = EvaluationConfig.for_level(level, eps=eps, batch_size=samples.batch_size)
+        attacks = {name: build_attack(name, config) for name in config.attacks}
+        sets = store.get_all(attacks, model, on, samples)
+    return worst_case([correct(model, samples, x) for x in sets.values()])
+
+
+def peer_correct(model: nn.Module, samples: Samples, eps: float) -> torch.Tensor:
+    """Per-sample correctness under the peer's AutoAttack (standard version)."""
+    torchattacks = require_peer()
+    device = next(model.parameters()).device
+    attack = torchattacks.AutoAttack(
+        model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0
+    )
+    out = []
+    for start in range(0, len(samples.y), samples.batch_size):
+        xb = samples.x[start : start + samples.batch_size].to(device)
+        yb = samples.y[start : start + samples.batch_size].to(device)
+        out.append(attack(xb, yb).detach().cpu())
+    return correct(model, samples, torch.cat(out))
+
+
+def _bits(t: torch.Tensor) -> str:
+    return "".join("1" if v else "0" for v in t.tolist())
+
+
+def _unbits(s: str) -> torch.Tensor:
+    return torch.tensor([c == "1" for c in s])
+
+
+def measure(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    """Every missing measurement, saved to ``--json`` as it is made."""
+    device = torch.device(args.device)
+    test = load_dataset("fashion-mnist", split="test")
+    x, y = test.tensors()
+    samples = Samples(x[: args.samples], y[: args.samples], batch_size=args.batch_size)
+    for family in args.families.split(","):
+        model, meta = model_for(family, args)
+        name = f"{family} (seed {args.seed}, {meta['training']['epochs']} epochs)"
+        picks = data.setdefault("eps", {})
+        if name not in picks:
+            picks[name] = args.eps or pick_eps(model, samples)
+            write_json_atomic(args.json, data)
+        cloak = cloak_for(model, max(picks[name]), args)
+        for variant in args.variants.split(","):
+            for eps in args.eps or picks[name]:  # --eps: only these (e.g. to finish a part)
+                key = f"{name}|{variant}|{eps:g}"
+                cloaked = variant == "cloaked"
+                on = target("cloaked", RATIO) if cloaked else target("unmasked")
+                ctx: contextlib.AbstractContextManager[nn.Module] = (
+                    masked(model, cloak.layer, cloak.mask(RATIO))
+                    if cloaked
+                    else contextlib.nullcontext(model)
+                )
+                with ctx as m:
+                    peers = data.setdefault("peer", {})
+                    if key not in peers:
+                        print(f"{key}: AutoAttack", flush=True)
+                        peer, seconds = timed(device, peer_correct, m, samples, eps)
+                        peers[key] = {"correct": _bits(peer), "seconds": seconds}
+                        write_json_atomic(args.json, data)
+                    peer = _unbits(peers[key]["correct"])
+                    clean = correct(m, samples)
+                    for level in args.levels.split(","):
+                        rows = data.setdefault("rows", [])
+                        if any(r["key"] == key and r["level"] == level for r in rows):
+                            continue
+                        print(f"{key}: {level}", flush=True)
+                        ours, seconds = timed(device, level_worst_case, m, samples, level, eps, on)
+                        test_ = mcnemar_exact(ours, peer)  # ours right, peer wrong: a_only
+                        rows.append({
+                            "key": key, "model": name, "variant": variant, "eps": eps,
+                            "level": level, "n": len(peer),
+                            "clean": float(clean.double().mean()),
+                            "peer_accuracy": float(peer.double().mean()),
+                            "accuracy": float(ours.double().mean()),
+                            "only_peer": test_.a_only, "only_deepcloak": test_.b_only,
+                            "p_value": test_.p_greater, "seconds": seconds,
+                            "peer_seconds": peers[key]["seconds"],
+                            "cost_ratio": seconds / peers[key]["seconds"],
+                            "correct": _bits(ours),
+                        })  # fmt: skip
+                        write_json_atomic(args.json, data)
+                        r = rows[-1]
+                        print(
+                            f"  peer {r['peer_accuracy']:.1%} ours {r['accuracy']:.1%} "
+                            f"only peer {r['only_peer']} only ours {r['only_deepcloak']} "
+                            f"p {r['p_value']:.3g} cost {r['cost_ratio']:.2f}",
+                            flush=True,
+                        )
+
+
+def render(path: Path) -> None:
+    """Copy the measurements (without per-sample bits) to the docs and re-render the doc."""
+    data = json.loads(path.read_text())
+    slim = {
+        "run": data.get("run", {}),
+        "rows": [{k: v for k, v in r.items() if k != "correct"} for r in data.get("rows", [])],
+        "notes": data.get("notes", []),
+    }
+    if path.resolve() != DOCS_JSON.resolve():
+        write_json_atomic(DOCS_JSON, slim)
+    sys.path.insert(0, str(ROOT / "bench"))
+    import levels  # bench/levels.py renders the whole document, this table included
+
+    times = json.loads(levels.TIMES.read_text())
+    levels.DOC.write_text(levels.markdown(times))
+    print(f"wrote {levels.DOC.relative_to(ROOT)}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--families", default="resnet,cnn,vgg,wrn")
+    parser.add_argument("--samples", type=int, default=500, help="first N test samples")
+    parser.add_argument(
+        "--levels", default="standard,thorough", help=f"levels, and {BEFORE!r}: standard before"
+    )
+    parser.add_argument("--variants", default="unmasked,cloaked")
+    parser.add_argument("--eps", default=None, help="comma-separated budgets (default: picked)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--seed", type=int, default=100, help="training seed (100+: unpublished)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 128 CPU, 500 CUDA")
+    parser.add_argument("--models", default=str(MODELS), help="trained models are cached here")
+    parser.add_argument("--json", type=Path, default=None, help="measurements (resumable)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--setting", default=None, help="what it was measured on, for the docs")
+    parser.add_argument("--quick", action="store_true", help="ResNet-8, 1 epoch, 200 samples")
+    parser.add_argument("--render", action="store_true", help="only rewrite the docs from --json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.families, args.epochs, args.samples = "resnet", args.epochs or 1, 200
+    args.json = args.json or (MODELS / ("quick.json" if args.quick else "full.json"))
+    if args.render:
+        render(args.json)
+        return
+    require_peer()
+    if args.eps is not None:
+        args.eps = sorted(float(e) for e in args.eps.split(","))
+    args.batch_size = args.batch_size or (500 if args.device == "cuda" else 128)
+    torch.set_num_threads(args.threads)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(args.json.read_text()) if args.json.exists() else {}
+    device_name = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
+    )
+    data["run"] = {
+        "peer": PEER,
+        "setting": args.setting
+        or (
+            f"{args.families} on Fashion-MNIST, first {args.samples} test samples, "
+            f"{device_name}; cloaked: the paper's cloak at ratio {RATIO}."
+        ),
+    }
+    data.setdefault("notes", [])
+    measure(args, data)
+    write_json_atomic(args.json, data)
+    render(args.json)
+
+
+if __name__ == "__main__":
+    main()
