@@ -47,11 +47,11 @@ from deepcloak.data.sets import load_dataset
 from deepcloak.evaluation.config import EvaluationConfig, build_attack
 from deepcloak.evaluation.crafted import CraftedSets, Samples, target
 from deepcloak.evaluation.passes import worst_case
-from deepcloak.stats import mcnemar_exact
 from deepcloak.evaluation.timings import Timings
 from deepcloak.io import write_json_atomic
 from deepcloak.models.checkpoint import load_model
 from deepcloak.models.recipes import recipe, train_checkpoint
+from deepcloak.stats import mcnemar_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_JSON = ROOT / "docs" / "autoattack.json"
