@@ -28,7 +28,7 @@ def test_the_levels_table_comes_from_the_code() -> None:
         attacks = next(v for k, v in rows.items() if k.startswith("attacks"))
         assert attacks[i] == ", ".join(LEVELS[level]["attacks"])
         cap = LEVELS[level]["max_samples"]
-        assert rows["test and validation samples (cap)"][i] == (
+        assert rows["test samples (cap; the search's validation samples are not capped)"][i] == (
             "all" if cap is None else f"{cap:,}"
         )
 
