@@ -259,9 +259,9 @@ def harden(
     """Find the mask on ``train_set`` (choosing it on validation samples) and sweep ratios on
     ``test_set`` (gray-box and white-box).
 
-    With a search (the default), the mask is chosen on ``val_set``; without one, validation
-    samples are drawn as ``config.val_from`` says — by default a seeded part of ``test_set``,
-    which is then reported on the rest only (``result.validation`` says which). The fit
+    With a search (the default), the mask is chosen on ``val_set``; when none is given,
+    validation samples are drawn as ``config.val_from`` says — by default a seeded part of
+    ``test_set``, which is then reported on the rest only (``result.validation`` says which). The fit
     samples are attacked once: the search's cached features also give the paper's score, which
     ranks the features the search kept (the sweep's rows past the saved mask). Without a search
     (``config.select=None``), the paper's method: features ranked by ``config.score`` at
@@ -310,7 +310,7 @@ def harden(
         search = search_mask(
             model, loader(train_set), loader(val_set), layer=_layer(model, config, train_set),
             attack=attack, selector=config.select, clean_budget=config.clean_budget,
-            **config.selector_settings,
+            progress=progress, **config.selector_settings,
         )  # fmt: skip
         # The search's removal order ranks the features, so the sweep shows its prefixes and
         # the saved mask (at the chosen ratio) is exactly the searched one.

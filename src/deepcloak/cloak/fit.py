@@ -279,7 +279,7 @@ def _score_batches(job: _Job, loader: Iterable[Any], scorer: FeatureScore) -> La
     """Feed every batch (up to ``max_samples``) to ``scorer``; return the layer scored."""
     device, dtype = model_device(job.model), model_dtype(job.model)
     max_samples = job.max_samples
-    total = max_samples if max_samples is not None else _dataset_size(loader)
+    total = max_samples if max_samples is not None else dataset_size(loader)
     ref: LayerRef | None = None
     done = 0
     for batch in loader:
@@ -323,7 +323,7 @@ def _score_shards(
     """
     ctx = Distributed.current()
     device, dtype = model_device(job.model), model_dtype(job.model)
-    total = job.max_samples if job.max_samples is not None else _dataset_size(loader)
+    total = job.max_samples if job.max_samples is not None else dataset_size(loader)
     batches = iter_owned(loader, ctx)
     ref: LayerRef | None = None
     done = 0
@@ -376,7 +376,7 @@ def _resolve_and_check(
     return ref
 
 
-def _dataset_size(loader: Iterable[Any]) -> int | None:
+def dataset_size(loader: Iterable[Any]) -> int | None:
     dataset = getattr(loader, "dataset", None)
     try:
         return len(dataset) if dataset is not None else None

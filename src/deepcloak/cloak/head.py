@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from deepcloak.attacks.native import Attack, eval_mode
-from deepcloak.cloak.fit import layer_features, model_device, unpack_batch
+from deepcloak.cloak.fit import dataset_size, layer_features, model_device, unpack_batch
 from deepcloak.cloak.mask import masked
 from deepcloak.cloak.taps import LayerRef, Side
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.models.runtime import model_dtype
+from deepcloak.progress import ProgressFn, no_progress
 from deepcloak.validation import check_finite, check_labels
 
 __all__ = [
@@ -128,6 +129,8 @@ def cache_head_features(
     attack: Attack,
     *,
     max_samples: int | None = None,
+    progress: ProgressFn | None = None,
+    task: str = "attack",
 ) -> HeadFeatures:
     """Attack the unmasked ``model`` once and cache the features at ``layer`` and its head.
 
@@ -138,7 +141,9 @@ def cache_head_features(
         DeepCloakError: empty loader, bad inputs or labels, non-finite features, or a layer
             whose ``nn.Linear`` does not produce the model's logits.
     """
-    return cache_head_features_multi(model, loader, layer, [attack], max_samples=max_samples)
+    return cache_head_features_multi(
+        model, loader, layer, [attack], max_samples=max_samples, progress=progress, task=task
+    )
 
 
 def concat_head_features(parts: Sequence[HeadFeatures]) -> HeadFeatures:
@@ -172,6 +177,8 @@ def cache_head_features_multi(
     *,
     keep: torch.Tensor | None = None,
     max_samples: int | None = None,
+    progress: ProgressFn | None = None,
+    task: str = "attack",
 ) -> HeadFeatures:
     """Cache the features of several attacks (e.g. budgets) on the same samples, in one pass.
 
@@ -188,6 +195,8 @@ def cache_head_features_multi(
         keep: if given, ``(F,)`` boolean mask at ``layer`` *through which* the samples are
             crafted (re-attacking a cloaked model); the features are read before the mask.
         max_samples: cap on the samples per attack.
+        progress: ``progress(task, done, total)`` after each batch (long passes show progress).
+        task: the name the progress is reported under.
 
     Raises:
         DeepCloakError: no attacks, empty loader, bad inputs, or non-finite features.
@@ -200,6 +209,8 @@ def cache_head_features_multi(
     adv: list[list[torch.Tensor]] = [[] for _ in attacks]
     labels: list[torch.Tensor] = []
     done = 0
+    report = progress or no_progress
+    total = max_samples if max_samples is not None else dataset_size(loader)
     with eval_mode(model):
         for batch in loader:
             x, y = unpack_batch(batch, device, model_dtype(model))
@@ -219,6 +230,7 @@ def cache_head_features_multi(
             clean.append(f_clean.flatten(1))
             labels.append(y)
             done += y.numel()
+            report(task, done, total)
             if max_samples is not None and done >= max_samples:
                 break
     if done == 0:

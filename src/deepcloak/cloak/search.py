@@ -46,6 +46,7 @@ from deepcloak.cloak.selectors import SEARCH_SETTINGS, Path, create_selector
 from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.runtime import model_dtype
+from deepcloak.progress import ProgressFn
 from deepcloak.settings import check_settings
 from deepcloak.stats import PairedDrop, paired_drop
 
@@ -336,6 +337,7 @@ def search_mask(
     clean_budget: float = 0.01,
     confidence: float = 0.95,
     max_samples: int | None = None,
+    progress: ProgressFn | None = None,
     **settings: Any,
 ) -> SearchResult:
     """Attack the unmasked ``model`` on fit and validation data, then :func:`search_cached`.
@@ -350,6 +352,8 @@ def search_mask(
         attack: crafts the samples (default: the cloak's attack, else ``FGSM(eps=8/255)``).
         selector, clean_budget, confidence, settings: see :func:`search_cached`.
         max_samples: cap on the fit samples.
+        progress: ``progress(task, done, total)`` while the fit and validation samples are
+            attacked (tasks ``search: fit`` and ``search: validation``).
 
     Returns:
         A :class:`SearchResult`; ``result.save(path)`` writes a mask file.
@@ -363,8 +367,13 @@ def search_mask(
         x, _ = unpack_batch(next(iter(fit_loader)), model_device(model), model_dtype(model))
         layer = resolve_layer(model, layer, "input" if layer else None, example=x[:1])
     t0 = time.perf_counter()
-    fit = cache_head_features(model, fit_loader, layer, attack, max_samples=max_samples)
-    val = cache_head_features(model, val_loader, layer, attack)
+    fit = cache_head_features(
+        model, fit_loader, layer, attack, max_samples=max_samples, progress=progress,
+        task="search: fit",
+    )  # fmt: skip
+    val = cache_head_features(
+        model, val_loader, layer, attack, progress=progress, task="search: validation"
+    )
     cached = time.perf_counter() - t0
     result = search_cached(
         fit, val, layer, selector=selector, clean_budget=clean_budget, confidence=confidence,

@@ -173,7 +173,7 @@ def _fit_or_use(
         check_cloak_fits(model, train, splits.test.x)
         return train
     if config.select is not None:
-        searched = search_cloak(model, train, splits.val, config)
+        searched = search_cloak(model, train, splits.val, config, progress)
         check_cloak_fits(model, searched, splits.test.x)
         return searched
     attack = TimedAttack(FGSM(eps=config.fit_eps if config.fit_eps is not None else config.eps))

@@ -29,6 +29,7 @@ from deepcloak.evaluation.config import EvaluationConfig
 from deepcloak.evaluation.crafted import Samples
 from deepcloak.evaluation.results import RatioCandidate, RatioChoice
 from deepcloak.models.runtime import model_device
+from deepcloak.progress import ProgressFn
 from deepcloak.stats import wilson_interval
 
 __all__ = ["search_choice", "search_cloak"]
@@ -41,7 +42,11 @@ def _layer(model: nn.Module, config: EvaluationConfig, x: torch.Tensor) -> Layer
 
 
 def search_cloak(
-    model: nn.Module, train: Iterable[Any], val: Samples, config: EvaluationConfig
+    model: nn.Module,
+    train: Iterable[Any],
+    val: Samples,
+    config: EvaluationConfig,
+    progress: ProgressFn | None = None,
 ) -> Cloak:
     """Search the mask on ``train`` and choose it on ``val``; a cloak whose mask it is.
 
@@ -69,7 +74,7 @@ def search_cloak(
     found = search_mask(
         model, train, val_loader, layer=_layer(model, config, val.x), attack=FGSM(eps=eps),
         selector=config.select, clean_budget=config.clean_budget, confidence=config.confidence,
-        max_samples=config.max_fit_samples, **config.selector_settings,
+        max_samples=config.max_fit_samples, progress=progress, **config.selector_settings,
     )  # fmt: skip
     cloak, _ = found.to_cloak(seed=config.seed)
     return cloak
