@@ -263,9 +263,9 @@ def harden(
     validation samples are drawn as ``config.val_from`` says — by default a seeded part of
     ``test_set``, which is then reported on the rest only (``result.validation`` says which).
     The fit samples are attacked once: the search's cached features also give the paper's
-    score, which ranks the features the search kept (the sweep's rows past the saved mask). Without a search
-    (``config.select=None``), the paper's method: features ranked by ``config.score`` at
-    ``config.ratio``.
+    score, which ranks the features the search kept (the sweep's rows past the saved mask).
+    Without a search (``config.select=None``), the paper's method: features ranked by
+    ``config.score`` at ``config.ratio``.
 
     ``input_shape``, if known, is the ``(C, H, W)`` the model was trained on; see
     :func:`check_model_fits_data`. Data sets are batched by
