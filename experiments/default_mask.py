@@ -714,8 +714,18 @@ def verdict(means: dict[str, dict[str, Any]], goal: list[str], short: list[str])
     if not goal:
         return "(No ResNet-8, WRN or VGG run: the 80% goal is not judged here.)"
     each = ", ".join(f"{means[f]['label']} {frac(means[f]['fraction'])}" for f in goal)
+    beaten = [f for f in means if means[f]["gain"] > means[f]["ceiling"]]
+    caveat = (
+        " Where the default beats the reference ("
+        + ", ".join(means[f]["label"] for f in beaten)
+        + "), the reference is no ceiling: it must keep the 95% upper bound of its clean drop "
+        "within the budget on the same samples it is measured on, which is stricter than the "
+        "default's choice (bounded on other samples, then measured here by its point estimate)."
+        if beaten
+        else ""
+    )
     if not short:
-        return f"The default reaches at least 80% of the ceiling on average on each of {each}."
+        return f"The default reaches at least 80% of the reference ({each}).{caveat}"
     miss = "; ".join(
         f"{means[f]['label']} by {pts(0.8 * means[f]['ceiling'] - means[f]['gain'])} points "
         f"(gain {pts(means[f]['gain'])} against 80% of the ceiling, "
