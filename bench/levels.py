@@ -67,9 +67,13 @@ def _model(path: Path | None) -> Path:
 
 
 def run_level(
-    level: EvaluationLevel, model: Path, max_samples: int | None, max_fit: int | None
+    level: EvaluationLevel,
+    model: Path,
+    max_samples: int | None,
+    max_fit: int | None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Evaluate ``model`` at ``level``; ``max_samples`` and ``max_fit`` replace its caps."""
+    """Evaluate ``model`` at ``level`` on ``device``; ``max_samples``/``max_fit`` replace caps."""
     overrides: dict[str, Any] = {} if max_samples is None else {"max_samples": max_samples}
     if max_fit is not None:
         overrides["max_fit_samples"] = max_fit
@@ -79,7 +83,7 @@ def run_level(
     load_before = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
     report = evaluate_sources(
-        ModelSource(spec=str(model), device="cpu"),
+        ModelSource(spec=str(model), device=device),
         DataSource(name="fashion-mnist", val_samples=500, seed=0),
         config,
         progress=clock,
@@ -101,7 +105,7 @@ def run_level(
         "stages": clock.seconds(),
         "threads": torch.get_num_threads(),
         "cloaked_whitebox": report.result("cloaked", "white-box").accuracy,
-        "device": environment(torch.device("cpu"))["device_name"],
+        "device": environment(torch.device(device))["device_name"],
     }
 
 
@@ -297,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-samples", type=int, default=None, help="replace the level's cap")
     parser.add_argument("--max-fit-samples", type=int, default=None, help="replace the fit cap")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--note", default="", help="a sentence on the machine's load")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--render", action="store_true", help="only rewrite the doc from JSON")
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
     for name in args.levels.split(","):
         level = EvaluationLevel.parse(name.strip())
-        result = run_level(level, model, args.max_samples, args.max_fit_samples)
+        result = run_level(level, model, args.max_samples, args.max_fit_samples, args.device)
         result["note"] = args.note
         print(json.dumps(result), flush=True)
         times[level.value] = result
