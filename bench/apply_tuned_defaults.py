@@ -24,8 +24,10 @@ EDITS = (
     (r'Setting\("width", int, \d+, ', 'Setting("width", int, {width}, '),
     (r"(\n    \"beam\": \(\n[^\n]*\n        _clean_weight\()[\d.]+\)", r"\g<1>{clean_weight!r})"),
     (r"\n        width: int = \d+,", "\n        width: int = {width},"),
-    (r"\n        clean_weight: float = [\d.]+,\n        rivals", "\n        clean_weight: float = "
-     "{clean_weight!r},\n        rivals"),
+    (
+        r"\n        clean_weight: float = [\d.]+,\n        rivals",
+        "\n        clean_weight: float = {clean_weight!r},\n        rivals",
+    ),
     (r"\nDEFAULT_FIT_BUDGET = [\d.]+", "\nDEFAULT_FIT_BUDGET = {fit_budget!r}"),
 )
 
