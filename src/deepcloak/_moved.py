@@ -2,6 +2,7 @@
 
 A module whose names moved binds ``__getattr__ = moved_names(__name__, {...})``: reading a moved
 name there warns (:class:`DeprecationWarning`, naming the new home) and gives the same object.
+A name that was renamed as it moved maps to ``(module, new_name)``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 __all__ = ["moved_names"]
 
 
-def moved_names(old: str, homes: Mapping[str, ModuleType]) -> Callable[[str], Any]:
+def moved_names(
+    old: str, homes: Mapping[str, ModuleType | tuple[ModuleType, str]]
+) -> Callable[[str], Any]:
     """A module ``__getattr__`` for the names of ``homes`` that moved out of module ``old``.
 
     Args:
         old: the module the names used to live in (its ``__name__``).
-        homes: each moved name and the module it lives in now.
+        homes: each moved name and the module it lives in now (with its new name, if renamed).
 
     Returns:
         The function to bind as ``old``'s module-level ``__getattr__``; other names raise
@@ -27,15 +30,16 @@ def moved_names(old: str, homes: Mapping[str, ModuleType]) -> Callable[[str], An
     """
 
     def __getattr__(name: str) -> Any:
-        home = homes.get(name)
-        if home is None:
+        found = homes.get(name)
+        if found is None:
             raise AttributeError(f"module {old!r} has no attribute {name!r}")
+        home, new = found if isinstance(found, tuple) else (found, name)
         warnings.warn(
-            f"{old}.{name} moved to {home.__name__}.{name}; import it from there "
+            f"{old}.{name} moved to {home.__name__}.{new}; import it from there "
             f"({old} stops providing it in the next version)",
             DeprecationWarning,
             stacklevel=2,
         )
-        return getattr(home, name)
+        return getattr(home, new)
 
     return __getattr__

@@ -517,12 +517,13 @@ def evaluate(
     """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
     check_output_folder(out_dir)
     from deepcloak.evaluation.config import EvaluationConfig
-    from deepcloak.evaluation.resume import WorkFolder, work_folder_for
+    from deepcloak.evaluation.resume import EvaluationFolder as WorkFolder
     from deepcloak.evaluation.run import evaluate_sources
     from deepcloak.evaluation.sources import DataSource, ModelSource
     from deepcloak.report.evaluation import write_evaluation
     from deepcloak.report.summary import evaluation_mask_lines
     from deepcloak.report.tables import evaluation_tables
+    from deepcloak.resume import work_folder_for
 
     level_overrides = {
         "attacks": tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else None,
@@ -589,7 +590,8 @@ def _keeps_stages(work: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as e:
-        from deepcloak.evaluation.resume import WorkFolder, WorkFolderError
+        from deepcloak.evaluation.resume import EvaluationFolder as WorkFolder
+        from deepcloak.resume import WorkFolderError
 
         if isinstance(e, WorkFolderError):  # an error about the folder itself: leave it as it is
             raise

@@ -16,10 +16,10 @@ from deepcloak.cli import app
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.crafted import Samples
 from deepcloak.evaluation.results import EvaluationReport
-from deepcloak.evaluation.resume import work_folder_for
 from deepcloak.evaluation.run import evaluate_cloak
 from deepcloak.models.checkpoint import save_checkpoint
 from deepcloak.models.zoo import create_model
+from deepcloak.resume import work_folder_for
 from tests.evaluation.test_crafted import compact
 from tests.robust_toys import TOY_CONFIG, loader, single_thread, toy_report, trained_mlp
 
@@ -160,7 +160,7 @@ def test_a_cloak_of_another_model_saves_no_stage(tmp_path: Path) -> None:
 
     from deepcloak.attacks.native import FGSM
     from deepcloak.cloak.fit import fit
-    from deepcloak.evaluation.resume import WorkFolder
+    from deepcloak.evaluation.resume import EvaluationFolder
 
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
     cloak = fit(other, loader(32, 1), attack=FGSM(eps=0.05))
@@ -169,7 +169,7 @@ def test_a_cloak_of_another_model_saves_no_stage(tmp_path: Path) -> None:
         evaluate_cloak(
             trained_mlp(0), cloak, loader(20, 2), loader(20, 3), config=FIXED, work_dir=work
         )
-    assert not WorkFolder(work).holds_work()  # the CLI removes such a folder
+    assert not EvaluationFolder(work).holds_work()  # the CLI removes such a folder
 
 
 def test_a_folder_of_other_files_is_never_used_or_removed(tmp_path: Path) -> None:

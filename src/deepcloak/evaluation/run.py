@@ -85,8 +85,8 @@ from deepcloak.evaluation.resume import (
     RESULTS,
     SWEEP,
     Codec,
+    EvaluationFolder,
     StageRunner,
-    WorkFolder,
     fingerprint,
 )
 from deepcloak.evaluation.sanity import SanityCheck
@@ -379,7 +379,7 @@ def _stage_runner(
             "validation inputs": splits.val.x, "validation labels": splits.val.y,
         }  # fmt: skip
         facts = fingerprint(model, train, tensors, surrogate, config.to_json(), metadata)
-        work = WorkFolder.open(work_dir, facts, resume=resume)
+        work = EvaluationFolder.open(work_dir, facts, resume=resume)
     timings = Timings()
     return StageRunner(timings, CraftedSets(timings, work), work)
 
