@@ -210,7 +210,7 @@ def test_evaluate_bad_input_writes_nothing(
 def test_evaluate_sources_loads_splits_and_batches_as_configured(checkpoint: Path) -> None:
     from deepcloak.evaluation.config import EvaluationConfig
     from deepcloak.evaluation.run import evaluate_sources
-    from deepcloak.evaluation.sources import DataSource, ModelSource
+    from deepcloak.sources import DataSource, ModelSource
 
     config = EvaluationConfig(
         eps=0.1, attacks=("fgsm",), ratio=0.1, ratios=(0.0, 0.1), whitebox_ratios=(0.0,),

@@ -35,8 +35,8 @@ from deepcloak.report.files import check_output_file, check_output_folder
 if TYPE_CHECKING:
     from deepcloak.distributed import Distributed
     from deepcloak.evaluation.config import EvaluationConfig
-    from deepcloak.evaluation.sources import DataSource
     from deepcloak.progress import ProgressFn
+    from deepcloak.sources import DataSource
 
 app = typer.Typer(
     help="Harden a trained image classifier with DeepCloak (arXiv 1702.06763), and measure "
@@ -439,10 +439,10 @@ def harden(
     """Find the mask that buys the most robustness within a clean budget, save the cloaked
     model, and sweep mask ratios on test data (gray-box, random masks, white-box)."""
     check_output_folder(out_dir)
-    from deepcloak.evaluation.sources import DataSource, ModelSource
     from deepcloak.harden import HardenConfig, harden_sources, write_harden
     from deepcloak.report.summary import saved_mask_lines
     from deepcloak.report.tables import sweep_table
+    from deepcloak.sources import DataSource, ModelSource
 
     config = HardenConfig(
         attack=attack, eps=eps, steps=steps, layer=layer, side=side,
@@ -519,11 +519,11 @@ def evaluate(
     from deepcloak.evaluation.config import EvaluationConfig
     from deepcloak.evaluation.resume import EvaluationFolder as WorkFolder
     from deepcloak.evaluation.run import evaluate_sources
-    from deepcloak.evaluation.sources import DataSource, ModelSource
     from deepcloak.report.evaluation import write_evaluation
     from deepcloak.report.summary import evaluation_mask_lines
     from deepcloak.report.tables import evaluation_tables
     from deepcloak.resume import work_folder_for
+    from deepcloak.sources import DataSource, ModelSource
 
     level_overrides = {
         "attacks": tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else None,

@@ -31,16 +31,16 @@ from deepcloak.distributed import from_main
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
-from deepcloak.evaluation.inputs import check_model_fits
 from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult
-from deepcloak.evaluation.sources import DataSource, ModelSource, trained_input_shape
 from deepcloak.evaluation.sweep import graybox_sweep
 from deepcloak.io import atomic_write, save_tensors, write_bytes_atomic, write_json_atomic
 from deepcloak.models.checkpoint import save_checkpoint
+from deepcloak.models.fits import check_model_fits
 from deepcloak.models.precision import Precision, check_precision_supported, parse_precision
 from deepcloak.progress import ProgressFn
 from deepcloak.report.files import write_folder
 from deepcloak.report.summary import saved_mask_record
+from deepcloak.sources import DataSource, ModelSource, trained_input_shape
 from deepcloak.validation import (
     check_budget,
     check_epsilon,
@@ -232,7 +232,7 @@ def check_model_fits_data(
 ) -> None:
     """Run the model on the first sample of ``dataset`` and check that the two fit.
 
-    See :func:`deepcloak.evaluation.inputs.check_model_fits` (this reads the data set's first
+    See :func:`deepcloak.models.fits.check_model_fits` (this reads the data set's first
     sample and its ``num_classes``, if it has one).
 
     Raises:

@@ -20,8 +20,8 @@ from deepcloak.data.sets import load_dataset
 from deepcloak.data.splits import DataSplits, ValFrom
 from deepcloak.devices import resolve_device
 from deepcloak.errors import DeepCloakError
-from deepcloak.evaluation.inputs import check_model_fits
 from deepcloak.models.checkpoint import check_weights_given, load_model
+from deepcloak.models.fits import check_model_fits
 from deepcloak.models.outputs import OutputKey
 from deepcloak.models.runtime import model_device
 from deepcloak.validation import check_input_shape

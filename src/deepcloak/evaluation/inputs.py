@@ -1,38 +1,36 @@
-"""What goes into an evaluation: samples collected and checked, models checked against data.
+"""What goes into an evaluation: samples collected and checked, and what was used recorded.
 
-:func:`check_model_fits` is the one model-fits-data check (``harden``, ``evaluate`` and the
-surrogate of the transfer threat model all use it); :func:`collect` gathers a loader's samples
-into memory, checked; the ``describe_*`` functions record what was used.
+:func:`collect` gathers a loader's samples into memory, checked; the ``describe_*`` functions
+record what was used. (The model-fits-data check is :func:`deepcloak.models.fits.check_model_fits`.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from deepcloak._moved import moved_names
 from deepcloak.batches import unpack_batch
 from deepcloak.cloak.fit import Cloak
-from deepcloak.cloak.taps import tap
-from deepcloak.errors import DeepCloakError, LayerError
-from deepcloak.evaluation.sweep import check_cloak_features
-from deepcloak.models.outputs import check_finite_logits, select_logits
-from deepcloak.models.runtime import eval_mode, model_inputs
-from deepcloak.validation import check_input_shape, check_labels
+from deepcloak.errors import DeepCloakError
+from deepcloak.models import fits as _fits
 
 __all__ = [
     "SampleCap",
-    "check_cloak_fits",
-    "check_model_fits",
     "collect",
     "describe_data",
     "describe_model",
     "describe_train",
     "shared_samples",
 ]
+
+# Moved after 0.1.0: the model-fits-data check is the models' (harden uses it too).
+__getattr__ = moved_names(__name__, {"check_model_fits": _fits})
 
 
 @dataclass(frozen=True)
@@ -106,90 +104,19 @@ def collect(
     return torch.cat(xs)[:max_samples], torch.cat(ys)[:max_samples]
 
 
-def check_model_fits(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor | None = None,
-    *,
-    data: str = "the data",
-    what: str = "model",
-    input_shape: Sequence[int] | None = None,
-    num_classes: int | None = None,
-) -> int:
-    """Run ``model`` on a few inputs and check that it fits the data; returns its outputs.
-
-    The model's own train/eval modes are restored afterwards.
-
-    Args:
-        model: the classifier.
-        x: a few inputs ``(B, C, H, W)`` of the data (only the first two are run).
-        y: labels to check against the model's outputs (``None``: skip).
-        data: how to name the data in errors, e.g. ``"the test data"``.
-        what: how to name the model in errors, e.g. ``"surrogate model"``.
-        input_shape: the ``(C, H, W)`` the model was trained on, if known (e.g. from its
-            checkpoint): models with global pooling accept any size, so only this catches
-            a model paired with the wrong data set.
-        num_classes: the data set's number of classes, if known.
-
-    Returns:
-        The model's number of outputs (classes).
-
-    Raises:
-        DeepCloakError: the model cannot take the inputs, was trained on another shape, does not
-            return ``(N, classes)`` logits, or has fewer outputs than the labels need.
-    """
-    shape = tuple(x.shape[1:])
-    if input_shape is not None and check_input_shape(input_shape) != shape:
-        raise DeepCloakError(
-            f"the {what} was trained on inputs of shape {tuple(input_shape)}, but {data} has "
-            f"inputs of shape {shape}: is this the model for this data set?"
-        )
-    try:
-        with torch.no_grad(), eval_mode(model):
-            output = model(model_inputs(model, x[:2]))
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DeepCloakError(
-            f"the {what} does not accept inputs of shape {shape} (C, H, W) from {data}: "
-            f"{first}. Are the model and the data set meant for each other?"
-        ) from None
-    logits = select_logits(output)  # a tuple or dict: a clear error that names --output
-    check_finite_logits(logits, f"the {what}'s logits on {data}")
-    if logits.ndim != 2:
-        raise DeepCloakError(
-            f"the {what} must return logits of shape (N, num_classes), got {tuple(logits.shape)}"
-        )
-    outputs = int(logits.shape[-1])
-    if num_classes is not None and outputs < num_classes:
-        raise DeepCloakError(
-            f"{data} has {num_classes} classes but the {what} has {outputs} outputs"
-        )
-    if y is not None:
-        try:
-            check_labels(y, outputs)
-        except DeepCloakError as e:
-            raise DeepCloakError(
-                f"labels of {data} do not match the {what}: {e}. Are the model and the data set "
-                "meant for each other?"
-            ) from None
-    return outputs
-
-
 def check_cloak_fits(model: nn.Module, cloak: Cloak, x: torch.Tensor) -> None:
-    """Check that the cloak's layer exists in ``model`` and gives features of its shape.
+    """Deprecated: ``cloak.check_fits(model, x)`` (:meth:`~deepcloak.Cloak.check_fits`).
 
-    Raises:
-        DeepCloakError: no such layer, or features of another shape (another model).
+    Kept for one version after 0.1.0; it warns and calls the method.
     """
-    try:
-        with torch.no_grad(), eval_mode(model), tap(model, cloak.layer) as t:
-            model(model_inputs(model, x[:2]))
-            feats = t.take()
-    except (AttributeError, LayerError) as e:
-        raise DeepCloakError(
-            f"the cloak's layer ({cloak.layer}) is not usable in this model: {e}"
-        ) from None
-    check_cloak_features(cloak, tuple(feats.shape[1:]))
+    warnings.warn(
+        f"{__name__}.check_cloak_fits(model, cloak, x) moved to "
+        "deepcloak.cloak.fit.Cloak.check_fits: call cloak.check_fits(model, x) "
+        f"({__name__} stops providing it in the next version)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    cloak.check_fits(model, x)
 
 
 def shared_samples(a: torch.Tensor, b: torch.Tensor) -> int:

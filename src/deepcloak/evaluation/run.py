@@ -55,8 +55,6 @@ from deepcloak.evaluation.crafted import CraftedSets, Samples, TimedAttack, targ
 from deepcloak.evaluation.defenses import Defense, build_defenses, measure_defenses
 from deepcloak.evaluation.inputs import (
     SampleCap,
-    check_cloak_fits,
-    check_model_fits,
     collect,
     describe_data,
     describe_model,
@@ -91,11 +89,12 @@ from deepcloak.evaluation.resume import (
 )
 from deepcloak.evaluation.sanity import SanityCheck
 from deepcloak.evaluation.selection import search_choice, search_cloak
-from deepcloak.evaluation.sources import DataSource, ModelSource
 from deepcloak.evaluation.sweep import graybox_sweep
 from deepcloak.evaluation.timings import AttackPass, StageTime, Timings, clock
+from deepcloak.models.fits import check_model_fits
 from deepcloak.models.precision import current_precision
 from deepcloak.progress import ProgressFn, no_progress
+from deepcloak.sources import DataSource, ModelSource
 from deepcloak.validation import check_ratios
 
 __all__ = ["evaluate_cloak", "evaluate_sources"]
@@ -170,18 +169,18 @@ def _fit_or_use(
                 f"select={config.select!r} searches a mask on training data, but a fitted "
                 "cloak was given; pass training data (drop --cloak) or drop the selector"
             )
-        check_cloak_fits(model, train, splits.test.x)
+        train.check_fits(model, splits.test.x)
         return train
     if config.select is not None:
         searched = search_cloak(model, train, splits.val, config, progress)
-        check_cloak_fits(model, searched, splits.test.x)
+        searched.check_fits(model, splits.test.x)
         return searched
     attack = TimedAttack(FGSM(eps=config.fit_eps if config.fit_eps is not None else config.eps))
     cloak = fit(
         model, train, attack=attack, layer=config.layer, side=config.side, score=config.score,
         max_samples=config.max_fit_samples, seed=config.seed, progress=progress,
     )  # fmt: skip
-    check_cloak_fits(model, cloak, splits.test.x)
+    cloak.check_fits(model, splits.test.x)
     if attack.samples:
         on = target(UNMASKED)
         store.record(

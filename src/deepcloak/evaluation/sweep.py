@@ -60,7 +60,6 @@ __all__ = [
     "SweepResult",
     "SweepRow",
     "cache_features",
-    "check_cloak_features",
     "graybox_sweep",
     "masked_predictions",
     "random_rankings",
@@ -407,7 +406,7 @@ def graybox_sweep(
     )  # fmt: skip
     if replay is not None:
         replay.check_complete()
-    check_cloak_features(cloak, tuple(cache.clean.shape[1:]))
+    cloak.check_features(tuple(cache.clean.shape[1:]))
     white = dict(whitebox) if whitebox is not None else whitebox_results(
         model, cloak, loader if whitebox_loader is None else whitebox_loader,
         whitebox_attacks, whitebox_ratios if whitebox_attacks else (),
@@ -432,15 +431,6 @@ def graybox_sweep(
         seed=seed,
         used_cached_head=cache.head is not None,
     )
-
-
-def check_cloak_features(cloak: Cloak, feature_shape: tuple[int, ...]) -> None:
-    """Refuse a cloak fit on features of another shape than the model gives at its layer."""
-    if feature_shape != cloak.feature_shape:
-        raise DeepCloakError(
-            f"the cloak was fit on features of shape {cloak.feature_shape}, but {cloak.layer} "
-            f"gives {feature_shape} here: is this the same model?"
-        )
 
 
 def whitebox_results(
