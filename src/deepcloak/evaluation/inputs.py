@@ -1,11 +1,13 @@
 """What goes into an evaluation: samples collected and checked, and what was used recorded.
 
-:func:`collect` gathers a loader's samples into memory, checked; the ``describe_*`` functions
-record what was used. (The model-fits-data check is :func:`deepcloak.models.fits.check_model_fits`.)
+:func:`prepare_splits` gathers the test and validation samples into memory (:func:`collect`)
+and checks them against the model(s) (:func:`deepcloak.models.fits.check_model_fits`); the
+``describe_*`` functions record what was used.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,19 +17,28 @@ import torch
 from torch import nn
 
 from deepcloak._moved import moved_names
+from deepcloak.attacks import art as art_attacks
 from deepcloak.batches import unpack_batch
 from deepcloak.cloak.fit import Cloak
 from deepcloak.errors import DeepCloakError
+from deepcloak.evaluation.config import EvaluationConfig
+from deepcloak.evaluation.crafted import Samples
 from deepcloak.models import fits as _fits
 
 __all__ = [
+    "EvaluationSplits",
     "SampleCap",
     "collect",
     "describe_data",
     "describe_model",
+    "describe_splits",
     "describe_train",
+    "overlap_notes",
+    "prepare_splits",
     "shared_samples",
 ]
+
+log = logging.getLogger(__name__)
 
 # Moved after 0.1.0: the model-fits-data check is the models' (harden uses it too).
 __getattr__ = moved_names(__name__, {"check_model_fits": _fits})
@@ -164,3 +175,82 @@ def describe_train(train: Any) -> dict[str, Any]:
         return {"source": "given cloak", "n_samples": train.n_samples}
     dataset = getattr(train, "dataset", None)
     return {"source": "fit here", "name": _name(dataset), "n_available": _len(dataset)}
+
+
+@dataclass(frozen=True)
+class EvaluationSplits:
+    """The checked test and validation samples, and what the checks found."""
+
+    test: Samples
+    val: Samples
+    num_classes: int
+    overlap: int
+    cap: SampleCap
+
+
+def prepare_splits(
+    model: nn.Module,
+    val_loader: Iterable[Any],
+    test_loader: Iterable[Any],
+    surrogate: nn.Module | None,
+    config: EvaluationConfig,
+) -> EvaluationSplits:
+    """Collect the test and validation samples and check them against the model(s).
+
+    Raises:
+        DeepCloakError: ART missing for an ART attack, empty loaders, invalid samples, data that
+            does not fit the model, or a surrogate with other classes.
+    """
+    if config.uses_art:
+        art_attacks.require_art()  # fail now, not after the fit
+    x, y = collect(test_loader, "test", config.max_samples)
+    # The search's validation pass is one FGSM pass and its bound needs samples: the level's cap
+    # applies to the validation samples only when the paper's ratio is chosen on a PGD sweep.
+    val_cap = config.max_samples if config.select is None else None
+    x_val, y_val = collect(val_loader, "validation", val_cap)
+    num_classes = _fits.check_model_fits(model, x, y, data="the test data")
+    _fits.check_model_fits(model, x_val, y_val, data="the validation data")
+    if x_val.shape[1:] != x.shape[1:]:
+        raise DeepCloakError(
+            f"validation inputs have shape {tuple(x_val.shape[1:])} but test inputs "
+            f"{tuple(x.shape[1:])}; expected the same data set"
+        )
+    if surrogate is not None:
+        k = _fits.check_model_fits(surrogate, x, y, data="the test data", what="surrogate model")
+        if k != num_classes:
+            raise DeepCloakError(
+                f"the surrogate has {k} outputs but the model {num_classes}; a transfer "
+                "attack needs a surrogate trained on the same classes"
+            )
+    bs = config.batch_size
+    overlap = shared_samples(x_val, x)
+    test, val = Samples(x, y, bs, "test"), Samples(x_val, y_val, bs, "validation")
+    cap = SampleCap(config.max_samples, source=config.max_samples_source, level=config.level_name)
+    return EvaluationSplits(test, val, num_classes, overlap, cap)
+
+
+def overlap_notes(overlap: int) -> list[str]:
+    """The report's note (and a logged warning) when validation samples are also test samples."""
+    if not overlap:
+        return []
+    log.warning("%d validation samples also appear in the test split", overlap)
+    return [
+        f"{overlap} validation samples also appear in the test split: the ratio choice is not "
+        "fully independent of the test numbers; hold out disjoint splits"
+    ]
+
+
+def describe_splits(
+    splits: EvaluationSplits, train: Any, val_loader: Any, test_loader: Any
+) -> dict[str, Any]:
+    """What was evaluated: each split, the sample cap, where the cloak came from."""
+    test = describe_data(test_loader, splits.test.x, splits.test.y)
+    validation = describe_data(val_loader, splits.val.x, splits.val.y)
+    return {
+        "test": test,
+        "validation": validation,
+        "sample_cap": splits.cap.describe({"test": test, "validation": validation}),
+        "train": describe_train(train),
+        "num_classes": splits.num_classes,
+        "validation_test_overlap": splits.overlap,
+    }
