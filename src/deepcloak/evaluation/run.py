@@ -56,9 +56,9 @@ from deepcloak.evaluation.inputs import (
     overlap_notes,
     prepare_splits,
 )
-from deepcloak.evaluation.results import EvaluationReport
+from deepcloak.evaluation.results import EvaluationReport, RatioChoice
 from deepcloak.evaluation.resume import EvaluationFolder, StageRunner, fingerprint
-from deepcloak.evaluation.stages import comparisons, fit_and_choose, measure
+from deepcloak.evaluation.stages import Measured, comparisons, fit_and_choose, measure
 from deepcloak.evaluation.timings import StageTime, Timings, clock
 from deepcloak.models.precision import current_precision
 from deepcloak.progress import ProgressFn, no_progress
@@ -125,19 +125,29 @@ def evaluate_cloak(
     log.info("evaluating at ratio %.4g (%s)", choice.ratio, choice.reason)
     found = measure(stages, model, cloak, choice.ratio, splits, surrogate, cfg, report)
     report_start = clock()
-    data = describe_splits(splits, train_loader_or_cloak, val_loader, test_loader)
-    run = started.record(cfg.seed, data, model, surrogate, cloak, metadata)
-    out = EvaluationReport(
-        run=run, config=cfg, cloak=cloak.metadata(choice.ratio), ratio_choice=choice,
+    loaders = (train_loader_or_cloak, val_loader, test_loader)
+    out = _report(started, cfg, model, surrogate, splits, loaders, cloak, choice, found, metadata)
+    out.timings = stages.timings
+    stages.timings.stages.append(StageTime("report", clock() - report_start))
+    return out
+
+
+def _report(
+    started: _Started, cfg: EvaluationConfig, model: nn.Module, surrogate: nn.Module | None,
+    splits: EvaluationSplits, loaders: tuple[Any, Any, Any], cloak: Cloak, choice: RatioChoice,
+    found: Measured, metadata: Mapping[str, Any] | None,
+) -> EvaluationReport:  # fmt: skip
+    """The report of what the stages found, with what was evaluated and where."""
+    data = describe_splits(splits, *loaders)
+    return EvaluationReport(
+        run=started.record(cfg.seed, data, model, surrogate, cloak, metadata), config=cfg,
+        cloak=cloak.metadata(choice.ratio), ratio_choice=choice,
         defenses={d.name: d.spec for d in found.defenses}, results=found.results,
         comparisons=comparisons(found.results), sanity=found.checks, eps_curve=found.eps_curve,
         ratio_curve=found.ratio_curve,
         notes=[NOTE_ALL_SAMPLES, *overlap_notes(splits.overlap), *found.notes],
         environment=environment(model_device(model), precision=current_precision().recorded),
-        timings=stages.timings,
     )  # fmt: skip
-    stages.timings.stages.append(StageTime("report", clock() - report_start))
-    return out
 
 
 @dataclass(frozen=True)
