@@ -65,13 +65,22 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Moved after 0.1.0: the feature cache is its own module.
+# Moved after 0.1.0: the feature cache is its own module; the cloak checks its own features.
 __getattr__ = moved_names(
     __name__,
-    dict.fromkeys(
-        ["DEVICE_SHARE", "FeatureCache", "cache_device", "cache_features", "masked_predictions"],
-        _feature_cache,
-    ),
+    {
+        **dict.fromkeys(
+            [
+                "DEVICE_SHARE",
+                "FeatureCache",
+                "cache_device",
+                "cache_features",
+                "masked_predictions",
+            ],
+            _feature_cache,
+        ),
+        "check_cloak_features": (Cloak, "check_features"),
+    },
 )
 
 
