@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from deepcloak.cli import app
 from deepcloak.data.sets import load_dataset
 from deepcloak.errors import DeepCloakError
-from deepcloak.harden import HardenConfig, check_model_fits_data, harden
+from deepcloak.harden import HardenConfig, harden
 from deepcloak.io import load_tensors
 from deepcloak.models.checkpoint import load_model, save_checkpoint
+from deepcloak.models.fits import check_model_fits_data
 from deepcloak.models.zoo import create_model
 from tests.realdata import FASHION_MNIST_MARKS
 

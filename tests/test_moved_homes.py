@@ -45,6 +45,7 @@ MOVED = [
         "deepcloak.models.fits",
         "check_model_fits",
     ),
+    ("deepcloak.harden", "check_model_fits_data", "deepcloak.models.fits", "check_model_fits_data"),
     *_CACHE,
 ]
 

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from deepcloak._moved import moved_names
 from deepcloak.attacks import create_attack
 from deepcloak.attacks.native import Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
@@ -34,8 +35,8 @@ from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
 from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult
 from deepcloak.evaluation.sweep import graybox_sweep
 from deepcloak.io import atomic_write, save_tensors, write_bytes_atomic, write_json_atomic
+from deepcloak.models import fits as _fits
 from deepcloak.models.checkpoint import save_checkpoint
-from deepcloak.models.fits import check_model_fits
 from deepcloak.models.precision import Precision, check_precision_supported, parse_precision
 from deepcloak.progress import ProgressFn
 from deepcloak.report.files import write_folder
@@ -54,7 +55,6 @@ __all__ = [
     "DEFAULT_SELECTOR",
     "HardenConfig",
     "HardenResult",
-    "check_model_fits_data",
     "harden",
     "harden_sources",
     "trained_input_shape",
@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Moved after 0.1.0: the model-fits-data checks are the models' (deepcloak.models.fits).
+__getattr__ = moved_names(__name__, {"check_model_fits_data": _fits})
 
 #: The paper's ratio when ``select=None`` and no ratio is given.
 PAPER_RATIO = 0.01
@@ -223,27 +226,6 @@ class HardenResult:
         )
 
 
-def check_model_fits_data(
-    model: nn.Module,
-    dataset: Dataset[Any],
-    name: str = "the data",
-    *,
-    input_shape: Sequence[int] | None = None,
-) -> None:
-    """Run the model on the first sample of ``dataset`` and check that the two fit.
-
-    See :func:`deepcloak.models.fits.check_model_fits` (this reads the data set's first
-    sample and its ``num_classes``, if it has one).
-
-    Raises:
-        DeepCloakError: the model cannot take the data's input shape, was trained on another
-            shape, or has fewer outputs than the data has classes.
-    """
-    x, _ = dataset[0]
-    num_classes = getattr(dataset, "num_classes", None)
-    check_model_fits(model, x[None], data=name, input_shape=input_shape, num_classes=num_classes)
-
-
 def harden(
     model: nn.Module,
     train_set: Dataset[Any],
@@ -268,7 +250,7 @@ def harden(
     ``config.score`` at ``config.ratio``.
 
     ``input_shape``, if known, is the ``(C, H, W)`` the model was trained on; see
-    :func:`check_model_fits_data`. Data sets are batched by
+    :func:`~deepcloak.models.fits.check_model_fits_data`. Data sets are batched by
     :func:`~deepcloak.data.loader.make_loader` (``workers`` processes decode an image folder).
     Under ``torchrun`` the fit and the sweep's attacks are shared among the processes by batch,
     with the same results as one process.
@@ -277,10 +259,10 @@ def harden(
         DeepCloakError: the model does not fit the data, or bad settings.
     """
     start = time.perf_counter()
-    check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
-    check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
+    _fits.check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
+    _fits.check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
     if val_set is not None:
-        check_model_fits_data(model, val_set, "the validation data", input_shape=input_shape)
+        _fits.check_model_fits_data(model, val_set, "the validation data", input_shape=input_shape)
     check_precision_supported(config.precision, model_device(model))
     # fit and the sweeps use eval mode themselves and restore every module's own mode.
     model = cloakable(model, train_set[0][0][None].to(model_device(model)))

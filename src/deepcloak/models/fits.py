@@ -8,16 +8,18 @@ with the wrong data set fails at once with one clear line.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.outputs import check_finite_logits, select_logits
 from deepcloak.models.runtime import eval_mode, model_inputs
 from deepcloak.validation import check_input_shape, check_labels
 
-__all__ = ["check_model_fits"]
+__all__ = ["check_model_fits", "check_model_fits_data"]
 
 
 def check_model_fits(
@@ -72,6 +74,27 @@ def check_model_fits(
                 "meant for each other?"
             ) from None
     return int(outputs)
+
+
+def check_model_fits_data(
+    model: nn.Module,
+    dataset: Dataset[Any],
+    name: str = "the data",
+    *,
+    input_shape: Sequence[int] | None = None,
+) -> None:
+    """Run the model on the first sample of ``dataset`` and check that the two fit.
+
+    See :func:`check_model_fits` (this reads the data set's first
+    sample and its ``num_classes``, if it has one).
+
+    Raises:
+        DeepCloakError: the model cannot take the data's input shape, was trained on another
+            shape, or has fewer outputs than the data has classes.
+    """
+    x, _ = dataset[0]
+    num_classes = getattr(dataset, "num_classes", None)
+    check_model_fits(model, x[None], data=name, input_shape=input_shape, num_classes=num_classes)
 
 
 def _logits_on(model: nn.Module, x: torch.Tensor, data: str, what: str) -> torch.Tensor:
