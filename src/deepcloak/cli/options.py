@@ -15,9 +15,12 @@ import inspect
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -54,7 +57,7 @@ __all__ = [
     "parsed_into",
 ]
 
-OptionsT = TypeVar("OptionsT")
+OptionsT = TypeVar("OptionsT", bound="DataclassInstance")
 
 # The defaults the commands share (typer reads a default from the parameter, not the alias).
 DEFAULT_DATA = "digits"
@@ -110,7 +113,8 @@ def parsed_into(
     parameter per field, and the command receives them parsed into ``options``.
 
     Args:
-        options: a dataclass whose fields are annotated typer options (or arguments).
+        options: a dataclass whose fields are annotated typer options (or arguments), each
+            with a plain default or none (required).
 
     Returns:
         A decorator for the command.
@@ -125,7 +129,7 @@ def parsed_into(
             else field.default,
             annotation=hints[field.name],
         )
-        for field in dataclasses.fields(options)  # type: ignore[arg-type]
+        for field in dataclasses.fields(options)
     ]
 
     def decorate(command: Callable[[OptionsT], None]) -> Callable[..., None]:
