@@ -232,7 +232,7 @@ def test_bad_settings_are_clear_errors() -> None:
         EvaluationConfig(eps_grid=(0.0, 16))
     with pytest.raises(DeepCloakError, match="'fgsm' is L-inf only"):
         EvaluationConfig(norm="l2", eps=0.5)
-    with pytest.raises(DeepCloakError, match="norm must be 'linf' or 'l2'"):
+    with pytest.raises(DeepCloakError, match="unknown norm 'l1'; expected one of: linf, l2"):
         EvaluationConfig(norm="l1")
     with pytest.raises(DeepCloakError, match="clean_budget must be a fraction"):
         EvaluationConfig(clean_budget=5)

@@ -27,7 +27,8 @@ from deepcloak.attacks.native import Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
 from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
-from deepcloak.cloak.taps import Side
+from deepcloak.cloak.taps import Side, parse_side
+from deepcloak.enums import parse_enum
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
 from deepcloak.models.precision import (
@@ -56,11 +57,7 @@ class EvaluationLevel(str, enum.Enum):
         Raises:
             DeepCloakError: an unknown level (the message lists the known ones).
         """
-        try:
-            return cls(value)
-        except ValueError:
-            known = ", ".join(level.value for level in cls)
-            raise DeepCloakError(f"unknown level {value!r}; expected one of: {known}") from None
+        return parse_enum(cls, value, what="level")
 
 
 def _level(**settings: Any) -> Mapping[str, Any]:
@@ -275,13 +272,7 @@ class EvaluationConfig:
     def _check_attacks(self) -> None:
         set_ = object.__setattr__
         set_(self, "norm", parse_norm(self.norm))
-        if self.side is not None:
-            try:
-                set_(self, "side", Side(self.side))
-            except ValueError:
-                raise DeepCloakError(
-                    f"side must be 'input' or 'output', got {self.side!r}"
-                ) from None
+        set_(self, "side", parse_side(self.side))
         if isinstance(self.attacks, str):
             set_(self, "attacks", (self.attacks,))
         set_(self, "attacks", tuple(self.attacks))
