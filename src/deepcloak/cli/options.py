@@ -84,7 +84,7 @@ EpsOpt = Annotated[float, typer.Option(help="Attack budget in [0, 1], e.g. 0.031
 LayerOpt = Annotated[str | None, typer.Option(help="Module to cloak (default: input of the final nn.Linear).")]
 SideOpt = Annotated[str | None, typer.Option(help="input or output of --layer.")]
 ScoreOpt = Annotated[str, typer.Option(help="Feature score: deepcloak, random or activation.")]
-SelectOpt = Annotated[str | None, typer.Option(help="How the mask is found. Default: beam search (width=4, clean_weight=2, fit_budget=0.03), its size chosen on validation samples within --clean-budget. Others: greedy, random, deepcloak (the paper's score, size chosen the same way). Settings after a colon: beam:width=8. The paper's exact method: --select deepcloak --ratio 0.01.")]
+SelectOpt = Annotated[str | None, typer.Option(help="How the mask is found. Default: beam search (width=8, clean_weight=2, fit_budget=0.03; tuned: docs/default_mask_tuning.md), its size chosen on validation samples within --clean-budget. Others: greedy, random, deepcloak (the paper's score, size chosen the same way). Settings after a colon: beam:width=4. The paper's exact method: --select deepcloak --ratio 0.01.")]
 RatioOpt = Annotated[float | None, typer.Option(help="A fixed fraction of features to remove, ranked by --score: the paper's method (no search, no validation). Default: the search chooses.")]
 BudgetOpt = Annotated[float, typer.Option(help="Largest clean-accuracy drop the saved mask may cost (0.01 = 1 point), held at 95% confidence on the validation samples.")]
 
