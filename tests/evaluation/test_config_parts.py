@@ -73,6 +73,14 @@ def test_flat_settings_go_to_their_parts() -> None:
     assert (replaced.compare, replaced.samples) == (config.compare, config.samples)
 
 
+def test_a_part_given_whole_to_a_level_is_kept_whole() -> None:
+    attack = AttackSettings(eps=0.1, steps=3)
+    config = EvaluationConfig.for_level("quick", attack=attack, n_random=1)
+    assert config.attack == attack  # not the quick level's attacks and steps
+    assert config.compare.n_random == 1 and config.samples.max_samples == 100  # the level's
+    assert {"attacks", "steps", "n_random"} <= set(config.level_overrides)
+
+
 def test_bad_flat_names_and_parts_are_clear_errors() -> None:
     with pytest.raises(DeepCloakError, match=r"unknown evaluation setting 'epss'.*'eps'"):
         EvaluationConfig(epss=0.1)

@@ -166,8 +166,9 @@ class EvaluationConfig:
             DeepCloakError: an unknown level, or a bad setting.
         """
         parsed = EvaluationLevel.parse(level)
-        settings = dict(LEVELS[parsed])
-        if "steps" in overrides and "attack_params" not in overrides:
+        # a part given whole is the caller's: the level's settings for it give way
+        settings = {k: v for k, v in LEVELS[parsed].items() if SETTING_PARTS[k] not in overrides}
+        if "steps" in overrides and "attack_params" in settings:
             # explicit steps are every iterative attack's, APGD's too (which the level sets apart)
             settings["attack_params"] = {
                 name: {k: v for k, v in params.items() if k != "steps"}
