@@ -144,10 +144,12 @@ def level_worst_case(
             eps=eps, attacks=("fgsm", "pgd", "art-apgd", "square"), steps=20, attack_params={},
             max_queries=300, batch_size=samples.batch_size,
         )  # fmt: skip
-        sets = {n: store.get(build_attack(n, config), model, on, samples) for n in config.attacks}
+        sets = {
+            n: store.get(build_attack(n, config), model, on, samples) for n in config.attack.attacks
+        }
     else:
         config = EvaluationConfig.for_level(level, eps=eps, batch_size=samples.batch_size)
-        attacks = {name: build_attack(name, config) for name in config.attacks}
+        attacks = {name: build_attack(name, config) for name in config.attack.attacks}
         sets = store.get_all(attacks, model, on, samples)
     return worst_case([correct(model, samples, x) for x in sets.values()])
 

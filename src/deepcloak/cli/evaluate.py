@@ -223,8 +223,8 @@ def _cap_line(config: EvaluationConfig, data: DataSource, cloak_given: bool) -> 
     splits = data.splits()
     n_test, n_val = len(splits.test), len(splits.val) if splits.val is not None else 0
     where = f"; validation: {splits.validation.description}" if splits.validation else ""
-    searching = config.resolved(cloak_given=cloak_given).select is not None
-    cap = config.max_samples
+    searching = config.resolved(cloak_given=cloak_given).cloak.select is not None
+    cap = config.samples.max_samples
     val_cap = None if searching else cap  # the search's validation is one FGSM pass: uncapped
     if cap is None:
         return f"evaluating all {n_test:,} test and {n_val:,} validation samples (no cap){where}"
