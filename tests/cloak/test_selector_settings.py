@@ -143,7 +143,7 @@ def test_configs_refuse_bad_settings_and_record_every_default() -> None:
     # The settings given stay as given, so another selector can replace the default one.
     assert config.to_json()["select_params"] == {"width": "8"}
     greedy = dataclasses.replace(EvaluationConfig(), select="greedy")
-    assert "width" not in greedy.selector_settings and greedy.select_params == {}
+    assert "width" not in greedy.cloak.selector_settings and greedy.cloak.select_params == {}
     assert dataclasses.replace(HardenConfig(), select="deepcloak").selector_settings == {
         "fit_budget": 0.03, "max_removed": None,
     }  # fmt: skip

@@ -203,10 +203,10 @@ def prepare_splits(
     """
     if config.uses_art:
         art_attacks.require_art()  # fail now, not after the fit
-    x, y = collect(test_loader, "test", config.max_samples)
+    x, y = collect(test_loader, "test", config.samples.max_samples)
     # The search's validation pass is one FGSM pass and its bound needs samples: the level's cap
     # applies to the validation samples only when the paper's ratio is chosen on a PGD sweep.
-    val_cap = config.max_samples if config.select is None else None
+    val_cap = config.samples.max_samples if config.cloak.select is None else None
     x_val, y_val = collect(val_loader, "validation", val_cap)
     num_classes = _fits.check_model_fits(model, x, y, data="the test data")
     _fits.check_model_fits(model, x_val, y_val, data="the validation data")
@@ -222,10 +222,12 @@ def prepare_splits(
                 f"the surrogate has {k} outputs but the model {num_classes}; a transfer "
                 "attack needs a surrogate trained on the same classes"
             )
-    bs = config.batch_size
+    bs = config.samples.batch_size
     overlap = shared_samples(x_val, x)
     test, val = Samples(x, y, bs, "test"), Samples(x_val, y_val, bs, "validation")
-    cap = SampleCap(config.max_samples, source=config.max_samples_source, level=config.level_name)
+    cap = SampleCap(
+        config.samples.max_samples, source=config.max_samples_source, level=config.level_name
+    )
     return EvaluationSplits(test, val, num_classes, overlap, cap)
 
 

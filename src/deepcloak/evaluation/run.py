@@ -89,7 +89,7 @@ def evaluate_cloak(
     Args:
         model: the trained classifier, taking inputs in [0, 1].
         train_loader_or_cloak: a fitted :class:`~deepcloak.Cloak`, or training data to fit one on
-            (FGSM at ``config.fit_eps``, ``config.score``, ``config.layer`` and ``side``).
+            (FGSM at ``fit_eps``, with ``score``, ``layer`` and ``side``: ``config.cloak``).
         val_loader: validation data, held out from the test data: the ratio is chosen and the
             activation-pruning baseline measured here.
         test_loader: test data; every reported accuracy is measured here.
@@ -140,7 +140,7 @@ def _report(
     """The report of what the stages found, with what was evaluated and where."""
     data = describe_splits(splits, *loaders)
     return EvaluationReport(
-        run=started.record(cfg.seed, data, model, surrogate, cloak, metadata), config=cfg,
+        run=started.record(cfg.runtime.seed, data, model, surrogate, cloak, metadata), config=cfg,
         cloak=cloak.metadata(choice.ratio), ratio_choice=choice,
         defenses={d.name: d.spec for d in found.defenses}, results=found.results,
         comparisons=comparisons(found.results), sanity=found.checks, eps_curve=found.eps_curve,
@@ -211,7 +211,7 @@ def evaluate_sources(
     Validation samples come from where ``data`` says (by default a seeded part of the test
     split, the rest reported on; see :meth:`DataSource.splits`); the cloak is read from
     ``cloak_file`` or fit (searched, by default) on the training split; every loader is
-    :func:`~deepcloak.data.loader.make_loader`'s with ``config.batch_size`` (``workers``
+    :func:`~deepcloak.data.loader.make_loader`'s with ``config.samples.batch_size`` (``workers``
     processes decode an image folder; in-memory sets need none). ``work_dir`` and ``resume``:
     as in :func:`evaluate_cloak`.
 
@@ -233,7 +233,9 @@ def evaluate_sources(
     device = model_device(loaded.model)
 
     def loader(dataset: Dataset[Any]) -> BatchLoader:
-        return make_loader(dataset, batch_size=config.batch_size, workers=workers, device=device)
+        return make_loader(
+            dataset, batch_size=config.samples.batch_size, workers=workers, device=device
+        )
 
     train: Iterable[Any] | Cloak = Cloak.load(cloak_file)[0] if cloak_file else loader(fit_set)
     metadata = {

@@ -71,8 +71,8 @@ def fit_and_choose(
         "fit", lambda: _fit_or_use(model, train, splits, cfg, report, store),
         Codec(work.save_cloak, work.load_cloak) if work is not None else None,
     ))  # fmt: skip
-    select = build_attack(cfg.select_attack, cfg)
-    choice = search_choice(cloak) if cfg.select is not None else _choose(
+    select = build_attack(cfg.attack.select_attack, cfg)
+    choice = search_choice(cloak) if cfg.cloak.select is not None else _choose(
         stages.run(
             "ratio choice",
             lambda: _validation_sweep(model, cloak, splits.val, select, cfg, report, store),
@@ -91,25 +91,26 @@ def _fit_or_use(
     config: EvaluationConfig, progress: ProgressFn, store: CraftedSets,
 ) -> Cloak:  # fmt: skip
     """The given cloak, or one fit on ``train`` with FGSM at ``fit_eps`` (its attack pass timed),
-    or, with ``config.select``, the searched one
+    or, with ``config.cloak.select``, the searched one
     (:func:`~deepcloak.evaluation.selection.search_cloak`); checked against the model (before a
     stage saves it)."""
     if isinstance(train, Cloak):
-        if config.select is not None:
+        if config.cloak.select is not None:
             raise DeepCloakError(
-                f"select={config.select!r} searches a mask on training data, but a fitted "
+                f"select={config.cloak.select!r} searches a mask on training data, but a fitted "
                 "cloak was given; pass training data (drop --cloak) or drop the selector"
             )
         train.check_fits(model, splits.test.x)
         return train
-    if config.select is not None:
+    if config.cloak.select is not None:
         searched = search_cloak(model, train, splits.val, config, progress)
         searched.check_fits(model, splits.test.x)
         return searched
-    attack = TimedAttack(FGSM(eps=config.fit_eps if config.fit_eps is not None else config.eps))
+    attack = TimedAttack(FGSM(eps=config.resolved_fit_eps))
     cloak = fit(
-        model, train, attack=attack, layer=config.layer, side=config.side, score=config.score,
-        max_samples=config.max_fit_samples, seed=config.seed, progress=progress,
+        model, train, attack=attack, layer=config.cloak.layer, side=config.cloak.side,
+        score=config.cloak.score, max_samples=config.samples.max_fit_samples,
+        seed=config.runtime.seed, progress=progress,
     )  # fmt: skip
     cloak.check_fits(model, splits.test.x)
     if attack.samples:
@@ -126,12 +127,12 @@ def _validation_sweep(
     progress: ProgressFn, store: CraftedSets,
 ) -> SweepResult | None:  # fmt: skip
     """The gray-box sweep on the validation split that the ratio is chosen on (none if fixed)."""
-    if config.ratio is not None:
+    if config.cloak.ratio is not None:
         return None
     stage = Stage(renamed(progress, "validation: "), "gray-box attack", val.y.numel())
     return graybox_sweep(
-        model, cloak, _loader(val), attack=select, ratios=config.ratios, n_random=0,
-        seed=config.seed, confidence=config.confidence,
+        model, cloak, _loader(val), attack=select, ratios=config.cloak.ratios, n_random=0,
+        seed=config.runtime.seed, confidence=config.checks.confidence,
         progress=renamed(progress, "validation: "),
         adversarial=store.get(select, model, target(UNMASKED), val, stage),
     )  # fmt: skip
@@ -139,14 +140,14 @@ def _validation_sweep(
 
 def _choose(sweep: SweepResult | None, config: EvaluationConfig) -> RatioChoice:
     """The user's fixed ratio, or the one chosen on the validation sweep."""
-    if sweep is None or config.ratio is not None:
+    if sweep is None or config.cloak.ratio is not None:
         return RatioChoice(
-            ratio=config.ratio or 0.0, clean_budget=config.clean_budget,
+            ratio=config.cloak.ratio or 0.0, clean_budget=config.cloak.clean_budget,
             baseline_clean_accuracy=None, baseline_graybox_accuracy=None, candidates=(),
             n_samples=0, attack={}, split="fixed",
             reason="ratio fixed by the user; no validation choice made",
         )  # fmt: skip
-    return choose_ratio(sweep, config.clean_budget)
+    return choose_ratio(sweep, config.cloak.clean_budget)
 
 
 def _ratio_curve(
@@ -159,7 +160,7 @@ def _ratio_curve(
     the gray-box set and the white-box one at the evaluated ratio (and ratio 0 is the unmasked
     model), so usually only the other white-box ratios are attacked here.
     """
-    white_ratios = check_ratios(sorted({*config.whitebox_ratios, ratio}))
+    white_ratios = check_ratios(sorted({*config.compare.whitebox_ratios, ratio}))
     named = renamed(progress, "ratio sweep: ")
     stage = Stage(named, "white-box attack", (1 + len(white_ratios)) * test.y.numel())
     x_adv = store.get(select, model, target(UNMASKED), test, stage)
@@ -169,13 +170,16 @@ def _ratio_curve(
             correct = test.correct(m, store.get(select, m, target(CLOAKED, r), test, stage))
         spec = select.spec()
         white[r] = (
-            AccuracyResult(CLOAKED, ThreatModel.WHITEBOX, spec, correct, r, config.confidence),
+            AccuracyResult(
+                CLOAKED, ThreatModel.WHITEBOX, spec, correct, r, config.checks.confidence
+            ),
         )
     return graybox_sweep(
         model, cloak, _loader(test), attack=select,
-        ratios=sorted({*config.ratios, *config.whitebox_ratios, ratio}), n_random=config.n_random,
-        seed=config.seed, whitebox_attacks=[select], whitebox_ratios=white_ratios,
-        confidence=config.confidence, progress=named, adversarial=x_adv, whitebox=white,
+        ratios=sorted({*config.cloak.ratios, *config.compare.whitebox_ratios, ratio}),
+        n_random=config.compare.n_random,
+        seed=config.runtime.seed, whitebox_attacks=[select], whitebox_ratios=white_ratios,
+        confidence=config.checks.confidence, progress=named, adversarial=x_adv, whitebox=white,
     )  # fmt: skip
 
 
@@ -185,7 +189,7 @@ def _defenses_at(
     """The defences at ``ratio``; activation pruning measures activations on validation data."""
     activation = fit(
         model, _loader(splits.val), layer=cloak.layer.name, side=cloak.layer.side,
-        score="activation", seed=config.seed,
+        score="activation", seed=config.runtime.seed,
     )  # fmt: skip
     return build_defenses(model, cloak, activation, ratio, config, images=splits.test.x.ndim == 4)
 
@@ -219,7 +223,7 @@ def measure(
     """The defences at ``ratio`` under every attack, the eps curve, the checks, the ratio curve."""
     store, test = stages.store, splits.test
     defenses, notes = stages.run("defenses", lambda: _defenses_at(model, cloak, splits, ratio, cfg))
-    attacks = {name: build_attack(name, cfg) for name in cfg.attacks}
+    attacks = {name: build_attack(name, cfg) for name in cfg.attack.attacks}
     results = stages.run(
         "attacks",
         lambda: measure_defenses(
@@ -241,7 +245,7 @@ def measure(
         ),
         CHECKS,
     )
-    select = build_attack(cfg.select_attack, cfg)
+    select = build_attack(cfg.attack.select_attack, cfg)
     ratio_curve = stages.run(
         "ratio curve",
         lambda: _ratio_curve(model, cloak, test, select, ratio, cfg, report, store),

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from deepcloak.enums import parse_enum
 from deepcloak.errors import DeepCloakError
 from deepcloak.stats import McNemarResult, mcnemar_exact, mean_interval, wilson_interval
 
@@ -61,13 +62,7 @@ class ThreatModel(str, Enum):
     @classmethod
     def parse(cls, value: ThreatModel | str) -> ThreatModel:
         """The threat model named ``value``; a clear error listing the names otherwise."""
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(t.value for t in cls)
-            raise DeepCloakError(
-                f"unknown threat model {value!r}; expected one of: {names}"
-            ) from None
+        return parse_enum(cls, value, what="threat model")
 
 
 #: One sentence per threat model, written into every JSON document.
