@@ -26,7 +26,7 @@ from deepcloak.attacks import art as art_attacks  # also registers "apgd", "squa
 from deepcloak.attacks.native import Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
-from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
+from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, SelectorChoice
 from deepcloak.cloak.taps import Side
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, EVALUATION_WHITEBOX_RATIOS
@@ -216,9 +216,9 @@ class EvaluationConfig:
     precision: Precision | str = Precision.FP32
     select: str | None = AUTO
     select_params: Mapping[str, Any] = field(default_factory=dict)
-    #: ``select_params`` checked, with every default of the selector and the search filled in
-    #: (what the search runs with and the report shows); empty without a search.
-    selector_settings: dict[str, Any] = field(init=False, default_factory=dict)
+    #: ``select`` with ``select_params`` checked, every default of the selector and the search
+    #: filled in (what the search runs with and the report shows); ``None`` without a search.
+    selector: SelectorChoice | None = field(init=False, default=None)
     level: EvaluationLevel | str = EvaluationLevel.STANDARD
 
     @classmethod
@@ -252,7 +252,7 @@ class EvaluationConfig:
         if self.select is not None:
             # Checked by type and range before any work; recorded with the defaults filled in.
             name = DEFAULT_SELECTOR if self.select == AUTO else self.select
-            object.__setattr__(self, "selector_settings", check_selector(name, self.select_params))
+            object.__setattr__(self, "selector", SelectorChoice.of(name, self.select_params))
             if self.ratio is not None:
                 raise DeepCloakError(
                     f"select={self.select!r} chooses the mask and its ratio on validation; "
@@ -342,6 +342,11 @@ class EvaluationConfig:
         set_(self, "eps_factors", tuple(float(f) for f in factors))
 
     @property
+    def selector_settings(self) -> dict[str, Any]:
+        """The checked settings of :attr:`selector` (empty without a search)."""
+        return dict(self.selector.settings) if self.selector is not None else {}
+
+    @property
     def uses_art(self) -> bool:
         """Whether the evaluation needs ART (its attacks, or the preprocessing baselines)."""
         names = {*self.attacks, self.select_attack}
@@ -381,6 +386,8 @@ class EvaluationConfig:
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of every setting."""
         d = dataclasses.asdict(self)
+        d["selector"] = self.selector_settings  # recorded under its name of old, at its place
+        d = {("selector_settings" if k == "selector" else k): v for k, v in d.items()}
         d["norm"] = parse_norm(self.norm).value
         d["side"] = Side(self.side).value if self.side is not None else None
         d["attacks"] = list(self.attacks)
