@@ -317,12 +317,7 @@ def search_cached(
     Raises:
         DeepCloakError: unknown selector, bad settings or budgets, or mismatched splits.
     """
-    if not 0.0 <= clean_budget <= 1.0:
-        raise DeepCloakError(f"clean_budget must be a fraction in [0, 1], got {clean_budget}")
-    if val.weight.shape != fit.weight.shape or not torch.equal(
-        val.weight, fit.weight.to(val.device)
-    ):
-        raise DeepCloakError("fit and validation features must come from the same head")
+    _check_splits(fit, val, clean_budget)
     choice = _selector_choice(selector, settings, fit_budget=fit_budget, max_removed=max_removed)
     chosen_selector, fit_budget = choice.create(), choice.fit_budget
     t0 = time.perf_counter()
@@ -335,22 +330,23 @@ def search_cached(
     keep = torch.ones(fit.n_features, dtype=torch.bool)
     keep[list(removed)] = False
     return SearchResult(
-        layer=layer,
-        keep=keep,
-        removed=removed,
-        path=path,
-        selector=choice.name,
-        settings=chosen_selector.settings(),
-        clean_budget=clean_budget,
-        confidence=confidence,
-        fit_budget=fit_budget,
-        candidates=candidates,
-        attack=attack or {},
-        fit_samples=fit.n_samples,
-        val_samples=val.n_samples,
+        layer=layer, keep=keep, removed=removed, path=path, selector=choice.name,
+        settings=chosen_selector.settings(), clean_budget=clean_budget, confidence=confidence,
+        fit_budget=fit_budget, candidates=candidates, attack=attack or {},
+        fit_samples=fit.n_samples, val_samples=val.n_samples,
         seconds={"search": t1 - t0, "validate": time.perf_counter() - t1},
         kept_order=(fit.adv - fit.clean).abs().sum(0, dtype=torch.float64).cpu(),
-    )
+    )  # fmt: skip
+
+
+def _check_splits(fit: HeadFeatures, val: HeadFeatures, clean_budget: float) -> None:
+    """A budget that is a fraction, and fit and validation features of the same head."""
+    if not 0.0 <= clean_budget <= 1.0:
+        raise DeepCloakError(f"clean_budget must be a fraction in [0, 1], got {clean_budget}")
+    if val.weight.shape != fit.weight.shape or not torch.equal(
+        val.weight, fit.weight.to(val.device)
+    ):
+        raise DeepCloakError("fit and validation features must come from the same head")
 
 
 def _selector_choice(
