@@ -6,9 +6,10 @@ DeepCloak masks by default is the input of each model's last ``nn.Linear`` (``cl
 for ``cnn`` and ``vgg``, ``fc`` for ``resnet`` and ``wrn``), always a 2-D ``(N, d)`` feature.
 
 The families live in :mod:`deepcloak.models.plain` (CNN, VGG) and
-:mod:`deepcloak.models.residual` (ResNet, WRN), their common base in :mod:`deepcloak.models.base`;
-this module registers them by name. Each model records the arguments that built it, JSON-able, so that a checkpoint can rebuild it
-with ``create_model(model.arch, **model.arch_config())``.
+:mod:`deepcloak.models.residual` (ResNet, WRN), their common base in
+:mod:`deepcloak.models.base`; this module registers them by name. Each model records the
+arguments that built it, JSON-able, so that a checkpoint can rebuild it with
+``create_model(model.arch, **model.arch_config())``.
 
 Example:
     >>> model = create_model("resnet", in_channels=1, num_classes=10, input_size=28, depth=8)
