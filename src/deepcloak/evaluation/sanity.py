@@ -232,7 +232,7 @@ def check_single_step(single: float, iterative: float, *, n: int, tolerance: flo
             f"iterative attacks leave more samples correct ({iterative:.2%}) than one FGSM step "
             f"({single:.2%}): the iterative attacks are misconfigured or gradients are masked"
         ),
-        passing=(f"iterative {iterative:.2%} <= FGSM {single:.2%}"),
+        passing=f"iterative {iterative:.2%} <= FGSM {single:.2%}",
         values=values,
     )
 
@@ -252,7 +252,7 @@ def check_whitebox_vs_graybox(
             f"than samples crafted on the unmasked model ({graybox:.2%}): the mask may be "
             "masking gradients; trust the lower number"
         ),
-        passing=(f"white-box {whitebox:.2%} <= gray-box {graybox:.2%}"),
+        passing=f"white-box {whitebox:.2%} <= gray-box {graybox:.2%}",
         values=values,
     )
 
@@ -270,6 +270,6 @@ def check_transfer_vs_whitebox(
             f"samples transferred from the surrogate are stronger ({transfer:.2%}) than the "
             f"white-box attack ({whitebox:.2%}): the white-box attack is being fooled"
         ),
-        passing=(f"transfer {transfer:.2%} >= white-box {whitebox:.2%}"),
+        passing=f"transfer {transfer:.2%} >= white-box {whitebox:.2%}",
         values=values,
     )
