@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from deepcloak.attacks import APGD, FGSM
 from deepcloak.cloak.fit import Cloak, fit
@@ -124,7 +125,8 @@ def pick_eps(model: nn.Module, samples: Samples) -> list[float]:
 def cloak_for(model: nn.Module, eps: float, args: argparse.Namespace) -> Cloak:
     """The paper's cloak (FGSM at ``eps``) fit on 2,000 training samples."""
     train = load_dataset("fashion-mnist", split="train", limit=2000, seed=args.seed)
-    return fit(model, train.loader(batch_size=256), attack=FGSM(eps=eps), seed=args.seed)
+    loader = DataLoader(train, batch_size=256)
+    return fit(model, loader, attack=FGSM(eps=eps), seed=args.seed)
 
 
 #: The pseudo-level ``before``: ``standard`` as it was before issue 17 (FGSM, PGD-20, ART's
@@ -142,10 +144,12 @@ def level_worst_case(
             eps=eps, attacks=("fgsm", "pgd", "art-apgd", "square"), steps=20, attack_params={},
             max_queries=300, batch_size=samples.batch_size,
         )  # fmt: skip
-        sets = {n: store.get(build_attack(n, config), model, on, samples) for n in config.attacks}
+        sets = {
+            n: store.get(build_attack(n, config), model, on, samples) for n in config.attack.attacks
+        }
     else:
         config = EvaluationConfig.for_level(level, eps=eps, batch_size=samples.batch_size)
-        attacks = {name: build_attack(name, config) for name in config.attacks}
+        attacks = {name: build_attack(name, config) for name in config.attack.attacks}
         sets = store.get_all(attacks, model, on, samples)
     return worst_case([correct(model, samples, x) for x in sets.values()])
 

@@ -98,9 +98,11 @@ def run_level(
         "test_samples": data["test"]["n_used"],
         "test_available": data["test"]["n_available"],
         "validation_samples": data["validation"]["n_used"],
-        "fit_samples": config.max_fit_samples or data["train"]["n_available"],
-        "level_samples": min(level_config.max_samples or 10**9, data["test"]["n_available"]),
-        "level_fit_samples": level_config.max_fit_samples or data["train"]["n_available"],
+        "fit_samples": config.samples.max_fit_samples or data["train"]["n_available"],
+        "level_samples": min(
+            level_config.samples.max_samples or 10**9, data["test"]["n_available"]
+        ),
+        "level_fit_samples": level_config.samples.max_fit_samples or data["train"]["n_available"],
         "sample_cap_overridden": max_samples is not None or max_fit is not None,
         "stages": clock.seconds(),
         "threads": torch.get_num_threads(),
@@ -128,7 +130,7 @@ def level_rows() -> list[list[str]]:
         return "yes" if flag else "no"
 
     def spec(c: EvaluationConfig, name: str, key: str) -> Any:
-        return build_attack(name, c).spec()[key] if name in c.attacks else None
+        return build_attack(name, c).spec()[key] if name in c.attack.attacks else None
 
     def apgd(c: EvaluationConfig) -> str:
         ce, t = spec(c, "apgd", "steps"), spec(c, "apgd-t", "steps")
@@ -139,24 +141,25 @@ def level_rows() -> list[list[str]]:
 
     return [
         row("attacks (each after FGSM and the first: on the samples still standing)",
-            lambda c: ", ".join(c.attacks)),
+            lambda c: ", ".join(c.attack.attacks)),
         row("APGD steps × restarts", apgd),
-        row("PGD steps (ratio sweep) × restarts", lambda c: f"{c.steps} × {c.restarts}"),
+        row("PGD steps (ratio sweep) × restarts",
+            lambda c: f"{c.attack.steps} × {c.attack.restarts}"),
         row("Square queries per sample",
-            lambda c: str(c.max_queries) if "square" in c.attacks else "–"),
-        row("random masks (baseline)", lambda c: str(c.n_random)),
-        row("eps curve (multiples of eps)", lambda c: _grid(c.eps_factors)),
+            lambda c: str(c.attack.max_queries) if "square" in c.attack.attacks else "–"),
+        row("random masks (baseline)", lambda c: str(c.compare.n_random)),
+        row("eps curve (multiples of eps)", lambda c: _grid(c.attack.eps_factors)),
         row("white-box ratios of the ratio curve",
-            lambda c: _grid(c.whitebox_ratios) + " + chosen"),
-        row("FeatureSqueezing, SpatialSmoothing", lambda c: yes(c.preprocessing_baselines)),
-        row("baselines attacked white-box", lambda c: yes(c.whitebox_baselines)),
+            lambda c: _grid(c.compare.whitebox_ratios) + " + chosen"),
+        row("FeatureSqueezing, SpatialSmoothing", lambda c: yes(c.compare.preprocessing_baselines)),
+        row("baselines attacked white-box", lambda c: yes(c.compare.whitebox_baselines)),
         row("sanity: more-steps probe", lambda c: (
             f"{curve_attack(c).upper()}-"
-            f"{build_attack(curve_attack(c), c).spec()['steps'] * c.more_steps_factor}")),
+            f"{build_attack(curve_attack(c), c).spec()['steps'] * c.checks.more_steps_factor}")),
         row("sanity: unbounded probe, eps growth, gradient-free, FGSM", lambda c: "yes"),
         row("test samples (cap; the search's validation samples are not capped)",
-            lambda c: cap(c.max_samples)),
-        row("fit samples (cap)", lambda c: cap(c.max_fit_samples)),
+            lambda c: cap(c.samples.max_samples)),
+        row("fit samples (cap)", lambda c: cap(c.samples.max_fit_samples)),
     ]  # fmt: skip
 
 

@@ -220,7 +220,7 @@ def test_non_finite_logits_are_one_clear_error_in_harden_and_evaluate(tmp_path: 
         (["train", "--model", "cnn", "--data", "digits", "--option", "hidden=abc"],
          "model 'cnn' option hidden must be an integer, got 'abc'"),
         (["harden", SPEC, *RANDOM, *FAST, "--output", "0", "--side", "sideways"],
-         "side must be 'input' or 'output', got 'sideways'"),
+         "unknown side 'sideways'; expected one of: input, output"),
         (["harden", SPEC, *FAST, "--output", "0", "--weights", "WEIGHTS.txt"],
          "not a weights file; expected a safetensors file or a torch.save file"),
         (["harden", SPEC, *FAST, "--output", "0", "--weights", "RANDOM.pt", "--allow-pickle"],

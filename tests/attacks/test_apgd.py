@@ -154,7 +154,7 @@ def test_bad_settings_and_models() -> None:
         APGD(eps=0.1, steps=0)
     with pytest.raises(DeepCloakError, match="targets must be an integer >= 1"):
         APGDT(eps=0.1, targets=0)
-    with pytest.raises(DeepCloakError, match="norm must be 'linf' or 'l2'"):
+    with pytest.raises(DeepCloakError, match="unknown norm 'l1'; expected one of: linf, l2"):
         APGD(eps=0.1, norm="l1")
     three = nn.Linear(4, 3)
     with pytest.raises(DeepCloakError, match="at least 4 classes, the model has 3"):

@@ -148,7 +148,7 @@ def test_bad_parameters_and_inputs(toy: tuple[nn.Module, torch.Tensor, torch.Ten
     model, x, y = toy
     with pytest.raises(DeepCloakError, match=r"eps must be <= 1.*8/255"):
         ArtAPGD(eps=8)
-    with pytest.raises(DeepCloakError, match="norm must be 'linf' or 'l2'"):
+    with pytest.raises(DeepCloakError, match="unknown norm 'l1'; expected one of: linf, l2"):
         ArtSquare(eps=0.1, norm="l1")
     with pytest.raises(DeepCloakError, match="loss must be 'ce' or 'dlr'"):
         ArtAPGD(eps=0.1, loss="hinge")

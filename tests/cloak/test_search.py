@@ -258,6 +258,6 @@ def test_a_selector_spec_carries_its_settings_and_the_searchs() -> None:
         {"width": 4, "clean_weight": 2.5, "rivals": 16, "stop_at_plateau": True, **search},
     )
     assert parse_selector("beam:stop_at_plateau=false,max_removed=5")[1] == {
-        "width": 4, "clean_weight": 2.0, "rivals": 16, "stop_at_plateau": False,
+        "width": 8, "clean_weight": 2.0, "rivals": 16, "stop_at_plateau": False,
         "fit_budget": 0.03, "max_removed": 5,
     }  # fmt: skip

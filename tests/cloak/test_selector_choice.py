@@ -33,14 +33,14 @@ def test_configs_hold_the_checked_selector_and_record_it_under_the_old_key() -> 
     harden = HardenConfig(select="beam", select_params={"width": "8"})
     assert harden.selector == SelectorChoice.of("beam", {"width": 8})
     evaluation = EvaluationConfig(select="greedy", select_params={"clean_weight": 1})
-    assert evaluation.selector == SelectorChoice.of("greedy", {"clean_weight": 1.0})
-    for config in (harden, evaluation):
+    assert evaluation.cloak.selector == SelectorChoice.of("greedy", {"clean_weight": 1.0})
+    for config, choice in ((harden, harden.selector), (evaluation, evaluation.cloak.selector)):
         document = config.to_json()
         assert "selector" not in document
-        assert document["selector_settings"] == dict(config.selector.settings)  # type: ignore[union-attr]
+        assert choice is not None and document["selector_settings"] == dict(choice.settings)
     assert HardenConfig(ratio=0.01).selector is None
     assert HardenConfig(ratio=0.01).to_json()["selector_settings"] == {}
-    assert dataclasses.replace(evaluation, select=None).selector is None
+    assert dataclasses.replace(evaluation.cloak, select=None).selector is None
 
 
 def test_the_search_runs_the_choice_as_given_and_refuses_settings_beside_it() -> None:

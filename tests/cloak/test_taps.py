@@ -160,7 +160,9 @@ def test_a_bad_side_is_refused_with_or_without_a_layer() -> None:
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     for layer in (None, "3"):
-        with pytest.raises(LayerError, match="side must be 'input' or 'output', got 'sideways'"):
+        with pytest.raises(
+            LayerError, match="unknown side 'sideways'; expected one of: input, output"
+        ):
             resolve_layer(model, layer, "sideways")
-    with pytest.raises(LayerError, match="got 'sideways'"):
+    with pytest.raises(LayerError, match="unknown side 'sideways'"):
         HardenConfig(side="sideways")

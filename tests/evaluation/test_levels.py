@@ -40,22 +40,23 @@ def test_standard_is_the_default_evaluation() -> None:
     assert EvaluationConfig().level_overrides == ()
     # what standard must keep: white-box APGD-CE and APGD-T, Square, the random baseline, the probes
     standard = EvaluationConfig()
-    assert {"apgd", "apgd-t", "square"} <= set(standard.attacks) and standard.n_random >= 5
-    assert standard.max_samples == 500 and standard.more_steps_factor >= 4
+    assert {"apgd", "apgd-t", "square"} <= set(standard.attack.attacks)
+    assert standard.compare.n_random >= 5 and standard.checks.more_steps_factor >= 4
+    assert standard.samples.max_samples == 500
 
 
 @pytest.mark.parametrize("level", list(EvaluationLevel))
 def test_a_level_fixes_its_settings_and_explicit_settings_win(level: EvaluationLevel) -> None:
     config = EvaluationConfig.for_level(level.value)
     for name, value in LEVELS[level].items():
-        assert getattr(config, name) == value, name
+        assert config.setting(name) == value, name
     assert config.level_overrides == ()
     tuned = EvaluationConfig.for_level(level, steps=7, max_samples=None)
-    assert (tuned.steps, tuned.max_samples) == (7, None)
+    assert (tuned.attack.steps, tuned.samples.max_samples) == (7, None)
     changed = {"steps": 7, "max_samples": None}
     expected = {n for n, v in changed.items() if LEVELS[level][n] != v}  # thorough: no cap already
     # explicit steps are APGD's too, which the level sets apart in attack_params
-    assert tuned.attack_params.get("apgd", {}).get("steps") is None
+    assert tuned.attack.attack_params.get("apgd", {}).get("steps") is None
     assert build_attack("apgd", tuned).spec()["steps"] == 7
     expected |= {"attack_params"} if "apgd" in LEVELS[level]["attack_params"] else set()
     assert set(tuned.level_overrides) == expected
@@ -64,22 +65,24 @@ def test_a_level_fixes_its_settings_and_explicit_settings_win(level: EvaluationL
 
 
 def test_levels_grow_in_cost() -> None:
-    quick, standard, thorough = (EvaluationConfig.for_level(lv) for lv in EvaluationLevel)
+    configs = [EvaluationConfig.for_level(lv) for lv in EvaluationLevel]
+    quick, standard, thorough = (c.attack for c in configs)
     assert set(quick.attacks) < set(standard.attacks) <= set(thorough.attacks)
     assert quick.steps < standard.steps < thorough.steps
     assert quick.restarts <= standard.restarts < thorough.restarts
     assert standard.max_queries < thorough.max_queries
-    assert quick.n_random < standard.n_random < thorough.n_random
     assert len(quick.eps_factors) < len(standard.eps_factors) < len(thorough.eps_factors)
-    assert quick.max_samples is not None and standard.max_samples is not None
-    assert quick.max_samples < standard.max_samples and thorough.max_samples is None
-    assert not quick.uses_art  # a first look needs no ART
+    assert configs[0].compare.n_random < configs[1].compare.n_random < configs[2].compare.n_random
+    quick_cap, standard_cap, thorough_cap = (c.samples.max_samples for c in configs)
+    assert quick_cap is not None and standard_cap is not None
+    assert quick_cap < standard_cap and thorough_cap is None
+    assert not configs[0].uses_art  # a first look needs no ART
 
 
 def test_eps_factors_form_the_curve() -> None:
     config = EvaluationConfig.for_level("quick", eps=0.4)
-    assert config.resolved_eps_grid == (0.2, 0.4, 0.8)
-    assert EvaluationConfig(eps=0.4, eps_factors=(1, 4)).resolved_eps_grid == (0.4, 1.0)
+    assert config.attack.resolved_eps_grid == (0.2, 0.4, 0.8)
+    assert EvaluationConfig(eps=0.4, eps_factors=(1, 4)).attack.resolved_eps_grid == (0.4, 1.0)
     with pytest.raises(DeepCloakError, match="eps_factors"):
         EvaluationConfig(eps_factors=(-1.0,))
     with pytest.raises(DeepCloakError, match="eps_factors"):
@@ -143,7 +146,7 @@ def test_search_cloak_masks_exactly_what_search_mask_finds() -> None:
         choice = search_choice(cloak)
         found = search_mask(
             model, loader(300, 1), loader(60, 2), attack=FGSM(eps=0.1), selector="greedy",
-            clean_budget=0.2, max_samples=config.max_fit_samples,
+            clean_budget=0.2, max_samples=config.samples.max_fit_samples,
         )  # fmt: skip
     assert found.n_removed > 0  # a real search result, not the empty mask
     keep = cloak.mask(choice.ratio).mask.bool().flatten()

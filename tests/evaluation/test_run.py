@@ -52,7 +52,7 @@ def test_every_defence_under_every_threat_model_and_attack(report: EvaluationRep
     for d in DEFENSES:
         assert report.result(d, "clean").attack_name == "none"
         for tm in ROBUST:
-            for attack in (*TOY_CONFIG.attacks, "worst-case"):
+            for attack in (*TOY_CONFIG.attack.attacks, "worst-case"):
                 assert report.result(d, tm, attack).n == 60
     removed = {report.defenses[d]["n_removed"] for d in ("cloaked", "random-mask")}
     assert removed == {report.defenses["activation-pruning"]["n_removed"]} == {3}  # 10% of 32
@@ -61,7 +61,7 @@ def test_every_defence_under_every_threat_model_and_attack(report: EvaluationRep
 def test_worst_case_is_per_sample_and_at_most_each_attack(report: EvaluationReport) -> None:
     for d in DEFENSES:
         for tm in ROBUST:
-            per_attack = [report.result(d, tm, a) for a in TOY_CONFIG.attacks]
+            per_attack = [report.result(d, tm, a) for a in TOY_CONFIG.attack.attacks]
             worst = report.result(d, tm)
             brute = torch.stack([r.correct for r in per_attack]).all(0)
             assert torch.equal(worst.correct, brute)
@@ -86,8 +86,8 @@ def test_every_accuracy_carries_its_interval(report: EvaluationReport) -> None:
 def test_random_masks_keep_every_mask(report: EvaluationReport) -> None:
     for tm in ("clean", "gray-box", "transfer"):
         r = report.result("random-mask", tm, "pgd" if tm != "clean" else "worst-case")
-        assert r.correct.shape == (TOY_CONFIG.n_random, 60)
-        assert r.accuracy == pytest.approx(sum(r.per_mask_accuracy) / TOY_CONFIG.n_random)
+        assert r.correct.shape == (TOY_CONFIG.compare.n_random, 60)
+        assert r.accuracy == pytest.approx(sum(r.per_mask_accuracy) / TOY_CONFIG.compare.n_random)
     white = report.result("random-mask", "white-box", "pgd")
     assert white.n_masks == 1 and white.note == "first random mask only"
 
@@ -127,7 +127,7 @@ def test_ratio_is_chosen_on_validation_within_the_budget() -> None:
     chosen = toy_report()
     choice = chosen.ratio_choice
     assert choice.split == "validation" and choice.clean_budget == 0.01
-    assert [c.ratio for c in choice.candidates] == list(TOY_CONFIG.ratios)
+    assert [c.ratio for c in choice.candidates] == list(TOY_CONFIG.cloak.ratios)
     assert choice.n_samples == 60 and choice.attack["name"] == "pgd"
     eligible = [c for c in choice.candidates if c.within_budget]
     assert choice.chosen in eligible
@@ -232,7 +232,7 @@ def test_bad_settings_are_clear_errors() -> None:
         EvaluationConfig(eps_grid=(0.0, 16))
     with pytest.raises(DeepCloakError, match="'fgsm' is L-inf only"):
         EvaluationConfig(norm="l2", eps=0.5)
-    with pytest.raises(DeepCloakError, match="norm must be 'linf' or 'l2'"):
+    with pytest.raises(DeepCloakError, match="unknown norm 'l1'; expected one of: linf, l2"):
         EvaluationConfig(norm="l1")
     with pytest.raises(DeepCloakError, match="clean_budget must be a fraction"):
         EvaluationConfig(clean_budget=5)
@@ -310,4 +310,4 @@ def test_a_given_cloak_is_used_as_is() -> None:
     result = evaluate_cloak(model, cloak, loader(30, 2), loader(30, 3), config=config)
     assert result.cloak["score"] == "random" and result.cloak["seed"] == 3
     assert result.run["data"]["train"]["source"] == "given cloak"
-    assert result.config.attacks == ("fgsm",)
+    assert result.config.attack.attacks == ("fgsm",)

@@ -41,7 +41,9 @@ CPU = torch.device("cpu")
 def test_names_and_scoping() -> None:
     assert parse_precision("BF16") is parse_precision("bfloat16") is Precision.BF16
     assert parse_precision("float32") is Precision.FP32 and Precision.BF16.recorded == "bfloat16"
-    with pytest.raises(DeepCloakError, match="expected 'fp32' or 'bf16'"):
+    with pytest.raises(
+        DeepCloakError, match="unknown precision 'fp16'; expected one of: fp32, bf16"
+    ):
         parse_precision("fp16")
     assert current_precision() is Precision.FP32
     with forward_precision("bf16"):

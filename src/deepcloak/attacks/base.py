@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from deepcloak.batches import check_batch
+from deepcloak.enums import parse_enum
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.runtime import model_dtype
 from deepcloak.validation import check_positive, check_positive_int
@@ -37,10 +38,7 @@ class Norm(str, Enum):
 
 def parse_norm(value: Norm | str) -> Norm:
     """A :class:`Norm` from its name; a clear error for anything else."""
-    try:
-        return Norm(value)
-    except ValueError:
-        raise DeepCloakError(f"norm must be 'linf' or 'l2', got {value!r}") from None
+    return parse_enum(Norm, value, what="norm")
 
 
 class Attack(Protocol):

@@ -305,8 +305,7 @@ def search_cached(
         confidence: one-sided confidence of the drop's upper bound on validation.
         fit_budget: drop the selector may spend on the fit samples (default
             :data:`~deepcloak.cloak.selectors.DEFAULT_FIT_BUDGET`, 3 points, whatever
-            ``clean_budget`` is: the study's beam4-w2 spent 3 points on fit samples to hold 1 on
-            validation).
+            ``clean_budget`` is: tuned to hold a 1-point budget on validation).
         max_removed: longest path (default: all features).
         attack: the attack's spec, recorded in the result.
         **settings: the selector's settings (``width`` for beam, ``seed`` for random, ...).

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepcloak.enums import parse_enum
 from deepcloak.errors import LayerError
 from deepcloak.models.outputs import select_logits
 from deepcloak.models.runtime import eval_mode, model_inputs
@@ -191,12 +192,7 @@ def parse_side(side: Side | str | None) -> Side | None:
     Raises:
         LayerError: any other value.
     """
-    if side is None:
-        return None
-    try:
-        return Side(side)
-    except ValueError:
-        raise LayerError(f"side must be 'input' or 'output', got {side!r}") from None
+    return None if side is None else parse_enum(Side, side, what="side", error=LayerError)
 
 
 def _default_layer_name(

@@ -29,6 +29,7 @@ from deepcloak.data import memory as _memory
 from deepcloak.data.base import ImageSet
 from deepcloak.data.folder import TEST_FRACTION, read_image_folder
 from deepcloak.data.memory import ImageDataset as _ImageDataset
+from deepcloak.enums import parse_enum
 from deepcloak.errors import DataFormatError, DeepCloakError
 from deepcloak.registry import Registry
 
@@ -72,11 +73,7 @@ class Split(str, Enum):
         Raises:
             DeepCloakError: ``value`` is not a split; the message lists the choices.
         """
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(s.value for s in cls)
-            raise DeepCloakError(f"unknown split {value!r}; expected one of: {choices}") from None
+        return parse_enum(cls, value, what="split")
 
 
 #: Loaders by name: ``loader(*, split, root, image_size) -> ImageSet``.

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from deepcloak.data.base import ImageSet
+from deepcloak.enums import parse_enum
 from deepcloak.errors import DeepCloakError
 
 __all__ = [
@@ -56,13 +57,7 @@ class ValFrom(str, enum.Enum):
         Raises:
             DeepCloakError: not one of the sources; the message lists them.
         """
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(v.value for v in cls)
-            raise DeepCloakError(
-                f"unknown validation source {value!r}; expected one of: {choices}"
-            ) from None
+        return parse_enum(cls, value, what="validation source")
 
 
 def default_val_samples(available: int) -> int:

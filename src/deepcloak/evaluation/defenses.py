@@ -95,9 +95,9 @@ def build_defenses(
         images: whether the inputs are images ``(N, C, H, W)`` (the preprocessing baselines
             need them).
     """
-    shape, cfg = cloak.feature_shape, config
+    shape, compare, seed = cloak.feature_shape, config.compare, config.runtime.seed
     common = {"layer": cloak.layer.to_json(), "ratio": ratio, "n_removed": cloak.n_removed(ratio)}
-    randoms = random_rankings(cloak.n_features, cfg.n_random, cfg.seed)
+    randoms = random_rankings(cloak.n_features, compare.n_random, seed)
     mask_spec = {"kind": "mask", **common}
     defenses = [
         Defense(UNMASKED, {"kind": "none"}, (lambda: _as_is(model),), False),
@@ -106,33 +106,34 @@ def build_defenses(
             (_mask(model, cloak, keep_mask(cloak.ranking, ratio, shape)),), True, ratio,
         ),
         Defense(
-            RANDOM, {**mask_spec, "score": "random", "n_random": cfg.n_random, "seed": cfg.seed},
+            RANDOM,
+            {**mask_spec, "score": "random", "n_random": compare.n_random, "seed": seed},
             tuple(_mask(model, cloak, keep_mask(r, ratio, shape)) for r in randoms),
-            cfg.whitebox_baselines, ratio,
+            compare.whitebox_baselines, ratio,
         ),
         Defense(
             ACTIVATION,
             {**mask_spec, "score": "activation", "fit_split": "validation",
              "n_samples": activation.n_samples},
             (_mask(model, cloak, keep_mask(activation.ranking, ratio, shape)),),
-            cfg.whitebox_baselines, ratio,
+            compare.whitebox_baselines, ratio,
         ),
     ]  # fmt: skip
     notes: list[str] = []
-    if cfg.preprocessing_baselines and images:
+    if compare.preprocessing_baselines and images:
         for wrapped in (
-            feature_squeezing(model, bit_depth=cfg.bit_depth),
-            spatial_smoothing(model, window_size=cfg.window_size),
+            feature_squeezing(model, bit_depth=compare.bit_depth),
+            spatial_smoothing(model, window_size=compare.window_size),
         ):
             spec = {"kind": "preprocessor", **wrapped.spec()}
             enter: Enter = lambda w=wrapped: _as_is(w)  # type: ignore[misc]  # noqa: E731
-            defenses.append(Defense(wrapped.name, spec, (enter,), cfg.whitebox_baselines))
+            defenses.append(Defense(wrapped.name, spec, (enter,), compare.whitebox_baselines))
         notes.append(
             "FeatureSqueezing and SpatialSmoothing are not differentiable: their white-box "
             "numbers use BPDA (ART's identity gradient estimate); Square queries them "
             "directly. Gray-box samples for them are crafted on the undefended model."
         )
-    elif cfg.preprocessing_baselines:
+    elif compare.preprocessing_baselines:
         notes.append(
             "FeatureSqueezing and SpatialSmoothing skipped: they need image inputs (N, C, H, W)."
         )
@@ -177,7 +178,7 @@ def _results(
         note = "same samples as gray-box: for the unmasked model the two coincide"
     elif defense.name == RANDOM and tm is ThreatModel.WHITEBOX:
         note = "first random mask only"
-    conf = config.confidence
+    conf = config.checks.confidence
     out = [
         AccuracyResult(defense.name, tm, specs[n], c, ratio, conf, note)
         for n, c in per_attack.items()

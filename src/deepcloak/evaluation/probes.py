@@ -53,11 +53,11 @@ def unbounded_probe(config: EvaluationConfig) -> PGD:
     """
     return PGD(
         eps=UNBOUNDED_EPS,
-        steps=max(config.steps, 20),
+        steps=max(config.attack.steps, 20),
         step_size=0.1,
         random_start=False,
         norm=Norm.LINF,
-        seed=config.seed,
+        seed=config.runtime.seed,
     )
 
 
@@ -67,7 +67,7 @@ def curve_attack(config: EvaluationConfig) -> str:
 
     At the evaluation's budget its sets are the worst case's own (the store hands them back).
     """
-    for name in config.attacks:
+    for name in config.attack.attacks:
         if name not in EVERY_SAMPLE and name not in art_attacks.GRADIENT_FREE:
             return name
     return "pgd"
@@ -102,7 +102,7 @@ def eps_curve(
         The curve's results (each attack spec carries its ``eps``) and the ``eps-growth``
         check, which adds the unbounded probe (:func:`unbounded_probe`).
     """
-    grid, conf = config.resolved_eps_grid, config.confidence
+    grid, conf = config.attack.resolved_eps_grid, config.checks.confidence
     stage = Stage(progress, "accuracy vs eps", (2 * len(grid) + 1) * samples.y.numel())
     points: list[AccuracyResult] = []
     white: list[tuple[float, float]] = []
@@ -127,9 +127,9 @@ def eps_curve(
         white,
         unbounded_eps=UNBOUNDED_EPS,
         unbounded_accuracy=probe.double().mean().item(),
-        max_unbounded_accuracy=config.max_unbounded_accuracy,
+        max_unbounded_accuracy=config.checks.max_unbounded_accuracy,
         n=samples.y.numel(),
-        tolerance=config.sanity_tolerance,
+        tolerance=config.checks.sanity_tolerance,
     )
     return points, check
 
@@ -148,8 +148,8 @@ def _more_steps(
 ) -> SanityCheck:
     name = curve_attack(config)
     base = build_attack(name, config)  # the defences' white-box first attack, when they ran it
-    steps: int = getattr(base, "steps", config.steps)  # attack_params may set its own
-    more_steps = steps * config.more_steps_factor
+    steps: int = getattr(base, "steps", config.attack.steps)  # attack_params may set its own
+    more_steps = steps * config.checks.more_steps_factor
     more = dataclasses.replace(base, steps=more_steps)  # type: ignore[type-var]
     stage = Stage(progress, "sanity checks", 2 * samples.y.numel())
     with cloaked() as m:
@@ -157,7 +157,7 @@ def _more_steps(
         more_correct = samples.correct(m, store.get(more, m, on, samples, stage))
     return check_more_steps(
         _mean(base_correct), _mean(more_correct), steps=steps, more_steps=more_steps,
-        n=samples.y.numel(), tolerance=config.sanity_tolerance, attack=name.upper(),
+        n=samples.y.numel(), tolerance=config.checks.sanity_tolerance, attack=name.upper(),
     )  # fmt: skip
 
 
@@ -180,7 +180,7 @@ def sanity_checks(
     gradient-free attack broke more samples than the tolerance that every gradient attack
     missed.
     """
-    n, tol = samples.y.numel(), config.sanity_tolerance
+    n, tol = samples.y.numel(), config.checks.sanity_tolerance
     whitebox = {
         r.attack_name: r.correct
         for r in results

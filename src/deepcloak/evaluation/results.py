@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from deepcloak.cloak.taps import LayerRef
+from deepcloak.enums import parse_enum
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.sanity import SanityCheck
 from deepcloak.evaluation.timings import Timings
@@ -76,13 +77,7 @@ class ThreatModel(str, Enum):
     @classmethod
     def parse(cls, value: ThreatModel | str) -> ThreatModel:
         """The threat model named ``value``; a clear error listing the names otherwise."""
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(t.value for t in cls)
-            raise DeepCloakError(
-                f"unknown threat model {value!r}; expected one of: {names}"
-            ) from None
+        return parse_enum(cls, value, what="threat model")
 
 
 #: One sentence per threat model, written into every JSON document.

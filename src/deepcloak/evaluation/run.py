@@ -126,10 +126,10 @@ def _prepare(
     """Collect the test and validation samples and check them against the model(s)."""
     if config.uses_art:
         art_attacks.require_art()  # fail now, not after the fit
-    x, y = collect(test_loader, "test", config.max_samples)
+    x, y = collect(test_loader, "test", config.samples.max_samples)
     # The search's validation pass is one FGSM pass and its bound needs samples: the level's cap
     # applies to the validation samples only when the paper's ratio is chosen on a PGD sweep.
-    val_cap = config.max_samples if config.select is None else None
+    val_cap = config.samples.max_samples if config.cloak.select is None else None
     x_val, y_val = collect(val_loader, "validation", val_cap)
     num_classes = check_model_fits(model, x, y, data="the test data")
     check_model_fits(model, x_val, y_val, data="the validation data")
@@ -145,10 +145,12 @@ def _prepare(
                 f"the surrogate has {k} outputs but the model {num_classes}; a transfer "
                 "attack needs a surrogate trained on the same classes"
             )
-    bs = config.batch_size
+    bs = config.samples.batch_size
     overlap = shared_samples(x_val, x)
     test, val = Samples(x, y, bs, "test"), Samples(x_val, y_val, bs, "validation")
-    cap = SampleCap(config.max_samples, source=config.max_samples_source, level=config.level_name)
+    cap = SampleCap(
+        config.samples.max_samples, source=config.max_samples_source, level=config.level_name
+    )
     return _Splits(test, val, num_classes, overlap, cap)
 
 
@@ -161,25 +163,26 @@ def _fit_or_use(
     progress: ProgressFn, store: CraftedSets,
 ) -> Cloak:  # fmt: skip
     """The given cloak, or one fit on ``train`` with FGSM at ``fit_eps`` (its attack pass timed),
-    or, with ``config.select``, the searched one
+    or, with ``config.cloak.select``, the searched one
     (:func:`~deepcloak.evaluation.selection.search_cloak`); checked against the model (before a
     stage saves it)."""
     if isinstance(train, Cloak):
-        if config.select is not None:
+        if config.cloak.select is not None:
             raise DeepCloakError(
-                f"select={config.select!r} searches a mask on training data, but a fitted "
+                f"select={config.cloak.select!r} searches a mask on training data, but a fitted "
                 "cloak was given; pass training data (drop --cloak) or drop the selector"
             )
         check_cloak_fits(model, train, splits.test.x)
         return train
-    if config.select is not None:
+    if config.cloak.select is not None:
         searched = search_cloak(model, train, splits.val, config, progress)
         check_cloak_fits(model, searched, splits.test.x)
         return searched
-    attack = TimedAttack(FGSM(eps=config.fit_eps if config.fit_eps is not None else config.eps))
+    attack = TimedAttack(FGSM(eps=config.resolved_fit_eps))
     cloak = fit(
-        model, train, attack=attack, layer=config.layer, side=config.side, score=config.score,
-        max_samples=config.max_fit_samples, seed=config.seed, progress=progress,
+        model, train, attack=attack, layer=config.cloak.layer, side=config.cloak.side,
+        score=config.cloak.score, max_samples=config.samples.max_fit_samples,
+        seed=config.runtime.seed, progress=progress,
     )  # fmt: skip
     check_cloak_fits(model, cloak, splits.test.x)
     if attack.samples:
@@ -196,12 +199,12 @@ def _validation_sweep(
     progress: ProgressFn, store: CraftedSets,
 ) -> SweepResult | None:  # fmt: skip
     """The gray-box sweep on the validation split that the ratio is chosen on (none if fixed)."""
-    if config.ratio is not None:
+    if config.cloak.ratio is not None:
         return None
     stage = Stage(renamed(progress, "validation: "), "gray-box attack", val.y.numel())
     return graybox_sweep(
-        model, cloak, _loader(val), attack=attack, ratios=config.ratios, n_random=0,
-        seed=config.seed, confidence=config.confidence,
+        model, cloak, _loader(val), attack=attack, ratios=config.cloak.ratios, n_random=0,
+        seed=config.runtime.seed, confidence=config.checks.confidence,
         progress=renamed(progress, "validation: "),
         adversarial=store.get(attack, model, target(UNMASKED), val, stage),
     )  # fmt: skip
@@ -209,14 +212,14 @@ def _validation_sweep(
 
 def _choose(sweep: SweepResult | None, config: EvaluationConfig) -> RatioChoice:
     """The user's fixed ratio, or the one chosen on the validation sweep."""
-    if sweep is None or config.ratio is not None:
+    if sweep is None or config.cloak.ratio is not None:
         return RatioChoice(
-            ratio=config.ratio or 0.0, clean_budget=config.clean_budget,
+            ratio=config.cloak.ratio or 0.0, clean_budget=config.cloak.clean_budget,
             baseline_clean_accuracy=None, baseline_graybox_accuracy=None, candidates=(),
             n_samples=0, attack={}, split="fixed",
             reason="ratio fixed by the user; no validation choice made",
         )  # fmt: skip
-    return choose_ratio(sweep, config.clean_budget)
+    return choose_ratio(sweep, config.cloak.clean_budget)
 
 
 def _ratio_curve(
@@ -229,7 +232,7 @@ def _ratio_curve(
     the gray-box set and the white-box one at the evaluated ratio (and ratio 0 is the unmasked
     model), so usually only the other white-box ratios are attacked here.
     """
-    white_ratios = check_ratios(sorted({*config.whitebox_ratios, ratio}))
+    white_ratios = check_ratios(sorted({*config.compare.whitebox_ratios, ratio}))
     named = renamed(progress, "ratio sweep: ")
     stage = Stage(named, "white-box attack", (1 + len(white_ratios)) * test.y.numel())
     x_adv = store.get(attack, model, target(UNMASKED), test, stage)
@@ -239,13 +242,16 @@ def _ratio_curve(
             correct = test.correct(m, store.get(attack, m, target(CLOAKED, r), test, stage))
         spec = attack.spec()
         white[r] = (
-            AccuracyResult(CLOAKED, ThreatModel.WHITEBOX, spec, correct, r, config.confidence),
+            AccuracyResult(
+                CLOAKED, ThreatModel.WHITEBOX, spec, correct, r, config.checks.confidence
+            ),
         )
     return graybox_sweep(
         model, cloak, _loader(test), attack=attack,
-        ratios=sorted({*config.ratios, *config.whitebox_ratios, ratio}), n_random=config.n_random,
-        seed=config.seed, whitebox_attacks=[attack], whitebox_ratios=white_ratios,
-        confidence=config.confidence, progress=named, adversarial=x_adv, whitebox=white,
+        ratios=sorted({*config.cloak.ratios, *config.compare.whitebox_ratios, ratio}),
+        n_random=config.compare.n_random,
+        seed=config.runtime.seed, whitebox_attacks=[attack], whitebox_ratios=white_ratios,
+        confidence=config.checks.confidence, progress=named, adversarial=x_adv, whitebox=white,
     )  # fmt: skip
 
 
@@ -255,7 +261,7 @@ def _defenses_at(
     """The defences at ``ratio``; activation pruning measures activations on validation data."""
     activation = fit(
         model, _loader(splits.val), layer=cloak.layer.name, side=cloak.layer.side,
-        score="activation", seed=config.seed,
+        score="activation", seed=config.runtime.seed,
     )  # fmt: skip
     return build_defenses(model, cloak, activation, ratio, config, images=splits.test.x.ndim == 4)
 
@@ -294,7 +300,7 @@ def evaluate_cloak(
     Args:
         model: the trained classifier, taking inputs in [0, 1].
         train_loader_or_cloak: a fitted :class:`~deepcloak.Cloak`, or training data to fit one on
-            (FGSM at ``config.fit_eps``, ``config.score``, ``config.layer`` and ``side``).
+            (FGSM at ``fit_eps``, with ``score``, ``layer`` and ``side``: ``config.cloak``).
         val_loader: validation data, held out from the test data: the ratio is chosen and the
             activation-pruning baseline measured here.
         test_loader: test data; every reported accuracy is measured here.
@@ -333,8 +339,8 @@ def evaluate_cloak(
         "fit", lambda: _fit_or_use(model, train_loader_or_cloak, splits, cfg, report, store),
         Codec(work.save_cloak, work.load_cloak) if work is not None else None,
     ))  # fmt: skip
-    gray_attack = build_attack(cfg.select_attack, cfg)
-    choice = search_choice(cloak) if cfg.selector is not None else _choose(
+    gray_attack = build_attack(cfg.attack.select_attack, cfg)
+    choice = search_choice(cloak) if cfg.cloak.selector is not None else _choose(
         stages.run(
             "ratio choice",
             lambda: _validation_sweep(model, cloak, splits.val, gray_attack, cfg, report, store),
@@ -347,7 +353,7 @@ def evaluate_cloak(
     report_start = clock()
     data = _describe_splits(splits, train_loader_or_cloak, val_loader, test_loader)
     run = {
-        "seed": cfg.seed, "data": data, "model": describe_model(model),
+        "seed": cfg.runtime.seed, "data": data, "model": describe_model(model),
         "surrogate": describe_model(surrogate) if surrogate is not None else None,
         "layer": cloak.layer.to_json(), "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(),
@@ -403,7 +409,7 @@ def _measure(
     """The defences at ``ratio`` under every attack, the eps curve, the checks, the ratio curve."""
     store, test = stages.store, splits.test
     defenses, notes = stages.run("defenses", lambda: _defenses_at(model, cloak, splits, ratio, cfg))
-    attacks = {name: build_attack(name, cfg) for name in cfg.attacks}
+    attacks = {name: build_attack(name, cfg) for name in cfg.attack.attacks}
     results = stages.run(
         "attacks",
         lambda: measure_defenses(
@@ -425,7 +431,7 @@ def _measure(
         ),
         CHECKS,
     )
-    gray_attack = build_attack(cfg.select_attack, cfg)
+    gray_attack = build_attack(cfg.attack.select_attack, cfg)
     ratio_curve = stages.run(
         "ratio curve",
         lambda: _ratio_curve(model, cloak, test, gray_attack, ratio, cfg, report, store),
@@ -476,7 +482,7 @@ def evaluate_sources(
     Validation samples come from where ``data`` says (by default a seeded part of the test
     split, the rest reported on; see :meth:`DataSource.splits`); the cloak is read from
     ``cloak_file`` or fit (searched, by default) on the training split; every loader is
-    :func:`~deepcloak.data.loader.make_loader`'s with ``config.batch_size`` (``workers``
+    :func:`~deepcloak.data.loader.make_loader`'s with ``config.samples.batch_size`` (``workers``
     processes decode an image folder; in-memory sets need none). ``work_dir`` and ``resume``:
     as in :func:`evaluate_cloak`.
 
@@ -498,7 +504,9 @@ def evaluate_sources(
     device = model_device(loaded.model)
 
     def loader(dataset: Dataset[Any]) -> BatchLoader:
-        return make_loader(dataset, batch_size=config.batch_size, workers=workers, device=device)
+        return make_loader(
+            dataset, batch_size=config.samples.batch_size, workers=workers, device=device
+        )
 
     train: Iterable[Any] | Cloak = Cloak.load(cloak_file)[0] if cloak_file else loader(fit_set)
     metadata = {

@@ -36,9 +36,11 @@ __all__ = ["search_choice", "search_cloak"]
 
 
 def _layer(model: nn.Module, config: EvaluationConfig, x: torch.Tensor) -> LayerRef | None:
-    if config.layer is None and config.side is None:
+    if config.cloak.layer is None and config.cloak.side is None:
         return None  # search_mask finds the input of the final nn.Linear itself
-    return resolve_layer(model, config.layer, config.side, example=x[:1].to(model_device(model)))
+    return resolve_layer(
+        model, config.cloak.layer, config.cloak.side, example=x[:1].to(model_device(model))
+    )
 
 
 def search_cloak(
@@ -50,8 +52,8 @@ def search_cloak(
 ) -> Cloak:
     """Search the mask on ``train`` and choose it on ``val``; a cloak whose mask it is.
 
-    The fit samples are crafted with FGSM at ``config.fit_eps`` (default ``eps``), as a fit
-    would be; ``config.max_fit_samples`` caps them. The cloak's metadata records the search
+    The fit samples are crafted with FGSM at ``config.resolved_fit_eps``, as a fit would be;
+    ``config.samples.max_fit_samples`` caps them. The cloak's metadata records the search
     (``selection``), from which :func:`search_choice` gives the evaluated ratio.
 
     Args:
@@ -67,16 +69,17 @@ def search_cloak(
         DeepCloakError: bad selector settings, or a layer L that is not the input of the final
             ``nn.Linear``.
     """
-    if config.selector is None:
-        raise ValueError("search_cloak needs config.select")  # a programming error, not input
-    eps = config.fit_eps if config.fit_eps is not None else config.eps
+    if config.cloak.selector is None:
+        raise ValueError("search_cloak needs config.cloak.select")  # a programming error, not input
+    eps = config.resolved_fit_eps
     val_loader = DataLoader(TensorDataset(val.x, val.y), batch_size=val.batch_size)
     found = search_mask(
         model, train, val_loader, layer=_layer(model, config, val.x), attack=FGSM(eps=eps),
-        selector=config.selector, clean_budget=config.clean_budget,
-        confidence=config.confidence, max_samples=config.max_fit_samples, progress=progress,
+        selector=config.cloak.selector, clean_budget=config.cloak.clean_budget,
+        confidence=config.checks.confidence, max_samples=config.samples.max_fit_samples,
+        progress=progress,
     )  # fmt: skip
-    cloak, _ = found.to_cloak(seed=config.seed)
+    cloak, _ = found.to_cloak(seed=config.runtime.seed)
     return cloak
 
 

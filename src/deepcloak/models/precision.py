@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
+from deepcloak.enums import parse_enum
 from deepcloak.errors import DeepCloakError
 
 __all__ = [
@@ -51,7 +52,12 @@ class Precision(str, enum.Enum):
         return str(self.dtype).removeprefix("torch.")
 
 
-_ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+_ALIASES = {
+    "fp32": Precision.FP32,
+    "float32": Precision.FP32,
+    "bf16": Precision.BF16,
+    "bfloat16": Precision.BF16,
+}
 
 _CURRENT: contextvars.ContextVar[Precision] = contextvars.ContextVar(
     "deepcloak_forward_precision", default=Precision.FP32
@@ -64,12 +70,7 @@ def parse_precision(value: Precision | str) -> Precision:
     Raises:
         DeepCloakError: an unknown name.
     """
-    if isinstance(value, Precision):
-        return value
-    name = _ALIASES.get(str(value).strip().lower())
-    if name is None:
-        raise DeepCloakError(f"unknown precision {value!r}; expected 'fp32' or 'bf16'")
-    return Precision(name)
+    return parse_enum(Precision, value, what="precision", aliases=_ALIASES)
 
 
 def current_precision() -> Precision:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from deepcloak.data.loader import make_loader
+from deepcloak.enums import parse_enum
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.outputs import correct
 from deepcloak.models.runtime import model_device
@@ -221,15 +222,10 @@ class TrainSettings:
             or self.crop_padding < 0
         ):
             raise DeepCloakError(f"crop_padding must be an integer >= 0, got {self.crop_padding!r}")
-        try:
-            object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
-            object.__setattr__(self, "schedule", Schedule(self.schedule))
-        except ValueError:
-            raise DeepCloakError(
-                f"unknown optimizer {self.optimizer!r} or schedule {self.schedule!r}; expected "
-                f"optimizer in {[o.value for o in OptimizerName]}, schedule in "
-                f"{[s.value for s in Schedule]}"
-            ) from None
+        object.__setattr__(
+            self, "optimizer", parse_enum(OptimizerName, self.optimizer, what="optimizer")
+        )
+        object.__setattr__(self, "schedule", parse_enum(Schedule, self.schedule, what="schedule"))
 
     @property
     def peak_lr(self) -> float:

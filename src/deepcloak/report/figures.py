@@ -188,14 +188,14 @@ def sweep_figure(
 def ratio_figure(report: EvaluationReport) -> Figure:
     """``evaluate``'s accuracy vs ratio on the test split, the chosen ratio marked."""
     cfg = report.config
-    attack = f"{cfg.select_attack}, eps={cfg.eps:.4g} {Norm(cfg.norm).value}"
+    attack = f"{cfg.attack.select_attack}, eps={cfg.attack.eps:.4g} {Norm(cfg.attack.norm).value}"
     title = f"Accuracy vs ratio ({attack}), test split"
     return sweep_figure(report.ratio_curve, title=title, chosen=report.ratio)
 
 
 def eps_figure(report: EvaluationReport) -> Figure:
     """``evaluate``'s accuracy vs eps: unmasked, cloaked gray-box and white-box, with bands."""
-    cfg, conf = report.config, report.config.confidence
+    cfg, conf = report.config, report.config.checks.confidence
     lines = []
     for label, defense, tm, marker in (
         ("unmasked", UNMASKED, ThreatModel.GRAYBOX, "o"),
@@ -211,5 +211,5 @@ def eps_figure(report: EvaluationReport) -> Figure:
     return accuracy_figure(
         lines,
         title=f"Accuracy vs eps (PGD, ratio {100 * report.ratio:g}%)",
-        xlabel=f"eps ({Norm(cfg.norm).value}, inputs in [0, 1])",
+        xlabel=f"eps ({Norm(cfg.attack.norm).value}, inputs in [0, 1])",
     )

@@ -190,6 +190,7 @@ def _lookup(report: EvaluationReport) -> dict[tuple[str, ThreatModel, str], Accu
 def summary_table(report: EvaluationReport) -> Table:
     """Defences by threat model: clean accuracy and per-sample worst case over the attacks."""
     cfg, cloak, results = report.config, report.cloak, _lookup(report)
+    attack = cfg.attack
     tms = [t for t in report.threat_models() if t is not ThreatModel.CLEAN]
     n = next((r.n for r in report.results), 0)
     n_features = 1
@@ -198,13 +199,13 @@ def summary_table(report: EvaluationReport) -> Table:
     table = _table(
         title=(
             f"DeepCloak evaluation: ratio {100 * report.ratio:g}% ({cloak.get('n_removed', 0)} "
-            f"of {n_features} features removed), eps={cfg.eps:.4g} ({Norm(cfg.norm).value}), "
-            f"{n} test samples"
+            f"of {n_features} features removed), eps={attack.eps:.4g} "
+            f"({Norm(attack.norm).value}), {n} test samples"
         ),
         caption=(
-            f"Accuracy [{cfg.confidence:.0%} interval: Wilson; random masks: of the mean over "
-            f"{cfg.n_random}]; robust columns: per-sample worst case over "
-            f"{', '.join(cfg.attacks)}, counted over all samples. Ratio: "
+            f"Accuracy [{cfg.checks.confidence:.0%} interval: Wilson; random masks: of the mean "
+            f"over {cfg.compare.n_random}]; robust columns: per-sample worst case over "
+            f"{', '.join(attack.attacks)}, counted over all samples. Ratio: "
             f"{report.ratio_choice.reason}."
         ),
     )
@@ -222,7 +223,7 @@ def summary_table(report: EvaluationReport) -> Table:
 def attacks_table(report: EvaluationReport) -> Table:
     """Every defence and threat model against every attack, and the worst case."""
     results = _lookup(report)
-    attacks = [*report.config.attacks, WORST_CASE]
+    attacks = [*report.config.attack.attacks, WORST_CASE]
     table = _table(title="Robust accuracy by attack")
     table.add_column("defence")
     table.add_column("threat model")

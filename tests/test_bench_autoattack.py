@@ -1,0 +1,79 @@
+"""``bench/autoattack.py``: the peer comparison runs end to end and its rows agree with its bits.
+
+A tiny model on random 8x8 images stands in for the zoo's Fashion-MNIST models (the script's
+``model_for`` and data loading are swapped out), so the script's own code — the cloak's fit, each
+level's worst case, the peer's AutoAttack, the paired counts and the resumable JSON — runs in a
+few seconds. The GPU run of 2026-12-04 failed in ``cloak_for`` after 54 s; this catches that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+from deepcloak.data.memory import ImageDataset
+from deepcloak.models.zoo import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("torchattacks", reason="the peer (torchattacks 3.5.1) is an optional extra")
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "bench_autoattack", ROOT / "bench" / "autoattack.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_autoattack"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _data(n: int, seed: int) -> ImageDataset:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return ImageDataset(x, y, classes=[str(i) for i in range(10)], name="random")
+
+
+def test_the_comparison_runs_and_its_rows_match_its_bits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    script = _script()
+    torch.manual_seed(0)
+    model = create_model("cnn", in_channels=1, num_classes=10, input_size=8, width=4).eval()
+    meta = {"training": {"epochs": 0}}
+    monkeypatch.setattr(script, "model_for", lambda family, args: (model, meta))
+    monkeypatch.setattr(
+        script, "load_dataset", lambda name, split, **kw: _data(64 if split == "train" else 12, 1)
+    )
+    args = argparse.Namespace(
+        device="cpu", families="cnn", samples=12, levels="standard,before",
+        variants="unmasked,cloaked", eps=[0.1], seed=100, batch_size=6, json=tmp_path / "m.json",
+    )  # fmt: skip
+    data: dict[str, Any] = {}
+    script.measure(args, data)
+    rows = data["rows"]
+    assert {(r["variant"], r["level"]) for r in rows} == {
+        (v, lv) for v in ("unmasked", "cloaked") for lv in ("standard", "before")
+    }
+    for r in rows:
+        ours = script._unbits(r["correct"])
+        peer = script._unbits(data["peer"][r["key"]]["correct"])
+        assert r["n"] == len(ours) == len(peer) == 12
+        assert r["accuracy"] == pytest.approx(ours.double().mean().item())
+        assert r["only_peer"] == int((ours & ~peer).sum())  # ours right, the peer's wrong
+        assert r["only_deepcloak"] == int((~ours & peer).sum())
+        assert r["accuracy"] <= r["clean"]
+    saved = json.loads(args.json.read_text())
+    assert saved["rows"] == rows
+    script.measure(args, data)  # resumable: nothing is measured twice
+    assert data["rows"] == rows
