@@ -4,12 +4,16 @@
 #   bench     bench/run.py --device cuda (the CUDA section of docs/performance.md), run alone
 #             first so that nothing else shares the GPU while it times
 #   smoke     the CLI end to end with --device cuda (demo; evaluate --level quick)
-#   levels    bench/levels.py --device cuda: the levels' wall time (standard at 10k samples first)
+#   levels    bench/levels.py --device cuda: the levels' wall time (standard at 10k samples first),
+#             run alone after the other parts
 #   peer      bench/autoattack.py: deepcloak's levels against AutoAttack, one process per family
 #   defaults  experiments/default_mask.py: --tune on seeds 100-101, the winner written into the
 #             selector's defaults (bench/apply_tuned_defaults.py), then the published 5 seeds x 4
 #             families with those defaults
-# After bench, the other parts run side by side (so their wall times are upper bounds); each has
+# After bench, smoke, peer and defaults run side by side (their wall times are upper bounds), then
+# levels alone. On 2026-12-04 (H200) bench took 63 s, smoke 64 s, defaults 321 s (tuning and the
+# published run both done; with them done, run "bench/device_check.sh bench smoke peer levels").
+# Each part has
 # a deadline (seconds from the start: SMOKE_END, LEVELS_END, PEER_END, TUNE_END, PUBLISH_END)
 # that leaves time to pack. Outputs go to $OUT (default runs/device): parts.txt, logs.tgz, and
 # docs.tgz / runs.tgz with what the scripts wrote. Fashion-MNIST is read from .devcarry/data and
@@ -45,12 +49,6 @@ if has smoke; then
     part smoke-evaluate "${SMOKE_END:-300}" python3 -m deepcloak evaluate "$ckpt" \
       --data fashion-mnist --level quick --eps 0.02 --device cuda --out /tmp/dc-eval ) &
 fi
-if has levels; then
-  ( part levels-10k "${LEVELS_END:-565}" python3 bench/levels.py --device cuda --model "$ckpt" \
-      --levels standard --max-samples 10000 --threads 1 --no-write
-    part levels "${LEVELS_END:-565}" python3 bench/levels.py --device cuda --model "$ckpt" \
-      --levels quick,standard,thorough --threads 1 --no-write ) &
-fi
 if has peer; then
   for fam in resnet cnn vgg wrn; do
     part "peer-$fam" "${PEER_END:-565}" python3 bench/autoattack.py --device cuda --families "$fam" \
@@ -64,6 +62,14 @@ if has defaults; then
     part publish "${PUBLISH_END:-565}" python3 experiments/default_mask.py --device cuda --jobs 10 ) &
 fi
 wait
+# levels alone, after the rest: its wall times are what a user plans by (on 2026-12-04, beside 13
+# other GPU processes, standard at 10k samples did not finish in 500 s)
+if has levels; then
+  part levels-10k "${LEVELS_END:-565}" python3 bench/levels.py --device cuda --model "$ckpt" \
+    --levels standard --max-samples 10000 --threads 1 --no-write
+  part levels "${LEVELS_END:-565}" python3 bench/levels.py --device cuda --model "$ckpt" \
+    --levels quick,standard,thorough --threads 1 --no-write
+fi
 cp /tmp/dc-logs/parts.txt "$OUT/" 2>/dev/null
 git diff --stat > /tmp/dc-logs/diff-stat.txt 2>&1
 git diff src > /tmp/dc-logs/src.diff 2>&1

@@ -32,7 +32,7 @@ from deepcloak.environment import environment
 from deepcloak.evaluation.config import EvaluationConfig, EvaluationLevel, build_attack
 from deepcloak.evaluation.probes import curve_attack
 from deepcloak.evaluation.run import evaluate_sources
-from deepcloak.evaluation.sources import DataSource, ModelSource
+from deepcloak.sources import DataSource, ModelSource
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "evaluation-levels.md"

@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepcloak.evaluation.sources import DataSource
 from deepcloak.harden import HardenConfig, harden
 from deepcloak.models.checkpoint import load_model
+from deepcloak.sources import DataSource
 
 EPS = 0.04  # as experiments/default_mask.py
 

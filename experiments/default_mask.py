@@ -77,9 +77,9 @@ from deepcloak.cloak.taps import resolve_layer
 from deepcloak.data.base import ImageSet
 from deepcloak.data.sets import fashion_mnist_root
 from deepcloak.environment import environment
-from deepcloak.evaluation.sources import DataSource
 from deepcloak.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from deepcloak.models.checkpoint import load_model
+from deepcloak.sources import DataSource
 from deepcloak.stats import paired_drop
 
 log = logging.getLogger("default_mask")

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from deepcloak.cli import app
 from deepcloak.data.sets import load_dataset
 from deepcloak.errors import DeepCloakError
-from deepcloak.harden import HardenConfig, check_model_fits_data, harden
+from deepcloak.harden import HardenConfig, harden
 from deepcloak.io import load_tensors
 from deepcloak.models.checkpoint import load_model, save_checkpoint
+from deepcloak.models.fits import check_model_fits_data
 from deepcloak.models.zoo import create_model
 from tests.realdata import FASHION_MNIST_MARKS
 
@@ -210,7 +211,7 @@ def test_evaluate_bad_input_writes_nothing(
 def test_evaluate_sources_loads_splits_and_batches_as_configured(checkpoint: Path) -> None:
     from deepcloak.evaluation.config import EvaluationConfig
     from deepcloak.evaluation.run import evaluate_sources
-    from deepcloak.evaluation.sources import DataSource, ModelSource
+    from deepcloak.sources import DataSource, ModelSource
 
     config = EvaluationConfig(
         eps=0.1, attacks=("fgsm",), ratio=0.1, ratios=(0.0, 0.1), whitebox_ratios=(0.0,),

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import deepcloak
 from deepcloak.attacks import FGSM, PGD, ArtPGD
-from deepcloak.harden import check_model_fits_data
+from deepcloak.models.fits import check_model_fits_data
 
 
 class Mixed(nn.Module):

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from deepcloak._moved import moved_names
 from deepcloak.attacks.native import Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.search import SearchResult, search_mask
@@ -29,17 +30,17 @@ from deepcloak.data.splits import DataSplits, ValidationInfo
 from deepcloak.distributed import from_main
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
-from deepcloak.evaluation.inputs import check_model_fits
 from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult
-from deepcloak.evaluation.sources import DataSource, ModelSource, trained_input_shape
 from deepcloak.evaluation.sweep import graybox_sweep
 from deepcloak.harden_config import PAPER_RATIO, HardenConfig
 from deepcloak.io import atomic_write, save_tensors, write_bytes_atomic, write_json_atomic
+from deepcloak.models import fits as _fits
 from deepcloak.models.checkpoint import save_checkpoint
 from deepcloak.models.precision import check_precision_supported, parse_precision
 from deepcloak.progress import ProgressFn
 from deepcloak.report.files import write_folder
 from deepcloak.report.summary import saved_mask_record
+from deepcloak.sources import DataSource, ModelSource, trained_input_shape
 
 __all__ = [
     "AUTO",
@@ -47,7 +48,6 @@ __all__ = [
     "PAPER_RATIO",
     "HardenConfig",
     "HardenResult",
-    "check_model_fits_data",
     "harden",
     "harden_sources",
     "trained_input_shape",
@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Moved after 0.1.0: the model-fits-data checks are the models' (deepcloak.models.fits).
+__getattr__ = moved_names(__name__, {"check_model_fits_data": _fits})
 
 
 @dataclass
@@ -94,27 +97,6 @@ class HardenResult:
         )
 
 
-def check_model_fits_data(
-    model: nn.Module,
-    dataset: Dataset[Any],
-    name: str = "the data",
-    *,
-    input_shape: Sequence[int] | None = None,
-) -> None:
-    """Run the model on the first sample of ``dataset`` and check that the two fit.
-
-    See :func:`deepcloak.evaluation.inputs.check_model_fits` (this reads the data set's first
-    sample and its ``num_classes``, if it has one).
-
-    Raises:
-        DeepCloakError: the model cannot take the data's input shape, was trained on another
-            shape, or has fewer outputs than the data has classes.
-    """
-    x, _ = dataset[0]
-    num_classes = getattr(dataset, "num_classes", None)
-    check_model_fits(model, x[None], data=name, input_shape=input_shape, num_classes=num_classes)
-
-
 def harden(
     model: nn.Module,
     train_set: Dataset[Any],
@@ -139,9 +121,10 @@ def harden(
     ``config.score`` at ``config.ratio``.
 
     ``input_shape``: the ``(C, H, W)`` the model was trained on, if known
-    (:func:`check_model_fits_data`); ``workers``: processes decoding an image folder
-    (:func:`~deepcloak.data.loader.make_loader`). Under ``torchrun`` the fit and the sweep's
-    attacks are shared among the processes by batch, with the same results as one process.
+    (:func:`~deepcloak.models.fits.check_model_fits_data`); ``workers``: processes decoding an
+    image folder (:func:`~deepcloak.data.loader.make_loader`). Under ``torchrun`` the fit and
+    the sweep's attacks are shared among the processes by batch, with the same results as one
+    process.
 
     Raises:
         DeepCloakError: the model does not fit the data, or bad settings.
@@ -212,10 +195,10 @@ def _check_inputs(
     input_shape: Sequence[int] | None,
 ) -> None:
     """Model and data fit each other, and the precision the device: before any work."""
-    check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
-    check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
+    _fits.check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
+    _fits.check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
     if val_set is not None:
-        check_model_fits_data(model, val_set, "the validation data", input_shape=input_shape)
+        _fits.check_model_fits_data(model, val_set, "the validation data", input_shape=input_shape)
     check_precision_supported(config.precision, model_device(model))
 
 

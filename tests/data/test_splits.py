@@ -11,7 +11,7 @@ from PIL import Image
 from deepcloak.data.sets import load_dataset
 from deepcloak.data.splits import DataSplits, ValFrom, default_val_samples
 from deepcloak.errors import DeepCloakError
-from deepcloak.evaluation.sources import DataSource
+from deepcloak.sources import DataSource
 
 
 def _keys(data: object) -> set[bytes]:

@@ -96,7 +96,7 @@ def test_bad_flat_names_and_parts_are_clear_errors() -> None:
         (AttackSettings, {"eps": 2}, "eps must be <= 1"),
         (AttackSettings, {"attacks": ("pgd", "pgd")}, "must not repeat"),
         (CloakSettings, {"ratios": (0.1, 0.2)}, "ratios must include 0"),
-        (CloakSettings, {"side": "middle"}, "side must be 'input' or 'output'"),
+        (CloakSettings, {"side": "middle"}, "unknown side 'middle'; expected one of: input"),
         (ComparisonSettings, {"n_random": 0}, "n_random must be >= 1"),
         (CheckSettings, {"more_steps_factor": 1}, "more_steps_factor must be >= 2"),
         (SampleSettings, {"batch_size": 0}, "batch_size must be an integer >= 1"),

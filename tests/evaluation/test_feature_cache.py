@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from deepcloak.attacks.native import FGSM
 from deepcloak.cloak.fit import fit
-from deepcloak.evaluation import sweep
-from deepcloak.evaluation.sweep import cache_device, cache_features
+from deepcloak.evaluation import feature_cache
+from deepcloak.evaluation.feature_cache import cache_device, cache_features
 
 CUDA = torch.device("cuda:0")
 GIB = 2**30
@@ -26,7 +26,7 @@ def test_a_cuda_cache_stays_on_the_device_while_it_takes_its_share_of_free_memor
     free = 8 * GIB
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * GIB))
     per_sample = 2 * 512 * 4  # clean and adversarial float32 features of 512 values
-    fits = int(sweep.DEVICE_SHARE * free) // per_sample
+    fits = int(feature_cache.DEVICE_SHARE * free) // per_sample
     assert cache_device(CUDA, fits, per_sample) == CUDA
     assert cache_device(CUDA, fits + 1, per_sample) == torch.device("cpu")
     assert cache_device(CUDA, None, per_sample) == torch.device("cpu")  # unknown size: host
@@ -41,7 +41,7 @@ def test_the_cache_is_built_where_cache_device_says(
         asked.append((n, per_sample))
         return device
 
-    monkeypatch.setattr(sweep, "cache_device", where)
+    monkeypatch.setattr(feature_cache, "cache_device", where)
     cloak = fit(model, loader, attack=FGSM(eps=0.1))
     cache = cache_features(model, loader, cloak.layer, FGSM(eps=0.1))
     per_sample = 2 * cache.clean[0].numel() * cache.clean.element_size() + 8  # + int64 label

@@ -292,14 +292,14 @@ def test_cli_select_records_the_search(checkpoint: Path, tmp_path: Path) -> None
 def test_a_resumed_evaluation_with_select_gives_the_same_choice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import deepcloak.evaluation.run as run_module
+    import deepcloak.evaluation.stages as stages_module
 
     first = _evaluate_in(tmp_path, resume=False)
 
     def no_search(*args: object, **kwargs: object) -> None:
         raise AssertionError("the search ran again instead of resuming the saved fit stage")
 
-    monkeypatch.setattr(run_module, "search_cloak", no_search)
+    monkeypatch.setattr(stages_module, "search_cloak", no_search)
     again = _evaluate_in(tmp_path, resume=True)
     assert again.ratio_choice.to_json() == first.ratio_choice.to_json()
     assert again.cloak == first.cloak

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import deepcloak.evaluation.run as run_module
+import deepcloak.evaluation.stages as stages_module
 from deepcloak.cli import app
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation.crafted import Samples
 from deepcloak.evaluation.results import EvaluationReport
-from deepcloak.evaluation.resume import work_folder_for
 from deepcloak.evaluation.run import evaluate_cloak
 from deepcloak.models.checkpoint import save_checkpoint
 from deepcloak.models.zoo import create_model
+from deepcloak.resume import work_folder_for
 from tests.evaluation.test_crafted import compact
 from tests.robust_toys import TOY_CONFIG, loader, single_thread, toy_report, trained_mlp
 
@@ -48,7 +48,7 @@ def stopped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A work folder of the toy evaluation stopped after the attacks stage (in the eps curve)."""
     work = tmp_path_factory.mktemp("resume") / "work"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_module, "eps_curve", _stop)
+        mp.setattr(stages_module, "eps_curve", _stop)
         with pytest.raises(Stop):
             _evaluate(work)
     return work
@@ -78,9 +78,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one_and_redoes_no_finished_stage(
         return wrapped
 
     monkeypatch.setattr(
-        run_module, "measure_defenses", counting("measure", run_module.measure_defenses)
+        stages_module, "measure_defenses", counting("measure", stages_module.measure_defenses)
     )
-    monkeypatch.setattr(run_module, "_fit_or_use", counting("fit", run_module._fit_or_use))
+    monkeypatch.setattr(stages_module, "_fit_or_use", counting("fit", stages_module._fit_or_use))
     monkeypatch.setattr(Samples, "craft", counting("crafted", Samples.craft))
     resumed = _evaluate(work, resume=True)
     assert calls == {"measure": 0, "fit": 0, "crafted": 6}  # eps curve 4, probe, more steps
@@ -115,7 +115,7 @@ def test_a_fingerprint_alone_is_not_an_interrupted_run(tmp_path: Path) -> None:
     work = tmp_path / "work"
     config = dataclasses.replace(FIXED, attacks=("fgsm",), eps_grid=(0.05,), n_random=1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_module, "_fit_or_use", _stop)  # stops before any stage is saved
+        mp.setattr(stages_module, "_fit_or_use", _stop)  # stops before any stage is saved
         with pytest.raises(Stop):
             _evaluate(work, config=config)
     assert work.is_dir()
@@ -138,7 +138,7 @@ def test_the_cli_resumes_and_removes_the_work_folder(
     assert whole.exit_code == 0, whole.output
     out = tmp_path / "eval"
     with monkeypatch.context() as mp:
-        mp.setattr(run_module, "sanity_checks", _stop)
+        mp.setattr(stages_module, "sanity_checks", _stop)
         stopped = runner.invoke(app, [*args, "--out", str(out)])
     assert isinstance(stopped.exception, Stop) and not out.exists()
     assert work_folder_for(out).is_dir()
@@ -160,7 +160,7 @@ def test_a_cloak_of_another_model_saves_no_stage(tmp_path: Path) -> None:
 
     from deepcloak.attacks.native import FGSM
     from deepcloak.cloak.fit import fit
-    from deepcloak.evaluation.resume import WorkFolder
+    from deepcloak.evaluation.resume import EvaluationFolder
 
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
     cloak = fit(other, loader(32, 1), attack=FGSM(eps=0.05))
@@ -169,7 +169,7 @@ def test_a_cloak_of_another_model_saves_no_stage(tmp_path: Path) -> None:
         evaluate_cloak(
             trained_mlp(0), cloak, loader(20, 2), loader(20, 3), config=FIXED, work_dir=work
         )
-    assert not WorkFolder(work).holds_work()  # the CLI removes such a folder
+    assert not EvaluationFolder(work).holds_work()  # the CLI removes such a folder
 
 
 def test_a_folder_of_other_files_is_never_used_or_removed(tmp_path: Path) -> None:

@@ -32,13 +32,13 @@ from deepcloak.evaluation.resume import (
     MAYBE_SWEEP,
     RESULTS,
     Codec,
+    EvaluationFolder,
     StageRunner,
-    WorkFolder,
-    WorkFolderError,
 )
 from deepcloak.evaluation.sanity import CheckStatus, SanityCheck
 from deepcloak.evaluation.timings import AttackPass, Timings
 from deepcloak.io import METADATA_KEY
+from deepcloak.resume import WorkFolderError, work_folder_for
 from tests.fuzz_settings import fuzz_settings
 
 FINGERPRINT = {"deepcloak": "0", "config": {"eps": 0.1, "steps": 2}, "model": "abc"}
@@ -80,9 +80,9 @@ def _stop() -> Any:
     raise AssertionError("a saved stage was computed again")
 
 
-def _saved_folder(work: Path) -> WorkFolder:
+def _saved_folder(work: Path) -> EvaluationFolder:
     """A work folder with every kind of file: stages (one with a pass), a crafted set."""
-    folder = WorkFolder.open(work, FINGERPRINT, resume=False)
+    folder = EvaluationFolder.open(work, FINGERPRINT, resume=False)
     for name, (codec, value) in STAGES.items():
         passes = [PASS.to_json()] if name == "attacks" else []
         folder.save_stage(name, {"seconds": 1.5, "value": codec.dump(value), "passes": passes})
@@ -90,8 +90,8 @@ def _saved_folder(work: Path) -> WorkFolder:
     return folder
 
 
-def _resume(work: Path) -> tuple[WorkFolder, StageRunner]:
-    folder = WorkFolder.open(work, FINGERPRINT, resume=True)
+def _resume(work: Path) -> tuple[EvaluationFolder, StageRunner]:
+    folder = EvaluationFolder.open(work, FINGERPRINT, resume=True)
     timings = Timings()
     return folder, StageRunner(timings, CraftedSets(timings, folder), folder)
 
@@ -178,7 +178,7 @@ def test_any_fingerprint_loads_or_is_one_line_naming_it(tmp_path: Path, doc: Any
         _saved_folder(work)
     (work / "fingerprint.json").write_text(json.dumps(doc))
     with pytest.raises(WorkFolderError) as caught:
-        WorkFolder.open(work, FINGERPRINT, resume=True)
+        EvaluationFolder.open(work, FINGERPRINT, resume=True)
     assert "\n" not in str(caught.value) and str(work) in str(caught.value)
 
 
@@ -252,7 +252,7 @@ def test_a_planted_link_is_refused_and_nothing_is_written_through_it(
             runner.run(stage, lambda v=value: v, codec)
         runner.run("new stage", lambda: [], CHECKS)
     _one_line_naming(caught.value, work / entry)
-    WorkFolder(work).remove()  # as the CLI does after a run: never through a link
+    EvaluationFolder(work).remove()  # as the CLI does after a run: never through a link
     assert _snapshot(elsewhere) == before and (work / entry).is_symlink()
 
 
@@ -263,9 +263,9 @@ def test_a_linked_work_folder_is_refused_never_used_nor_removed(tmp_path: Path) 
     before = _snapshot(real)
     for resume in (False, True):
         with pytest.raises(WorkFolderError, match="is a symbolic link") as caught:
-            WorkFolder.open(work, FINGERPRINT, resume=resume)
+            EvaluationFolder.open(work, FINGERPRINT, resume=resume)
         _one_line_naming(caught.value, work)
-    folder = WorkFolder(work)
+    folder = EvaluationFolder(work)
     assert not folder.holds_work() and not folder.held_here()  # never called interrupted
     folder.remove()
     assert work.is_symlink() and _snapshot(real) == before
@@ -289,12 +289,12 @@ def test_a_live_run_is_told_from_an_interrupted_one(held_by_another: Path) -> No
     work = held_by_another
     for resume in (False, True):
         with pytest.raises(WorkFolderError) as caught:
-            WorkFolder.open(work, FINGERPRINT, resume=resume)
+            EvaluationFolder.open(work, FINGERPRINT, resume=resume)
         message = str(caught.value)
         assert "running now (process 4242)" in message and "interrupted" not in message
         assert "delete" not in message  # never advise deleting a live run's folder
-    WorkFolder(work).remove()
-    assert WorkFolder(work).holds_work()
+    EvaluationFolder(work).remove()
+    assert EvaluationFolder(work).holds_work()
 
 
 def test_a_live_run_that_saved_nothing_yet_keeps_its_folder(tmp_path: Path) -> None:
@@ -306,11 +306,11 @@ def test_a_live_run_that_saved_nothing_yet_keeps_its_folder(tmp_path: Path) -> N
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(WorkFolderError, match="running now"):
-            WorkFolder.open(work, FINGERPRINT, resume=False)
+            EvaluationFolder.open(work, FINGERPRINT, resume=False)
         assert (work / "fingerprint.json").is_file()  # was: removed as "nothing to keep"
     finally:
         os.close(fd)
-    WorkFolder.open(work, FINGERPRINT, resume=False).remove()  # once it ended: ours again
+    EvaluationFolder.open(work, FINGERPRINT, resume=False).remove()  # once it ended: ours again
     assert not work.exists()
 
 
@@ -318,7 +318,7 @@ def test_a_live_run_that_saved_nothing_yet_keeps_its_folder(tmp_path: Path) -> N
 def test_a_full_disk_while_saving_a_stage_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = WorkFolder.open(tmp_path / "work", FINGERPRINT, resume=False)
+    folder = EvaluationFolder.open(tmp_path / "work", FINGERPRINT, resume=False)
 
     def full(path: Any, obj: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -333,7 +333,6 @@ def test_the_cli_refuses_a_linked_work_folder_in_one_line_and_leaves_it(tmp_path
     from typer.testing import CliRunner
 
     from deepcloak.cli import app
-    from deepcloak.evaluation.resume import work_folder_for
     from deepcloak.models.checkpoint import save_checkpoint
     from deepcloak.models.zoo import create_model
 
@@ -362,5 +361,5 @@ def test_a_read_only_place_for_the_work_folder_is_one_line(
 
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(WorkFolderError, match="Read-only file system") as caught:
-        WorkFolder.open(tmp_path / "work", FINGERPRINT, resume=False)
+        EvaluationFolder.open(tmp_path / "work", FINGERPRINT, resume=False)
     _one_line_naming(caught.value, tmp_path / "work")

@@ -11,12 +11,8 @@ from deepcloak.attacks.native import FGSM
 from deepcloak.cloak.fit import fit
 from deepcloak.cloak.mask import find_masks, keep_mask
 from deepcloak.errors import DeepCloakError
-from deepcloak.evaluation.sweep import (
-    cache_features,
-    graybox_sweep,
-    masked_predictions,
-    whitebox_accuracy,
-)
+from deepcloak.evaluation.feature_cache import cache_features, masked_predictions
+from deepcloak.evaluation.sweep import graybox_sweep, whitebox_accuracy
 
 RATIOS = (0.0, 0.1, 0.25, 0.5, 0.75)
 

@@ -223,7 +223,7 @@ def test_checkpoint_input_shape_that_is_not_a_shape_is_one_clear_error(
     tmp_path: Path, shape: object
 ) -> None:
     # Once `ValueError: invalid literal for int()` from the API and the CLI (issue 15).
-    from deepcloak.evaluation.sources import trained_input_shape
+    from deepcloak.sources import trained_input_shape
 
     model = trained_like("cnn", width=4, hidden=8)
     path = tmp_path / "m.safetensors"

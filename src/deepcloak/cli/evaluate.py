@@ -52,7 +52,7 @@ from deepcloak.report.files import check_output_folder
 if TYPE_CHECKING:
     from deepcloak.evaluation.config import EvaluationConfig
     from deepcloak.evaluation.results import EvaluationReport
-    from deepcloak.evaluation.sources import DataSource, ModelSource
+    from deepcloak.sources import DataSource, ModelSource
 
 __all__ = ["EvaluateOptions", "evaluate"]
 
@@ -110,10 +110,11 @@ class EvaluateOptions:
 def evaluate(o: EvaluateOptions) -> None:
     """Evaluate a cloaked model under gray-box, white-box and transfer attacks, with baselines."""
     check_output_folder(o.out_dir)
-    from deepcloak.evaluation.resume import WorkFolder, work_folder_for
+    from deepcloak.evaluation.resume import EvaluationFolder
     from deepcloak.evaluation.run import evaluate_sources
-    from deepcloak.evaluation.sources import DataSource
     from deepcloak.report.evaluation import write_evaluation
+    from deepcloak.resume import work_folder_for
+    from deepcloak.sources import DataSource
 
     config = _config(o)
     data_source = DataSource(
@@ -145,7 +146,7 @@ def evaluate(o: EvaluateOptions) -> None:
         _show(report)
         paths = write_evaluation(report, o.out_dir, per_sample=o.per_sample)
         if stages_at:  # the outputs are written: the saved stages are no longer needed
-            WorkFolder(stages_at).remove()
+            EvaluationFolder(stages_at).remove()
         out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
@@ -171,7 +172,7 @@ def _config(o: EvaluateOptions) -> EvaluationConfig:
 
 def _models(o: EvaluateOptions, device: str) -> tuple[ModelSource, ModelSource | None]:
     """The model to evaluate and the transfer surrogate (``None`` without ``--surrogate``)."""
-    from deepcloak.evaluation.sources import ModelSource
+    from deepcloak.sources import ModelSource
 
     model = ModelSource(
         spec=o.model, weights=o.weights, allow_pickle=o.allow_pickle, output=output_key(o.output),
@@ -200,11 +201,12 @@ def _keeps_stages(work: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as e:
-        from deepcloak.evaluation.resume import WorkFolder, WorkFolderError
+        from deepcloak.evaluation.resume import EvaluationFolder
+        from deepcloak.resume import WorkFolderError
 
         if isinstance(e, WorkFolderError):  # an error about the folder itself: leave it as it is
             raise
-        folder = WorkFolder(work)
+        folder = EvaluationFolder(work)
         if not folder.held_here():  # stopped before this run opened it: whatever is there stays
             raise
         if folder.holds_work():

@@ -92,10 +92,10 @@ def harden(o: HardenOptions) -> None:
     """Find the mask that buys the most robustness within a clean budget, save the cloaked
     model, and sweep mask ratios on test data (gray-box, random masks, white-box)."""
     check_output_folder(o.out_dir)
-    from deepcloak.evaluation.sources import DataSource, ModelSource
     from deepcloak.harden import HardenConfig, harden_sources, write_harden
     from deepcloak.report.summary import saved_mask_lines
     from deepcloak.report.tables import sweep_table
+    from deepcloak.sources import DataSource, ModelSource
 
     config = HardenConfig(
         attack=o.attack, eps=o.eps, steps=o.steps, layer=o.layer, side=o.side,

@@ -40,7 +40,7 @@ from deepcloak.cloak.taps import (
     tap,
 )
 from deepcloak.distributed import Distributed, from_main, gather_batches, iter_owned
-from deepcloak.errors import DataFormatError, DeepCloakError
+from deepcloak.errors import DataFormatError, DeepCloakError, LayerError
 from deepcloak.models.outputs import check_finite_logits, select_logits
 from deepcloak.models.runtime import eval_mode, model_device, model_dtype, model_inputs
 from deepcloak.progress import ProgressFn, no_progress
@@ -115,6 +115,38 @@ class Cloak:
         """
         insert_mask(model, self.layer, self.mask(ratio))
         return fold_mask(model, self.layer.name) if fold else model
+
+    def check_features(self, feature_shape: tuple[int, ...]) -> None:
+        """Refuse features of another shape than the cloak was fit on (another model).
+
+        Raises:
+            DeepCloakError: ``feature_shape`` is not :attr:`feature_shape`.
+        """
+        if feature_shape != self.feature_shape:
+            raise DeepCloakError(
+                f"the cloak was fit on features of shape {self.feature_shape}, but {self.layer} "
+                f"gives {feature_shape} here: is this the same model?"
+            )
+
+    def check_fits(self, model: nn.Module, x: torch.Tensor) -> None:
+        """Check that the cloak's layer exists in ``model`` and gives features of its shape.
+
+        Args:
+            model: the model the cloak is for.
+            x: a few of its inputs ``(B, C, H, W)`` (the first two are run).
+
+        Raises:
+            DeepCloakError: no such layer, or features of another shape (another model).
+        """
+        try:
+            with torch.no_grad(), eval_mode(model), tap(model, self.layer) as t:
+                model(model_inputs(model, x[:2]))
+                feats = t.take()
+        except (AttributeError, LayerError) as e:
+            raise DeepCloakError(
+                f"the cloak's layer ({self.layer}) is not usable in this model: {e}"
+            ) from None
+        self.check_features(tuple(feats.shape[1:]))
 
     def metadata(self, ratio: float | None = None) -> dict[str, Any]:
         """Everything needed to reproduce this cloak, JSON-able."""

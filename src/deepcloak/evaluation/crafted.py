@@ -140,7 +140,8 @@ class CraftKey:
 
 
 class Saved(Protocol):
-    """Where a store keeps its sets across runs (``deepcloak.evaluation.resume.WorkFolder``)."""
+    """Where a store keeps its sets across runs
+    (:class:`~deepcloak.evaluation.resume.EvaluationFolder`)."""
 
     def saved_passes(self) -> dict[CraftKey, AttackPass]:
         """The key and pass of every saved set."""

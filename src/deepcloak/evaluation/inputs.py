@@ -1,38 +1,47 @@
-"""What goes into an evaluation: samples collected and checked, models checked against data.
+"""What goes into an evaluation: samples collected and checked, and what was used recorded.
 
-:func:`check_model_fits` is the one model-fits-data check (``harden``, ``evaluate`` and the
-surrogate of the transfer threat model all use it); :func:`collect` gathers a loader's samples
-into memory, checked; the ``describe_*`` functions record what was used.
+:func:`prepare_splits` gathers the test and validation samples into memory (:func:`collect`)
+and checks them against the model(s) (:func:`deepcloak.models.fits.check_model_fits`); the
+``describe_*`` functions record what was used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from deepcloak._moved import moved_names
+from deepcloak.attacks import art as art_attacks
 from deepcloak.batches import unpack_batch
 from deepcloak.cloak.fit import Cloak
-from deepcloak.cloak.taps import tap
-from deepcloak.errors import DeepCloakError, LayerError
-from deepcloak.evaluation.sweep import check_cloak_features
-from deepcloak.models.outputs import check_finite_logits, select_logits
-from deepcloak.models.runtime import eval_mode, model_inputs
-from deepcloak.validation import check_input_shape, check_labels
+from deepcloak.errors import DeepCloakError
+from deepcloak.evaluation.config import EvaluationConfig
+from deepcloak.evaluation.crafted import Samples
+from deepcloak.models import fits as _fits
 
 __all__ = [
+    "EvaluationSplits",
     "SampleCap",
-    "check_cloak_fits",
-    "check_model_fits",
     "collect",
     "describe_data",
     "describe_model",
+    "describe_splits",
     "describe_train",
+    "overlap_notes",
+    "prepare_splits",
     "shared_samples",
 ]
+
+log = logging.getLogger(__name__)
+
+# Moved after 0.1.0: the model-fits-data check is the models' (harden uses it too).
+__getattr__ = moved_names(__name__, {"check_model_fits": _fits})
 
 
 @dataclass(frozen=True)
@@ -106,90 +115,19 @@ def collect(
     return torch.cat(xs)[:max_samples], torch.cat(ys)[:max_samples]
 
 
-def check_model_fits(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor | None = None,
-    *,
-    data: str = "the data",
-    what: str = "model",
-    input_shape: Sequence[int] | None = None,
-    num_classes: int | None = None,
-) -> int:
-    """Run ``model`` on a few inputs and check that it fits the data; returns its outputs.
-
-    The model's own train/eval modes are restored afterwards.
-
-    Args:
-        model: the classifier.
-        x: a few inputs ``(B, C, H, W)`` of the data (only the first two are run).
-        y: labels to check against the model's outputs (``None``: skip).
-        data: how to name the data in errors, e.g. ``"the test data"``.
-        what: how to name the model in errors, e.g. ``"surrogate model"``.
-        input_shape: the ``(C, H, W)`` the model was trained on, if known (e.g. from its
-            checkpoint): models with global pooling accept any size, so only this catches
-            a model paired with the wrong data set.
-        num_classes: the data set's number of classes, if known.
-
-    Returns:
-        The model's number of outputs (classes).
-
-    Raises:
-        DeepCloakError: the model cannot take the inputs, was trained on another shape, does not
-            return ``(N, classes)`` logits, or has fewer outputs than the labels need.
-    """
-    shape = tuple(x.shape[1:])
-    if input_shape is not None and check_input_shape(input_shape) != shape:
-        raise DeepCloakError(
-            f"the {what} was trained on inputs of shape {tuple(input_shape)}, but {data} has "
-            f"inputs of shape {shape}: is this the model for this data set?"
-        )
-    try:
-        with torch.no_grad(), eval_mode(model):
-            output = model(model_inputs(model, x[:2]))
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DeepCloakError(
-            f"the {what} does not accept inputs of shape {shape} (C, H, W) from {data}: "
-            f"{first}. Are the model and the data set meant for each other?"
-        ) from None
-    logits = select_logits(output)  # a tuple or dict: a clear error that names --output
-    check_finite_logits(logits, f"the {what}'s logits on {data}")
-    if logits.ndim != 2:
-        raise DeepCloakError(
-            f"the {what} must return logits of shape (N, num_classes), got {tuple(logits.shape)}"
-        )
-    outputs = int(logits.shape[-1])
-    if num_classes is not None and outputs < num_classes:
-        raise DeepCloakError(
-            f"{data} has {num_classes} classes but the {what} has {outputs} outputs"
-        )
-    if y is not None:
-        try:
-            check_labels(y, outputs)
-        except DeepCloakError as e:
-            raise DeepCloakError(
-                f"labels of {data} do not match the {what}: {e}. Are the model and the data set "
-                "meant for each other?"
-            ) from None
-    return outputs
-
-
 def check_cloak_fits(model: nn.Module, cloak: Cloak, x: torch.Tensor) -> None:
-    """Check that the cloak's layer exists in ``model`` and gives features of its shape.
+    """Deprecated: ``cloak.check_fits(model, x)`` (:meth:`~deepcloak.Cloak.check_fits`).
 
-    Raises:
-        DeepCloakError: no such layer, or features of another shape (another model).
+    Kept for one version after 0.1.0; it warns and calls the method.
     """
-    try:
-        with torch.no_grad(), eval_mode(model), tap(model, cloak.layer) as t:
-            model(model_inputs(model, x[:2]))
-            feats = t.take()
-    except (AttributeError, LayerError) as e:
-        raise DeepCloakError(
-            f"the cloak's layer ({cloak.layer}) is not usable in this model: {e}"
-        ) from None
-    check_cloak_features(cloak, tuple(feats.shape[1:]))
+    warnings.warn(
+        f"{__name__}.check_cloak_fits(model, cloak, x) moved to "
+        "deepcloak.cloak.fit.Cloak.check_fits: call cloak.check_fits(model, x) "
+        f"({__name__} stops providing it in the next version)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    cloak.check_fits(model, x)
 
 
 def shared_samples(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -237,3 +175,84 @@ def describe_train(train: Any) -> dict[str, Any]:
         return {"source": "given cloak", "n_samples": train.n_samples}
     dataset = getattr(train, "dataset", None)
     return {"source": "fit here", "name": _name(dataset), "n_available": _len(dataset)}
+
+
+@dataclass(frozen=True)
+class EvaluationSplits:
+    """The checked test and validation samples, and what the checks found."""
+
+    test: Samples
+    val: Samples
+    num_classes: int
+    overlap: int
+    cap: SampleCap
+
+
+def prepare_splits(
+    model: nn.Module,
+    val_loader: Iterable[Any],
+    test_loader: Iterable[Any],
+    surrogate: nn.Module | None,
+    config: EvaluationConfig,
+) -> EvaluationSplits:
+    """Collect the test and validation samples and check them against the model(s).
+
+    Raises:
+        DeepCloakError: ART missing for an ART attack, empty loaders, invalid samples, data that
+            does not fit the model, or a surrogate with other classes.
+    """
+    if config.uses_art:
+        art_attacks.require_art()  # fail now, not after the fit
+    x, y = collect(test_loader, "test", config.samples.max_samples)
+    # The search's validation pass is one FGSM pass and its bound needs samples: the level's cap
+    # applies to the validation samples only when the paper's ratio is chosen on a PGD sweep.
+    val_cap = config.samples.max_samples if config.cloak.select is None else None
+    x_val, y_val = collect(val_loader, "validation", val_cap)
+    num_classes = _fits.check_model_fits(model, x, y, data="the test data")
+    _fits.check_model_fits(model, x_val, y_val, data="the validation data")
+    if x_val.shape[1:] != x.shape[1:]:
+        raise DeepCloakError(
+            f"validation inputs have shape {tuple(x_val.shape[1:])} but test inputs "
+            f"{tuple(x.shape[1:])}; expected the same data set"
+        )
+    if surrogate is not None:
+        k = _fits.check_model_fits(surrogate, x, y, data="the test data", what="surrogate model")
+        if k != num_classes:
+            raise DeepCloakError(
+                f"the surrogate has {k} outputs but the model {num_classes}; a transfer "
+                "attack needs a surrogate trained on the same classes"
+            )
+    bs = config.samples.batch_size
+    overlap = shared_samples(x_val, x)
+    test, val = Samples(x, y, bs, "test"), Samples(x_val, y_val, bs, "validation")
+    cap = SampleCap(
+        config.samples.max_samples, source=config.max_samples_source, level=config.level_name
+    )
+    return EvaluationSplits(test, val, num_classes, overlap, cap)
+
+
+def overlap_notes(overlap: int) -> list[str]:
+    """The report's note (and a logged warning) when validation samples are also test samples."""
+    if not overlap:
+        return []
+    log.warning("%d validation samples also appear in the test split", overlap)
+    return [
+        f"{overlap} validation samples also appear in the test split: the ratio choice is not "
+        "fully independent of the test numbers; hold out disjoint splits"
+    ]
+
+
+def describe_splits(
+    splits: EvaluationSplits, train: Any, val_loader: Any, test_loader: Any
+) -> dict[str, Any]:
+    """What was evaluated: each split, the sample cap, where the cloak came from."""
+    test = describe_data(test_loader, splits.test.x, splits.test.y)
+    validation = describe_data(val_loader, splits.val.x, splits.val.y)
+    return {
+        "test": test,
+        "validation": validation,
+        "sample_cap": splits.cap.describe({"test": test, "validation": validation}),
+        "train": describe_train(train),
+        "num_classes": splits.num_classes,
+        "validation_test_overlap": splits.overlap,
+    }

@@ -12,7 +12,7 @@ from deepcloak import validation as _validation
 from deepcloak._moved import moved_names
 from deepcloak.errors import DeepCloakError
 from deepcloak.evaluation import results as _results
-from deepcloak.evaluation.results import SweepResult
+from deepcloak.evaluation.results import SweepResult, SweepRow
 
 __all__ = ["choose_ratio"]
 
@@ -50,21 +50,7 @@ def choose_ratio(sweep: SweepResult, clean_budget: float = 0.01) -> _results.Rat
             "the sweep must include ratio 0 (the unmasked model) to measure gains against; "
             f"got ratios {[row.ratio for row in sweep.rows]}"
         )
-    candidates = tuple(
-        _results.RatioCandidate(
-            ratio=row.ratio,
-            n_removed=row.n_removed,
-            clean_accuracy=row.clean_accuracy,
-            graybox_accuracy=row.graybox_accuracy,
-            graybox_gain=row.graybox_accuracy - base.graybox_accuracy,
-            clean_drop=base.clean_accuracy - row.clean_accuracy,
-            within_budget=base.clean_accuracy - row.clean_accuracy <= budget + _TOL,
-            clean_ci=row.clean.interval,
-            graybox_ci=row.graybox.interval,
-            confidence=row.graybox.confidence,
-        )
-        for row in sweep.rows
-    )
+    candidates = tuple(_candidate(row, base, budget) for row in sweep.rows)
     eligible = [c for c in candidates if c.within_budget]
     # Largest gain first; among equal gains (within float error) the smallest ratio.
     best = min(eligible, key=lambda c: (-round(c.graybox_gain / _TOL), c.ratio))
@@ -90,4 +76,20 @@ def choose_ratio(sweep: SweepResult, clean_budget: float = 0.01) -> _results.Rat
         attack=dict(sweep.attack),
         split="validation",
         reason=reason,
+    )
+
+
+def _candidate(row: SweepRow, base: SweepRow, budget: float) -> _results.RatioCandidate:
+    """One ratio's validation figures against the unmasked model's (``base``, ratio 0)."""
+    return _results.RatioCandidate(
+        ratio=row.ratio,
+        n_removed=row.n_removed,
+        clean_accuracy=row.clean_accuracy,
+        graybox_accuracy=row.graybox_accuracy,
+        graybox_gain=row.graybox_accuracy - base.graybox_accuracy,
+        clean_drop=base.clean_accuracy - row.clean_accuracy,
+        within_budget=base.clean_accuracy - row.clean_accuracy <= budget + _TOL,
+        clean_ci=row.clean.interval,
+        graybox_ci=row.graybox.interval,
+        confidence=row.graybox.confidence,
     )

@@ -18,7 +18,8 @@ arXiv 2002.08347):
   reported on the test split.
 - **Sanity checks** (:mod:`deepcloak.evaluation.probes`, :mod:`deepcloak.evaluation.sanity`).
 
-The stages below pass their results as return values; :func:`evaluate_cloak` only chains them.
+The stages (:mod:`deepcloak.evaluation.stages`) pass their results as return values;
+:func:`evaluate_cloak` only chains them.
 :func:`evaluate_sources` is what ``deepcloak evaluate`` runs: it loads the model and data named
 on the command line, then calls :func:`evaluate_cloak`.
 
@@ -40,63 +41,28 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
-from deepcloak.attacks import art as art_attacks
-from deepcloak.attacks.native import FGSM, Attack
-from deepcloak.cloak.fit import Cloak, fit, model_device
-from deepcloak.cloak.mask import keep_mask, masked
+from deepcloak.cloak.fit import Cloak, model_device
 from deepcloak.data.loader import BatchLoader, make_loader
-from deepcloak.distributed import from_main
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError
-from deepcloak.evaluation.config import EvaluationConfig, build_attack, in_config_precision
-from deepcloak.evaluation.crafted import CraftedSets, Samples, TimedAttack, target
-from deepcloak.evaluation.defenses import Defense, build_defenses, measure_defenses
+from deepcloak.evaluation.config import EvaluationConfig, in_config_precision
+from deepcloak.evaluation.crafted import CraftedSets
 from deepcloak.evaluation.inputs import (
-    SampleCap,
-    check_cloak_fits,
-    check_model_fits,
-    collect,
-    describe_data,
+    EvaluationSplits,
     describe_model,
-    describe_train,
-    shared_samples,
+    describe_splits,
+    overlap_notes,
+    prepare_splits,
 )
-from deepcloak.evaluation.passes import Stage, renamed
-from deepcloak.evaluation.probes import eps_curve, sanity_checks
-from deepcloak.evaluation.ratio_choice import choose_ratio
-from deepcloak.evaluation.results import (
-    CLOAKED,
-    UNMASKED,
-    AccuracyResult,
-    Comparison,
-    EvaluationReport,
-    RatioChoice,
-    SweepResult,
-    ThreatModel,
-    compare,
-    find_result,
-)
-from deepcloak.evaluation.resume import (
-    CHECKS,
-    CURVE,
-    MAYBE_SWEEP,
-    RESULTS,
-    SWEEP,
-    Codec,
-    StageRunner,
-    WorkFolder,
-    fingerprint,
-)
-from deepcloak.evaluation.sanity import SanityCheck
-from deepcloak.evaluation.selection import search_choice, search_cloak
-from deepcloak.evaluation.sources import DataSource, ModelSource
-from deepcloak.evaluation.sweep import graybox_sweep
-from deepcloak.evaluation.timings import AttackPass, StageTime, Timings, clock
+from deepcloak.evaluation.results import EvaluationReport, RatioChoice
+from deepcloak.evaluation.resume import EvaluationFolder, StageRunner, fingerprint
+from deepcloak.evaluation.stages import Measured, comparisons, fit_and_choose, measure
+from deepcloak.evaluation.timings import StageTime, Timings, clock
 from deepcloak.models.precision import current_precision
 from deepcloak.progress import ProgressFn, no_progress
-from deepcloak.validation import check_ratios
+from deepcloak.sources import DataSource, ModelSource
 
 __all__ = ["evaluate_cloak", "evaluate_sources"]
 
@@ -105,191 +71,14 @@ log = logging.getLogger(__name__)
 NOTE_ALL_SAMPLES = "Robust accuracy counts over all evaluated samples, not only clean-correct ones."
 
 
-@dataclass(frozen=True)
-class _Splits:
-    """The checked test and validation samples, and what the checks found."""
-
-    test: Samples
-    val: Samples
-    num_classes: int
-    overlap: int
-    cap: SampleCap
-
-
-def _prepare(
-    model: nn.Module,
-    val_loader: Iterable[Any],
-    test_loader: Iterable[Any],
-    surrogate: nn.Module | None,
-    config: EvaluationConfig,
-) -> _Splits:
-    """Collect the test and validation samples and check them against the model(s)."""
-    if config.uses_art:
-        art_attacks.require_art()  # fail now, not after the fit
-    x, y = collect(test_loader, "test", config.samples.max_samples)
-    # The search's validation pass is one FGSM pass and its bound needs samples: the level's cap
-    # applies to the validation samples only when the paper's ratio is chosen on a PGD sweep.
-    val_cap = config.samples.max_samples if config.cloak.select is None else None
-    x_val, y_val = collect(val_loader, "validation", val_cap)
-    num_classes = check_model_fits(model, x, y, data="the test data")
-    check_model_fits(model, x_val, y_val, data="the validation data")
-    if x_val.shape[1:] != x.shape[1:]:
-        raise DeepCloakError(
-            f"validation inputs have shape {tuple(x_val.shape[1:])} but test inputs "
-            f"{tuple(x.shape[1:])}; expected the same data set"
-        )
-    if surrogate is not None:
-        k = check_model_fits(surrogate, x, y, data="the test data", what="surrogate model")
-        if k != num_classes:
-            raise DeepCloakError(
-                f"the surrogate has {k} outputs but the model {num_classes}; a transfer "
-                "attack needs a surrogate trained on the same classes"
-            )
-    bs = config.samples.batch_size
-    overlap = shared_samples(x_val, x)
-    test, val = Samples(x, y, bs, "test"), Samples(x_val, y_val, bs, "validation")
-    cap = SampleCap(
-        config.samples.max_samples, source=config.max_samples_source, level=config.level_name
-    )
-    return _Splits(test, val, num_classes, overlap, cap)
-
-
-def _loader(samples: Samples) -> BatchLoader:
-    return make_loader(TensorDataset(samples.x, samples.y), batch_size=samples.batch_size)
-
-
-def _fit_or_use(
-    model: nn.Module, train: Iterable[Any] | Cloak, splits: _Splits, config: EvaluationConfig,
-    progress: ProgressFn, store: CraftedSets,
-) -> Cloak:  # fmt: skip
-    """The given cloak, or one fit on ``train`` with FGSM at ``fit_eps`` (its attack pass timed),
-    or, with ``config.cloak.select``, the searched one
-    (:func:`~deepcloak.evaluation.selection.search_cloak`); checked against the model (before a
-    stage saves it)."""
-    if isinstance(train, Cloak):
-        if config.cloak.select is not None:
-            raise DeepCloakError(
-                f"select={config.cloak.select!r} searches a mask on training data, but a fitted "
-                "cloak was given; pass training data (drop --cloak) or drop the selector"
-            )
-        check_cloak_fits(model, train, splits.test.x)
-        return train
-    if config.cloak.select is not None:
-        searched = search_cloak(model, train, splits.val, config, progress)
-        check_cloak_fits(model, searched, splits.test.x)
-        return searched
-    attack = TimedAttack(FGSM(eps=config.resolved_fit_eps))
-    cloak = fit(
-        model, train, attack=attack, layer=config.cloak.layer, side=config.cloak.side,
-        score=config.cloak.score, max_samples=config.samples.max_fit_samples,
-        seed=config.runtime.seed, progress=progress,
-    )  # fmt: skip
-    check_cloak_fits(model, cloak, splits.test.x)
-    if attack.samples:
-        on = target(UNMASKED)
-        store.record(
-            AttackPass(attack.spec(), on.key, on.defense, None, None, "train", store.stage,
-                       attack.samples, attack.seconds)
-        )  # fmt: skip
-    return cloak
-
-
-def _validation_sweep(
-    model: nn.Module, cloak: Cloak, val: Samples, attack: Attack, config: EvaluationConfig,
-    progress: ProgressFn, store: CraftedSets,
-) -> SweepResult | None:  # fmt: skip
-    """The gray-box sweep on the validation split that the ratio is chosen on (none if fixed)."""
-    if config.cloak.ratio is not None:
-        return None
-    stage = Stage(renamed(progress, "validation: "), "gray-box attack", val.y.numel())
-    return graybox_sweep(
-        model, cloak, _loader(val), attack=attack, ratios=config.cloak.ratios, n_random=0,
-        seed=config.runtime.seed, confidence=config.checks.confidence,
-        progress=renamed(progress, "validation: "),
-        adversarial=store.get(attack, model, target(UNMASKED), val, stage),
-    )  # fmt: skip
-
-
-def _choose(sweep: SweepResult | None, config: EvaluationConfig) -> RatioChoice:
-    """The user's fixed ratio, or the one chosen on the validation sweep."""
-    if sweep is None or config.cloak.ratio is not None:
-        return RatioChoice(
-            ratio=config.cloak.ratio or 0.0, clean_budget=config.cloak.clean_budget,
-            baseline_clean_accuracy=None, baseline_graybox_accuracy=None, candidates=(),
-            n_samples=0, attack={}, split="fixed",
-            reason="ratio fixed by the user; no validation choice made",
-        )  # fmt: skip
-    return choose_ratio(sweep, config.cloak.clean_budget)
-
-
-def _ratio_curve(
-    model: nn.Module, cloak: Cloak, test: Samples, attack: Attack, ratio: float,
-    config: EvaluationConfig, progress: ProgressFn, store: CraftedSets,
-) -> SweepResult:  # fmt: skip
-    """The gray-box sweep on the test split, with white-box points and random masks.
-
-    Its gray-box samples and white-box attacks come from ``store``: the defences' stage crafted
-    the gray-box set and the white-box one at the evaluated ratio (and ratio 0 is the unmasked
-    model), so usually only the other white-box ratios are attacked here.
-    """
-    white_ratios = check_ratios(sorted({*config.compare.whitebox_ratios, ratio}))
-    named = renamed(progress, "ratio sweep: ")
-    stage = Stage(named, "white-box attack", (1 + len(white_ratios)) * test.y.numel())
-    x_adv = store.get(attack, model, target(UNMASKED), test, stage)
-    white = {}
-    for r in white_ratios:
-        with masked(model, cloak.layer, keep_mask(cloak.ranking, r, cloak.feature_shape)) as m:
-            correct = test.correct(m, store.get(attack, m, target(CLOAKED, r), test, stage))
-        spec = attack.spec()
-        white[r] = (
-            AccuracyResult(
-                CLOAKED, ThreatModel.WHITEBOX, spec, correct, r, config.checks.confidence
-            ),
-        )
-    return graybox_sweep(
-        model, cloak, _loader(test), attack=attack,
-        ratios=sorted({*config.cloak.ratios, *config.compare.whitebox_ratios, ratio}),
-        n_random=config.compare.n_random,
-        seed=config.runtime.seed, whitebox_attacks=[attack], whitebox_ratios=white_ratios,
-        confidence=config.checks.confidence, progress=named, adversarial=x_adv, whitebox=white,
-    )  # fmt: skip
-
-
-def _defenses_at(
-    model: nn.Module, cloak: Cloak, splits: _Splits, ratio: float, config: EvaluationConfig
-) -> tuple[list[Defense], list[str]]:
-    """The defences at ``ratio``; activation pruning measures activations on validation data."""
-    activation = fit(
-        model, _loader(splits.val), layer=cloak.layer.name, side=cloak.layer.side,
-        score="activation", seed=config.runtime.seed,
-    )  # fmt: skip
-    return build_defenses(model, cloak, activation, ratio, config, images=splits.test.x.ndim == 4)
-
-
-def _comparisons(results: list[Any]) -> list[Comparison]:
-    """McNemar's exact test of cloaked vs unmasked under each threat model (worst case)."""
-    out = []
-    for tm in ThreatModel:
-        a, b = find_result(results, CLOAKED, tm), find_result(results, UNMASKED, tm)
-        if a is not None and b is not None:
-            out.append(compare(a, b))
-    return out
-
-
 @in_config_precision
 def evaluate_cloak(
-    model: nn.Module,
-    train_loader_or_cloak: Iterable[Any] | Cloak,
-    val_loader: Iterable[Any],
-    test_loader: Iterable[Any],
-    *,
-    config: EvaluationConfig | None = None,
-    surrogate: nn.Module | None = None,
-    progress: ProgressFn | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    work_dir: str | os.PathLike[str] | None = None,
+    model: nn.Module, train_loader_or_cloak: Iterable[Any] | Cloak, val_loader: Iterable[Any],
+    test_loader: Iterable[Any], *, config: EvaluationConfig | None = None,
+    surrogate: nn.Module | None = None, progress: ProgressFn | None = None,
+    metadata: Mapping[str, Any] | None = None, work_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
-) -> EvaluationReport:
+) -> EvaluationReport:  # fmt: skip
     """Evaluate DeepCloak on ``model`` honestly: threat models, attacks, baselines, statistics.
 
     The model is used in eval mode and left as it was (masks are inserted for each measurement
@@ -326,55 +115,70 @@ def evaluate_cloak(
         cloak_given=isinstance(train_loader_or_cloak, Cloak)
     )
     report = progress or no_progress
-    started, t0, prepare_start = datetime.now(timezone.utc), time.perf_counter(), clock()
-    splits = _prepare(model, val_loader, test_loader, surrogate, cfg)
+    started, prepare_start = _Started.now(), clock()
+    splits = prepare_splits(model, val_loader, test_loader, surrogate, cfg)
     stages = _stage_runner(
         model, train_loader_or_cloak, splits, surrogate, cfg, metadata, work_dir, resume
     )
     stages.timings.stages.append(StageTime("prepare", clock() - prepare_start))
-    store, work = stages.store, stages.work
-    # Under torchrun every decision that sets how many passes follow (the cloak, its ratio)
-    # is rank 0's: a last-bit difference between ranks must not make them disagree and hang.
-    cloak = from_main(stages.run(
-        "fit", lambda: _fit_or_use(model, train_loader_or_cloak, splits, cfg, report, store),
-        Codec(work.save_cloak, work.load_cloak) if work is not None else None,
-    ))  # fmt: skip
-    gray_attack = build_attack(cfg.attack.select_attack, cfg)
-    choice = search_choice(cloak) if cfg.cloak.selector is not None else _choose(
-        stages.run(
-            "ratio choice",
-            lambda: _validation_sweep(model, cloak, splits.val, gray_attack, cfg, report, store),
-            MAYBE_SWEEP,
-        ), cfg,
-    )  # fmt: skip
-    choice = from_main(choice)
+    cloak, choice = fit_and_choose(stages, model, train_loader_or_cloak, splits, cfg, report)
     log.info("evaluating at ratio %.4g (%s)", choice.ratio, choice.reason)
-    found = _measure(stages, model, cloak, choice.ratio, splits, surrogate, cfg, report)
+    found = measure(stages, model, cloak, choice.ratio, splits, surrogate, cfg, report)
     report_start = clock()
-    data = _describe_splits(splits, train_loader_or_cloak, val_loader, test_loader)
-    run = {
-        "seed": cfg.runtime.seed, "data": data, "model": describe_model(model),
-        "surrogate": describe_model(surrogate) if surrogate is not None else None,
-        "layer": cloak.layer.to_json(), "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-        "duration_s": round(time.perf_counter() - t0, 3), "metadata": dict(metadata or {}),
-    }  # fmt: skip
-    out = EvaluationReport(
-        run=run, config=cfg, cloak=cloak.metadata(choice.ratio), ratio_choice=choice,
-        defenses={d.name: d.spec for d in found.defenses}, results=found.results,
-        comparisons=_comparisons(found.results), sanity=found.checks, eps_curve=found.eps_curve,
-        ratio_curve=found.ratio_curve,
-        notes=[NOTE_ALL_SAMPLES, *_overlap_notes(splits.overlap), *found.notes],
-        environment=environment(model_device(model), precision=current_precision().recorded),
-        timings=stages.timings,
-    )  # fmt: skip
+    loaders = (train_loader_or_cloak, val_loader, test_loader)
+    out = _report(started, cfg, model, surrogate, splits, loaders, cloak, choice, found, metadata)
+    out.timings = stages.timings
     stages.timings.stages.append(StageTime("report", clock() - report_start))
     return out
 
 
+def _report(
+    started: _Started, cfg: EvaluationConfig, model: nn.Module, surrogate: nn.Module | None,
+    splits: EvaluationSplits, loaders: tuple[Any, Any, Any], cloak: Cloak, choice: RatioChoice,
+    found: Measured, metadata: Mapping[str, Any] | None,
+) -> EvaluationReport:  # fmt: skip
+    """The report of what the stages found, with what was evaluated and where."""
+    data = describe_splits(splits, *loaders)
+    return EvaluationReport(
+        run=started.record(cfg.runtime.seed, data, model, surrogate, cloak, metadata), config=cfg,
+        cloak=cloak.metadata(choice.ratio), ratio_choice=choice,
+        defenses={d.name: d.spec for d in found.defenses}, results=found.results,
+        comparisons=comparisons(found.results), sanity=found.checks, eps_curve=found.eps_curve,
+        ratio_curve=found.ratio_curve,
+        notes=[NOTE_ALL_SAMPLES, *overlap_notes(splits.overlap), *found.notes],
+        environment=environment(model_device(model), precision=current_precision().recorded),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Started:
+    """When an evaluation started, on the wall clock and on the monotonic one."""
+
+    at: datetime
+    perf: float
+
+    @classmethod
+    def now(cls) -> _Started:
+        return cls(datetime.now(timezone.utc), time.perf_counter())
+
+    def record(
+        self, seed: int, data: dict[str, Any], model: nn.Module, surrogate: nn.Module | None,
+        cloak: Cloak, metadata: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The report's ``run``: seed, data, models, layer, times, the caller's metadata."""
+        return {
+            "seed": seed, "data": data, "model": describe_model(model),
+            "surrogate": describe_model(surrogate) if surrogate is not None else None,
+            "layer": cloak.layer.to_json(), "started_at": self.at.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "duration_s": round(time.perf_counter() - self.perf, 3),
+            "metadata": dict(metadata or {}),
+        }  # fmt: skip
+
+
 def _stage_runner(
-    model: nn.Module, train: Iterable[Any] | Cloak, splits: _Splits, surrogate: nn.Module | None,
-    config: EvaluationConfig, metadata: Mapping[str, Any] | None,
+    model: nn.Module, train: Iterable[Any] | Cloak, splits: EvaluationSplits,
+    surrogate: nn.Module | None, config: EvaluationConfig, metadata: Mapping[str, Any] | None,
     work_dir: str | os.PathLike[str] | None, resume: bool,
 ) -> StageRunner:  # fmt: skip
     """The runner of the stages: fresh timings, the crafted-set store, the work folder if any."""
@@ -385,84 +189,9 @@ def _stage_runner(
             "validation inputs": splits.val.x, "validation labels": splits.val.y,
         }  # fmt: skip
         facts = fingerprint(model, train, tensors, surrogate, config.to_json(), metadata)
-        work = WorkFolder.open(work_dir, facts, resume=resume)
+        work = EvaluationFolder.open(work_dir, facts, resume=resume)
     timings = Timings()
     return StageRunner(timings, CraftedSets(timings, work), work)
-
-
-@dataclass(frozen=True)
-class _Measured:
-    """What the stages after the ratio choice measured."""
-
-    defenses: list[Defense]
-    notes: list[str]
-    results: list[AccuracyResult]
-    eps_curve: list[AccuracyResult]
-    checks: list[SanityCheck]
-    ratio_curve: SweepResult
-
-
-def _measure(
-    stages: StageRunner, model: nn.Module, cloak: Cloak, ratio: float, splits: _Splits,
-    surrogate: nn.Module | None, cfg: EvaluationConfig, report: ProgressFn,
-) -> _Measured:  # fmt: skip
-    """The defences at ``ratio`` under every attack, the eps curve, the checks, the ratio curve."""
-    store, test = stages.store, splits.test
-    defenses, notes = stages.run("defenses", lambda: _defenses_at(model, cloak, splits, ratio, cfg))
-    attacks = {name: build_attack(name, cfg) for name in cfg.attack.attacks}
-    results = stages.run(
-        "attacks",
-        lambda: measure_defenses(
-            defenses, attacks, test, model, cfg, ratio=ratio, surrogate=surrogate,
-            progress=report, store=store,
-        ),
-        RESULTS,
-    )  # fmt: skip
-    cloaked = defenses[1].variants[0]
-    curve, eps_check = stages.run(
-        "eps curve",
-        lambda: eps_curve(model, cloaked, test, cfg, ratio=ratio, progress=report, store=store),
-        CURVE,
-    )
-    checks = stages.run(
-        "sanity checks",
-        lambda: sanity_checks(
-            cloaked, test, cfg, results, attacks, report, ratio=ratio, store=store
-        ),
-        CHECKS,
-    )
-    gray_attack = build_attack(cfg.attack.select_attack, cfg)
-    ratio_curve = stages.run(
-        "ratio curve",
-        lambda: _ratio_curve(model, cloak, test, gray_attack, ratio, cfg, report, store),
-        SWEEP,
-    )
-    return _Measured(defenses, notes, results, curve, [*checks, eps_check], ratio_curve)
-
-
-def _overlap_notes(overlap: int) -> list[str]:
-    if not overlap:
-        return []
-    log.warning("%d validation samples also appear in the test split", overlap)
-    return [
-        f"{overlap} validation samples also appear in the test split: the ratio choice is not "
-        "fully independent of the test numbers; hold out disjoint splits"
-    ]
-
-
-def _describe_splits(
-    splits: _Splits, train: Any, val_loader: Any, test_loader: Any
-) -> dict[str, Any]:
-    test = describe_data(test_loader, splits.test.x, splits.test.y)
-    validation = describe_data(val_loader, splits.val.x, splits.val.y)
-    return {
-        "test": test,
-        "validation": validation,
-        "sample_cap": splits.cap.describe({"test": test, "validation": validation}),
-        "train": describe_train(train),
-        "num_classes": splits.num_classes,
-        "validation_test_overlap": splits.overlap,
-    }
 
 
 def evaluate_sources(

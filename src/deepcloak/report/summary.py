@@ -205,8 +205,9 @@ def paper_line(paper: dict[str, Any], searched: dict[str, Any]) -> str:
     """One line comparing the paper's score, chosen the same way, with the searched mask."""
     test, n = paper["test"], paper["n_removed"]
     edge = searched["test"]["graybox_gain"] - test["graybox_gain"]
+    features = "feature" if n == 1 else "features"
     return (
-        f"  beside it, the paper's score chosen the same way removes {n} features: test clean "
+        f"  beside it, the paper's score chosen the same way removes {n} {features}: test clean "
         f"{_ci(test['clean'])} ({_pts(-test['clean_drop'])}), gray-box "
         f"{_ci(test['graybox'])} ({_pts(test['graybox_gain'])}); the search's edge: {_pts(edge)}"
     )
