@@ -112,7 +112,7 @@ def test_a_checkpoint_whose_name_is_not_utf8_is_read(tmp_path: Path) -> None:
 def test_weights_whose_name_is_not_utf8_are_read(tmp_path: Path) -> None:
     from safetensors.torch import save
 
-    from deepcloak.models.checkpoint import _read_weights
+    from deepcloak.models.weights import read_weights as _read_weights
 
     model = create_model("cnn", in_channels=1, num_classes=10, input_size=8, width=4)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

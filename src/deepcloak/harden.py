@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +19,33 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deepcloak._moved import moved_names
-from deepcloak.attacks import create_attack
 from deepcloak.attacks.native import Attack
 from deepcloak.cloak.fit import Cloak, fit, model_device
 from deepcloak.cloak.search import SearchResult, search_mask
-from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
-from deepcloak.cloak.taps import LayerRef, parse_side, resolve_layer
+from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR
+from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.cloak.torchscript import ScriptedClassifier, cloakable
 from deepcloak.data.loader import BatchLoader, make_loader
-from deepcloak.data.splits import DataSplits, ValFrom, ValidationInfo
+from deepcloak.data.splits import DataSplits, ValidationInfo
 from deepcloak.distributed import from_main
 from deepcloak.environment import environment
 from deepcloak.errors import DeepCloakError, LayerError
-from deepcloak.evaluation.grids import DEFAULT_RATIOS, WHITEBOX_RATIOS
 from deepcloak.evaluation.results import SCHEMA, THREAT_MODELS, SweepResult
 from deepcloak.evaluation.sweep import graybox_sweep
+from deepcloak.harden_config import PAPER_RATIO, HardenConfig
 from deepcloak.io import atomic_write, save_tensors, write_bytes_atomic, write_json_atomic
 from deepcloak.models import fits as _fits
 from deepcloak.models.checkpoint import save_checkpoint
-from deepcloak.models.precision import Precision, check_precision_supported, parse_precision
+from deepcloak.models.precision import check_precision_supported, parse_precision
 from deepcloak.progress import ProgressFn
 from deepcloak.report.files import write_folder
 from deepcloak.report.summary import saved_mask_record
 from deepcloak.sources import DataSource, ModelSource, trained_input_shape
-from deepcloak.validation import (
-    check_budget,
-    check_epsilon,
-    check_positive_int,
-    check_ratio,
-    check_ratios,
-)
 
 __all__ = [
     "AUTO",
     "DEFAULT_SELECTOR",
+    "PAPER_RATIO",
     "HardenConfig",
     "HardenResult",
     "harden",
@@ -65,128 +58,6 @@ log = logging.getLogger(__name__)
 
 # Moved after 0.1.0: the model-fits-data checks are the models' (deepcloak.models.fits).
 __getattr__ = moved_names(__name__, {"check_model_fits_data": _fits})
-
-#: The paper's ratio when ``select=None`` and no ratio is given.
-PAPER_RATIO = 0.01
-
-
-@dataclass(frozen=True)
-class HardenConfig:
-    """Settings of :func:`harden`.
-
-    With no arguments, the mask is *searched* (:data:`DEFAULT_SELECTOR`) and its size chosen on
-    validation samples the model never trained on (a seeded part of the test split), within a
-    1-point clean-accuracy budget held at 95% confidence. The paper's method is one setting
-    away: ``ratio=0.01`` (or ``select=None``) ranks features by ``score`` and removes that
-    fraction.
-
-    Attributes:
-        attack: ``"fgsm"`` (the paper's) or ``"pgd"``; used for the fit and the test samples.
-        eps: attack budget in [0, 1].
-        steps: PGD steps (ignored by FGSM).
-        ratio: a fixed fraction of features to remove, ranked by ``score`` (the paper's method;
-            ``None``: the search chooses, or 1% when ``select=None``).
-        ratios: ratios of the sweep.
-        whitebox_ratios: ratios at which the attack is also run through the cloaked model.
-        layer, side: layer L (default: input of the final ``nn.Linear``).
-        score: scorer of the paper's method.
-        n_random: random masks per ratio in the baseline.
-        batch_size: samples per batch.
-        seed: seeds attacks, random masks and the validation draw.
-        select: the search's selector (``"beam"``, ``"greedy"``, ``"deepcloak"``, ``"random"``;
-            see :data:`deepcloak.cloak.selectors.SELECTORS`): it proposes masks on the fit
-            samples and the saved one is chosen on the validation samples. ``None``: the paper's
-            method at ``ratio``. Default :data:`AUTO`: beam, unless ``ratio`` is given.
-        select_params: the selector's settings (``{"width": 8}`` for beam) and the search's
-            own (``fit_budget``, ``max_removed``; see
-            :func:`~deepcloak.cloak.search.search_cached`).
-        clean_budget: with a search: the largest clean-accuracy drop the mask may cost, held
-            at 95% confidence on the validation samples.
-        val_from: with a search, when :func:`harden` is not given validation samples: where to
-            draw them (``"test"``: a seeded part of the test split, every figure reported on
-            the rest; ``"train"``: held out of the training split, biased).
-        val_samples: how many (``None``: ``min(5000, half of the split drawn from)``).
-        precision: ``"fp32"`` or ``"bf16"`` for the sweep's forward-only passes (feature
-            caching, masked predictions); the fit and every attack run in float32.
-    """
-
-    attack: str = "fgsm"
-    eps: float = 8 / 255
-    steps: int = 10
-    ratio: float | None = None
-    ratios: tuple[float, ...] = DEFAULT_RATIOS
-    whitebox_ratios: tuple[float, ...] = WHITEBOX_RATIOS
-    layer: str | None = None
-    side: str | None = None
-    score: str = "deepcloak"
-    n_random: int = 5
-    batch_size: int = 256
-    seed: int = 0
-    select: str | None = AUTO
-    select_params: Mapping[str, Any] = field(default_factory=dict)
-    #: ``select_params`` checked, with every default of the selector and the search filled in
-    #: (what the search runs with and the report shows); empty without a search.
-    selector_settings: dict[str, Any] = field(init=False, default_factory=dict)
-    clean_budget: float = 0.01
-    val_from: str = "test"
-    val_samples: int | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
-    precision: Precision | str = Precision.FP32
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "precision", parse_precision(self.precision))
-        check_epsilon(self.eps)
-        parse_side(self.side)  # before any work, with or without a layer
-        if self.select == AUTO:
-            object.__setattr__(self, "select", None if self.ratio is not None else DEFAULT_SELECTOR)
-        if self.select is None:
-            object.__setattr__(self, "ratio", PAPER_RATIO if self.ratio is None else self.ratio)
-        else:
-            self._check_search()
-        check_ratio(self.ratio if self.ratio is not None else 0.0)
-        check_ratios(self.ratios)
-        check_ratios(self.whitebox_ratios or (0.0,))
-        if isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise DeepCloakError(f"batch_size must be >= 1, got {self.batch_size}")
-        self.make_attack()  # an unknown attack or a bad setting fails here, before any work
-
-    def _check_search(self) -> None:
-        if self.ratio is not None:
-            raise DeepCloakError(
-                f"select={self.select!r} chooses the mask and its size on validation samples; "
-                f"a fixed ratio ({self.ratio}) is the paper's method: drop the ratio, or rank by "
-                "the paper's score at that ratio (--select deepcloak --ratio R; select=None)"
-            )
-        if self.score != "deepcloak":
-            raise DeepCloakError(
-                f"score={self.score!r} ranks features for the paper's method at a fixed ratio; "
-                f"the search (select={self.select!r}) chooses its own: add a ratio (--ratio R) "
-                "to rank by that score, or drop the score"
-            )
-        # Checked by type and range before any work; recorded with the defaults filled in.
-        name = self.select or DEFAULT_SELECTOR
-        object.__setattr__(self, "selector_settings", check_selector(name, self.select_params))
-        check_budget(self.clean_budget)
-        ValFrom.parse(self.val_from)
-        if self.val_samples is not None:
-            check_positive_int(self.val_samples, "val_samples")
-
-    @property
-    def searches(self) -> bool:
-        """Whether the saved mask is searched (else: the paper's ranking at ``ratio``)."""
-        return self.select is not None
-
-    def make_attack(self) -> Attack:
-        """The configured attack."""
-        params: dict[str, Any] = {"eps": self.eps}
-        if self.attack == "pgd":
-            params.update(steps=self.steps, seed=self.seed)
-        return create_attack(self.attack, **params)
-
-    def sweep_ratios(self, saved: float | None = None) -> list[float]:
-        """The sweep's ratios, with the saved ratio and the white-box ratios included."""
-        chosen = [r for r in (saved, self.ratio) if r is not None]
-        return sorted({*self.ratios, *chosen, *self.whitebox_ratios})
 
 
 @dataclass
@@ -249,21 +120,17 @@ def harden(
     Without a search (``config.select=None``), the paper's method: features ranked by
     ``config.score`` at ``config.ratio``.
 
-    ``input_shape``, if known, is the ``(C, H, W)`` the model was trained on; see
-    :func:`~deepcloak.models.fits.check_model_fits_data`. Data sets are batched by
-    :func:`~deepcloak.data.loader.make_loader` (``workers`` processes decode an image folder).
-    Under ``torchrun`` the fit and the sweep's attacks are shared among the processes by batch,
-    with the same results as one process.
+    ``input_shape``: the ``(C, H, W)`` the model was trained on, if known
+    (:func:`~deepcloak.models.fits.check_model_fits_data`); ``workers``: processes decoding an
+    image folder (:func:`~deepcloak.data.loader.make_loader`). Under ``torchrun`` the fit and
+    the sweep's attacks are shared among the processes by batch, with the same results as one
+    process.
 
     Raises:
         DeepCloakError: the model does not fit the data, or bad settings.
     """
     start = time.perf_counter()
-    _fits.check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
-    _fits.check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
-    if val_set is not None:
-        _fits.check_model_fits_data(model, val_set, "the validation data", input_shape=input_shape)
-    check_precision_supported(config.precision, model_device(model))
+    _check_inputs(model, config, train_set, test_set, val_set, input_shape)
     # fit and the sweeps use eval mode themselves and restore every module's own mode.
     model = cloakable(model, train_set[0][0][None].to(model_device(model)))
     attack = config.make_attack()
@@ -272,31 +139,9 @@ def harden(
     def loader(data: Dataset[Any]) -> BatchLoader:
         return make_loader(data, batch_size=config.batch_size, workers=workers, device=device)
 
-    search = None
-    if config.select is None:
-        cloak = fit(
-            model, loader(train_set), attack=attack, layer=config.layer, side=config.side,
-            score=config.score, seed=config.seed, progress=progress,
-        )  # fmt: skip
-        ratio = float(config.ratio or 0.0)
-    else:
-        if val_set is None:
-            splits = DataSplits.make(
-                train_set, test_set, val_from=config.val_from,  # type: ignore[arg-type]
-                val_samples=config.val_samples, seed=config.seed,
-            )  # fmt: skip
-            train_set, val_set, test_set = splits.fit, splits.val, splits.test
-            validation = splits.validation
-        if val_set is None:
-            raise DeepCloakError("the search needs validation samples; val_samples=0 leaves none")
-        search = search_mask(
-            model, loader(train_set), loader(val_set), layer=_layer(model, config, train_set),
-            attack=attack, selector=config.select, clean_budget=config.clean_budget,
-            progress=progress, **config.selector_settings,
-        )  # fmt: skip
-        # The search's removal order ranks the features, so the sweep shows its prefixes and
-        # the saved mask (at the chosen ratio) is exactly the searched one.
-        cloak, ratio = from_main(search.to_cloak(seed=config.seed))  # one choice on all ranks
+    search, cloak, ratio, test_set, validation = _find_mask(
+        model, config, attack, loader, (train_set, test_set, val_set), validation, progress
+    )
     sweep = graybox_sweep(
         model, cloak, loader(test_set), attack=attack,
         ratios=config.sweep_ratios(ratio), n_random=config.n_random, seed=config.seed,
@@ -307,6 +152,74 @@ def harden(
         config, model, cloak, sweep, time.perf_counter() - start, ratio=ratio, search=search,
         validation=validation,
     )  # fmt: skip
+
+
+def _find_mask(
+    model: nn.Module,
+    config: HardenConfig,
+    attack: Attack,
+    loader: Callable[[Dataset[Any]], BatchLoader],
+    sets: tuple[Dataset[Any], Dataset[Any], Dataset[Any] | None],
+    validation: ValidationInfo | None,
+    progress: ProgressFn | None,
+) -> tuple[SearchResult | None, Cloak, float, Dataset[Any], ValidationInfo | None]:
+    """The saved mask as a cloak and its ratio: searched, or the paper's ranking at
+    ``config.ratio``; with the search and the test set and validation it leaves."""
+    train_set, test_set, val_set = sets
+    if config.selector is None:
+        cloak = fit(
+            model, loader(train_set), attack=attack, layer=config.layer, side=config.side,
+            score=config.score, seed=config.seed, progress=progress,
+        )  # fmt: skip
+        return None, cloak, float(config.ratio or 0.0), test_set, validation
+    train_set, val_set, test_set, validation = _held_out(
+        config, train_set, test_set, val_set, validation
+    )
+    search = search_mask(
+        model, loader(train_set), loader(val_set), layer=_layer(model, config, train_set),
+        attack=attack, selector=config.selector, clean_budget=config.clean_budget,
+        progress=progress,
+    )  # fmt: skip
+    # The search's removal order ranks the features, so the sweep shows its prefixes and
+    # the saved mask (at the chosen ratio) is exactly the searched one.
+    cloak, ratio = from_main(search.to_cloak(seed=config.seed))  # one choice on all ranks
+    return search, cloak, ratio, test_set, validation
+
+
+def _check_inputs(
+    model: nn.Module,
+    config: HardenConfig,
+    train_set: Dataset[Any],
+    test_set: Dataset[Any],
+    val_set: Dataset[Any] | None,
+    input_shape: Sequence[int] | None,
+) -> None:
+    """Model and data fit each other, and the precision the device: before any work."""
+    _fits.check_model_fits_data(model, train_set, "the training data", input_shape=input_shape)
+    _fits.check_model_fits_data(model, test_set, "the test data", input_shape=input_shape)
+    if val_set is not None:
+        _fits.check_model_fits_data(model, val_set, "the validation data", input_shape=input_shape)
+    check_precision_supported(config.precision, model_device(model))
+
+
+def _held_out(
+    config: HardenConfig,
+    train_set: Dataset[Any],
+    test_set: Dataset[Any],
+    val_set: Dataset[Any] | None,
+    validation: ValidationInfo | None,
+) -> tuple[Dataset[Any], Dataset[Any], Dataset[Any], ValidationInfo | None]:
+    """``(fit, validation, test)`` sets for the search: ``val_set`` if given, else drawn as
+    ``config.val_from`` says (and the validation's description with them)."""
+    if val_set is not None:
+        return train_set, val_set, test_set, validation
+    splits = DataSplits.make(
+        train_set, test_set, val_from=config.val_from,  # type: ignore[arg-type]
+        val_samples=config.val_samples, seed=config.seed,
+    )  # fmt: skip
+    if splits.val is None:
+        raise DeepCloakError("the search needs validation samples; val_samples=0 leaves none")
+    return splits.fit, splits.val, splits.test, splits.validation
 
 
 def _layer(model: nn.Module, config: HardenConfig, data: Dataset[Any]) -> LayerRef | None:
@@ -333,7 +246,7 @@ def harden_sources(
             bad settings.
         DataFormatError: a malformed model or data file.
     """
-    searching = config.select is not None
+    searching = config.selector is not None
     if not searching:  # the paper's method at a fixed ratio chooses nothing: no validation
         data = replace(data, val_samples=0, val_from=None, val_root=None)
     splits = data.splits()
@@ -387,7 +300,7 @@ def harden_document(result: HardenResult, files: dict[str, str]) -> dict[str, An
     return {
         "schema": SCHEMA,
         "kind": "harden",
-        "config": asdict(result.config),
+        "config": result.config.to_json(),
         "data": result.data_info,
         "model": result.model_info,
         "fit": result.cloak.metadata(result.ratio),

@@ -152,6 +152,25 @@ def test_sweep_table_cells_are_the_results_numbers_in_their_own_columns() -> Non
             assert md_rows[i][_by_prefix(md_headers, name)] == text, (name, i)
 
 
+def test_a_searched_masks_sweep_marks_the_same_rows_in_the_terminal_and_in_markdown() -> None:
+    result = _sweep()
+    ratios = [r.ratio for r in result.rows]
+    saved = ratios[1]
+    table = sweep_table(result, result.rows, saved=saved, searched=True)
+    headers = [str(c.header) for c in table.columns]
+    marks = [str(cell) for cell in table.columns[-1].cells]
+    lines = sweep_markdown(result, result.rows, saved=saved, searched=True).splitlines()
+    md_marks = [line.strip("|").split("|")[-1].strip() for line in lines[2:]]
+    expected = ["", "saved", *["ext."] * (len(ratios) - 2)]
+    assert headers[-1] == "mask" and table.columns[-1].justify == "left"
+    assert marks == md_marks == expected
+    # A fixed ratio (not searched) has no mask column in either form.
+    fixed = sweep_table(result, result.rows, saved=saved)
+    assert "mask" not in [str(c.header) for c in fixed.columns]
+    md_header = sweep_markdown(result, result.rows, saved=saved).splitlines()[0]
+    assert "mask" not in [h.strip() for h in md_header.strip("|").split("|")]
+
+
 def _paired(a_only: int, b_only: int, both: int = 5, n: int = 20) -> tuple[torch.Tensor, ...]:
     a = torch.zeros(n, dtype=torch.bool)
     b = torch.zeros(n, dtype=torch.bool)

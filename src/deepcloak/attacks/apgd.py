@@ -269,23 +269,11 @@ class APGD:
         object.__setattr__(self, "norm", _check(self.eps, self.norm, self.steps, self.restarts))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, y = attack_batch(model, x, y)
-        if self.eps == 0:
-            return x.clone()
-        gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        with eval_mode(model):
-            forward, x_fast = _attack_forward(model, x)
-            run = _Run(self.eps, self.steps, self.norm)
-            out = _run_standing(
-                run, forward, x_fast, y, _ce_loss, gen, [None], self.restarts, x_fast is not x
-            )
-        return out.contiguous()
+        return _attack(self, model, x, y, _ce_loss, lambda forward, x: [None])
 
     def spec(self) -> dict[str, Any]:
         """``{"name": "apgd", ...}`` with every parameter."""
-        d = asdict(self)
-        d["norm"] = self.norm.value
-        return {"name": "apgd", **d}
+        return _spec("apgd", self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,34 +308,52 @@ class APGDT:
         check_iterative(self.targets, 1, steps_name="targets")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, y = attack_batch(model, x, y)
-        if self.eps == 0:
-            return x.clone()
-        gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        with eval_mode(model):
-            forward, x_fast = _attack_forward(model, x)
-            with torch.no_grad():
-                logits = select_logits(forward(x_fast))
-            classes = logits.shape[-1]
-            if classes < 4:
-                raise DeepCloakError(
-                    f"APGD-T's targeted DLR loss needs at least 4 classes, the model has "
-                    f"{classes}; use 'apgd' (cross-entropy) instead"
-                )
-            order = logits.argsort(dim=-1, descending=True)  # (B, K)
-            # Rank 0 is the predicted (for standing samples: the true) class.
-            targets: list[torch.Tensor | None] = [
-                order[:, i] for i in range(1, min(self.targets, classes - 1) + 1)
-            ]
-            run = _Run(self.eps, self.steps, self.norm)
-            out = _run_standing(
-                run, forward, x_fast, y, dlr_targeted_loss, gen, targets, self.restarts,
-                x_fast is not x,
-            )  # fmt: skip
-        return out.contiguous()
+        return _attack(self, model, x, y, dlr_targeted_loss, self._targets)
+
+    def _targets(self, forward: Forward, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """The target classes, most likely wrong first: ranks 1, 2, ... of the clean logits."""
+        with torch.no_grad():
+            logits = select_logits(forward(x))
+        classes = logits.shape[-1]
+        if classes < 4:
+            raise DeepCloakError(
+                f"APGD-T's targeted DLR loss needs at least 4 classes, the model has "
+                f"{classes}; use 'apgd' (cross-entropy) instead"
+            )
+        order = logits.argsort(dim=-1, descending=True)  # (B, K)
+        # Rank 0 is the predicted (for standing samples: the true) class.
+        return [order[:, i] for i in range(1, min(self.targets, classes - 1) + 1)]
 
     def spec(self) -> dict[str, Any]:
         """``{"name": "apgd-t", ...}`` with every parameter."""
-        d = asdict(self)
-        d["norm"] = self.norm.value
-        return {"name": "apgd-t", **d}
+        return _spec("apgd-t", self)
+
+
+def _attack(
+    attack: APGD | APGDT,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: Loss,
+    targets: Callable[[Forward, torch.Tensor], list[torch.Tensor | None]],
+) -> torch.Tensor:
+    """Either APGD on ``(x, y)``: the runs of every target (``targets(forward, x)``, ``None``
+    for an untargeted loss) and restart on the samples still standing."""
+    x, y = attack_batch(model, x, y)
+    if attack.eps == 0:
+        return x.clone()
+    gen = torch.Generator(device=x.device).manual_seed(attack.seed)
+    with eval_mode(model):
+        forward, x_fast = _attack_forward(model, x)
+        run = _Run(attack.eps, attack.steps, attack.norm)
+        out = _run_standing(
+            run, forward, x_fast, y, loss, gen, targets(forward, x_fast), attack.restarts,
+            x_fast is not x,
+        )  # fmt: skip
+    return out.contiguous()
+
+
+def _spec(name: str, attack: APGD | APGDT) -> dict[str, Any]:
+    d = asdict(attack)
+    d["norm"] = attack.norm.value
+    return {"name": name, **d}

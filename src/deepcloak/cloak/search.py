@@ -42,12 +42,11 @@ from deepcloak.cloak.head import (
     margins,
 )
 from deepcloak.cloak.mask import fold_mask, insert_mask
-from deepcloak.cloak.selectors import SEARCH_SETTINGS, Path, create_selector
+from deepcloak.cloak.selectors import Path, SelectorChoice
 from deepcloak.cloak.taps import LayerRef, resolve_layer
 from deepcloak.errors import DeepCloakError
 from deepcloak.models.runtime import model_dtype
 from deepcloak.progress import ProgressFn
-from deepcloak.settings import check_settings
 from deepcloak.stats import PairedDrop, paired_drop
 
 __all__ = [
@@ -62,21 +61,43 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SearchCandidate:
-    """One entry of the selector's path, measured on the validation samples.
+    """One entry of the selector's path, measured on the validation samples, as exact counts.
 
     Attributes:
         n_removed: features removed.
-        clean_accuracy: validation clean accuracy under the mask.
-        adv_accuracy: validation adversarial (gray-box) accuracy under the mask.
+        n: validation samples.
+        clean_correct: validation samples right under the mask.
+        adv_correct: adversarial (gray-box) validation samples right under the mask.
         drop: the paired clean-accuracy drop against the unmasked model, with its bound.
         fits: whether the bound is within the budget.
     """
 
     n_removed: int
-    clean_accuracy: float
-    adv_accuracy: float
+    n: int
+    clean_correct: int
+    adv_correct: int
     drop: PairedDrop
     fits: bool
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Validation clean accuracy under the mask."""
+        return self.clean_correct / self.n
+
+    @property
+    def adv_accuracy(self) -> float:
+        """Validation adversarial (gray-box) accuracy under the mask."""
+        return self.adv_correct / self.n
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict: ``n_removed``, the accuracies, ``drop`` and ``fits``."""
+        return {
+            "n_removed": self.n_removed,
+            "clean_accuracy": self.clean_accuracy,
+            "adv_accuracy": self.adv_accuracy,
+            "drop": asdict(self.drop),
+            "fits": self.fits,
+        }
 
 
 @dataclass
@@ -143,6 +164,11 @@ class SearchResult:
                 "baseline_clean_accuracy": base.clean_accuracy,
                 "baseline_adv_accuracy": base.adv_accuracy,
                 "clean_drop": c.drop.to_json(),
+                # exact counts, so every interval derived later needs no rounding back
+                "clean_correct": c.clean_correct,
+                "adv_correct": c.adv_correct,
+                "baseline_clean_correct": base.clean_correct,
+                "baseline_adv_correct": base.adv_correct,
             },
         }
 
@@ -153,7 +179,7 @@ class SearchResult:
             "layer": self.layer.to_json(),
             "attack": self.attack,
             "path": [list(p) for p in self.path],
-            "candidates": [asdict(c) for c in self.candidates],
+            "candidates": [c.to_json() for c in self.candidates],
             "seconds": self.seconds,
         }
 
@@ -239,8 +265,9 @@ def choose_on_validation(
         candidates.append(
             SearchCandidate(
                 n_removed=len(removed),
-                clean_accuracy=clean_ok.double().mean().item(),
-                adv_accuracy=(margins(za, val.labels) > 0).double().mean().item(),
+                n=int(clean_ok.numel()),
+                clean_correct=int(clean_ok.sum()),
+                adv_correct=int((margins(za, val.labels) > 0).sum()),
                 drop=drop,
                 fits=len(removed) == 0 or drop.fits(clean_budget),
             )
@@ -257,7 +284,7 @@ def search_cached(
     val: HeadFeatures,
     layer: LayerRef,
     *,
-    selector: str = "greedy",
+    selector: str | SelectorChoice = "greedy",
     clean_budget: float = 0.01,
     confidence: float = 0.95,
     fit_budget: float | None = None,
@@ -271,7 +298,9 @@ def search_cached(
         fit: features and head from the fit samples (the selector sees only these).
         val: features from held-out validation samples, same layer and head.
         layer: layer L the features come from.
-        selector: a name in :data:`~deepcloak.cloak.selectors.SELECTORS`.
+        selector: a name in :data:`~deepcloak.cloak.selectors.SELECTORS`, or a
+            :class:`~deepcloak.cloak.selectors.SelectorChoice` already holding its settings and
+            the search's (then ``fit_budget``, ``max_removed`` and ``settings`` stay unset).
         clean_budget: largest clean-accuracy drop allowed on new data (0.01 = 1 point).
         confidence: one-sided confidence of the drop's upper bound on validation.
         fit_budget: drop the selector may spend on the fit samples (default
@@ -287,41 +316,56 @@ def search_cached(
     Raises:
         DeepCloakError: unknown selector, bad settings or budgets, or mismatched splits.
     """
-    if not 0.0 <= clean_budget <= 1.0:
-        raise DeepCloakError(f"clean_budget must be a fraction in [0, 1], got {clean_budget}")
-    if val.weight.shape != fit.weight.shape or not torch.equal(
-        val.weight, fit.weight.to(val.device)
-    ):
-        raise DeepCloakError("fit and validation features must come from the same head")
-    chosen_selector = create_selector(selector, **settings)
-    given = {"fit_budget": fit_budget, "max_removed": max_removed}
-    search = check_settings(  # None takes the default (fit_budget: DEFAULT_FIT_BUDGET)
-        SEARCH_SETTINGS, {k: v for k, v in given.items() if v is not None}, owner="the search"
-    )
-    fit_budget, max_removed = float(search["fit_budget"]), search["max_removed"]
+    _check_splits(fit, val, clean_budget)
+    choice = _selector_choice(selector, settings, fit_budget=fit_budget, max_removed=max_removed)
+    chosen_selector, fit_budget = choice.create(), choice.fit_budget
     t0 = time.perf_counter()
-    path = chosen_selector(fit, fit_budget=fit_budget, max_removed=max_removed or fit.n_features)
+    path = chosen_selector(
+        fit, fit_budget=fit_budget, max_removed=choice.max_removed or fit.n_features
+    )
     t1 = time.perf_counter()
     index, candidates = choose_on_validation(path, val, clean_budget, confidence=confidence)
     removed = [(), *path][index]
     keep = torch.ones(fit.n_features, dtype=torch.bool)
     keep[list(removed)] = False
     return SearchResult(
-        layer=layer,
-        keep=keep,
-        removed=removed,
-        path=path,
-        selector=selector,
-        settings=chosen_selector.settings(),
-        clean_budget=clean_budget,
-        confidence=confidence,
-        fit_budget=fit_budget,
-        candidates=candidates,
-        attack=attack or {},
-        fit_samples=fit.n_samples,
-        val_samples=val.n_samples,
+        layer=layer, keep=keep, removed=removed, path=path, selector=choice.name,
+        settings=chosen_selector.settings(), clean_budget=clean_budget, confidence=confidence,
+        fit_budget=fit_budget, candidates=candidates, attack=attack or {},
+        fit_samples=fit.n_samples, val_samples=val.n_samples,
         seconds={"search": t1 - t0, "validate": time.perf_counter() - t1},
         kept_order=(fit.adv - fit.clean).abs().sum(0, dtype=torch.float64).cpu(),
+    )  # fmt: skip
+
+
+def _check_splits(fit: HeadFeatures, val: HeadFeatures, clean_budget: float) -> None:
+    """A budget that is a fraction, and fit and validation features of the same head."""
+    if not 0.0 <= clean_budget <= 1.0:
+        raise DeepCloakError(f"clean_budget must be a fraction in [0, 1], got {clean_budget}")
+    if val.weight.shape != fit.weight.shape or not torch.equal(
+        val.weight, fit.weight.to(val.device)
+    ):
+        raise DeepCloakError("fit and validation features must come from the same head")
+
+
+def _selector_choice(
+    selector: str | SelectorChoice,
+    settings: dict[str, Any],
+    *,
+    fit_budget: float | None,
+    max_removed: int | None,
+) -> SelectorChoice:
+    """The selector with its settings checked: as given, or built from a name and keywords."""
+    if isinstance(selector, SelectorChoice):
+        if settings or fit_budget is not None or max_removed is not None:
+            raise DeepCloakError(
+                f"selector {selector.name!r} came with its settings ({selector.settings}); "
+                "pass the others inside it (SelectorChoice.of), not beside it"
+            )
+        return selector
+    given = {"fit_budget": fit_budget, "max_removed": max_removed}  # None takes the default
+    return SelectorChoice.of(
+        selector, {**settings, **{k: v for k, v in given.items() if v is not None}}
     )
 
 
@@ -332,7 +376,7 @@ def search_mask(
     *,
     layer: LayerRef | Cloak | str | None = None,
     attack: Attack | None = None,
-    selector: str = "greedy",
+    selector: str | SelectorChoice = "greedy",
     clean_budget: float = 0.01,
     confidence: float = 0.95,
     max_samples: int | None = None,

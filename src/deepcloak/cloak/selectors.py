@@ -22,16 +22,16 @@ Greedy and beam stop when no allowed removal raises the adversarial fit accuracy
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from deepcloak.cloak.head import HeadFeatures, apply_removal, candidate_outcomes, full_logits
-from deepcloak.cloak.head import margins as logit_margins
+from deepcloak._moved import moved_names
+from deepcloak.cloak import removal_sets
+from deepcloak.cloak.head import HeadFeatures
 from deepcloak.cloak.mask import rank_features
+from deepcloak.cloak.removal_sets import RemovalState, expansions, min_clean_correct, start_state
 from deepcloak.cloak.scores import deepcloak_score
 from deepcloak.errors import DeepCloakError
 from deepcloak.registry import Registry
@@ -49,10 +49,10 @@ __all__ = [
     "Path",
     "RankingSelector",
     "Selector",
+    "SelectorChoice",
     "check_selector",
     "create_selector",
     "parse_selector",
-    "ranked_candidates",
     "selector_settings",
     "split_settings",
 ]
@@ -79,80 +79,6 @@ class Selector(Protocol):
     def __call__(self, fit: HeadFeatures, *, fit_budget: float, max_removed: int) -> Path:
         """The path of removal sets, at most ``max_removed`` long."""
         ...
-
-
-def ranked_candidates(
-    correct: torch.Tensor, margin: torch.Tensor, allowed: torch.Tensor, limit: int
-) -> list[int]:
-    """Allowed feature indices by (correct desc, margin desc, index asc), the first ``limit``."""
-    idx = allowed.nonzero().squeeze(1)  # ascending index
-    if idx.numel() == 0:
-        return []
-    # Stable sorts from the least to the most significant key give the lexicographic order.
-    order = torch.sort(margin[idx], descending=True, stable=True).indices
-    idx = idx[order]
-    order = torch.sort(correct[idx], descending=True, stable=True).indices
-    return [int(i) for i in idx[order][:limit]]
-
-
-@dataclass
-class _State:
-    """One removal set and the logits of the fit samples under it."""
-
-    removed: tuple[int, ...]  # in removal order
-    keep: torch.Tensor  # (F,) bool
-    clean_logits: torch.Tensor  # (N, K)
-    adv_logits: torch.Tensor  # (N, K)
-    score: float  # adversarial correct + clean_weight * clean correct
-    adv_margin: float
-
-    def extend(self, fit: HeadFeatures, j: int, score: float, adv_margin: float) -> _State:
-        keep = self.keep.clone()
-        keep[j] = False
-        return _State(
-            (*self.removed, j),
-            keep,
-            apply_removal(self.clean_logits, fit.clean, fit.weight, [j]),
-            apply_removal(self.adv_logits, fit.adv, fit.weight, [j]),
-            score,
-            adv_margin,
-        )
-
-
-def _start(fit: HeadFeatures, clean_weight: float) -> tuple[_State, int]:
-    """The unmasked state, and the number of clean fit samples it gets right."""
-    keep = torch.ones(fit.n_features, dtype=torch.bool, device=fit.device)
-    zc = full_logits(fit.clean, fit.weight, fit.bias, keep)
-    za = full_logits(fit.adv, fit.weight, fit.bias, keep)
-    m = logit_margins(za, fit.labels)
-    clean = int((logit_margins(zc, fit.labels) > 0).sum())
-    score = int((m > 0).sum()) + clean_weight * clean
-    return _State((), keep, zc, za, score, float(m.double().sum())), clean
-
-
-def _expansions(
-    fit: HeadFeatures, state: _State, min_clean: int, clean_weight: float, rivals: int, limit: int
-) -> list[tuple[float, float, tuple[int, ...], int]]:
-    """The ``limit`` best allowed one-feature extensions: ``(score, margin, set, j)``."""
-    oc = candidate_outcomes(
-        fit.clean, fit.labels, state.clean_logits, fit.weight, state.keep, rivals=rivals
-    )
-    oa = candidate_outcomes(
-        fit.adv, fit.labels, state.adv_logits, fit.weight, state.keep, rivals=rivals
-    )
-    allowed = state.keep & (oc.correct >= min_clean)
-    score = oa.correct.double() + clean_weight * oc.correct.double()
-    return [
-        (float(score[j]), float(oa.margin[j]), tuple(sorted((*state.removed, j))), j)
-        for j in ranked_candidates(score, oa.margin, allowed, limit)
-    ]
-
-
-def _min_clean(fit: HeadFeatures, base_clean: int, fit_budget: float) -> int:
-    """Fewest clean fit samples a mask may get right: ``base - floor(budget * N)``."""
-    if not 0.0 <= fit_budget <= 1.0:
-        raise DeepCloakError(f"fit_budget must be a fraction in [0, 1], got {fit_budget}")
-    return base_clean - math.floor(fit_budget * fit.n_samples + 1e-9)
 
 
 class BeamSelector:
@@ -201,21 +127,21 @@ class BeamSelector:
         }
 
     def __call__(self, fit: HeadFeatures, *, fit_budget: float, max_removed: int) -> Path:
-        start, base_clean = _start(fit, self.clean_weight)
-        min_clean = _min_clean(fit, base_clean, fit_budget)
+        start, base_clean = start_state(fit, self.clean_weight)
+        min_clean = min_clean_correct(fit, base_clean, fit_budget)
         beam, best_so_far = [start], start.score
         path: Path = []
         while beam and len(path) < min(max_removed, fit.n_features):
             options = [
                 (c, m, s, j, state)
                 for state in beam
-                for c, m, s, j in _expansions(
+                for c, m, s, j in expansions(
                     fit, state, min_clean, self.clean_weight, self.rivals, self.width
                 )
             ]
             options.sort(key=lambda o: (-o[0], -o[1], o[2]))
             seen: set[tuple[int, ...]] = set()
-            chosen: list[tuple[float, float, int, _State]] = []
+            chosen: list[tuple[float, float, int, RemovalState]] = []
             for c, m, s, j, state in options:
                 if s not in seen and len(chosen) < self.width:
                     seen.add(s)
@@ -373,12 +299,58 @@ def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[st
     return own, {k: v for k, v in settings.items() if k in _SEARCH_NAMES}
 
 
-def parse_selector(spec: str) -> tuple[str, dict[str, Any]]:
+class SelectorChoice(NamedTuple):
+    """A selector chosen by name, with its settings checked and every default filled in.
+
+    Built once, from ``--select`` text (:func:`parse_selector`) or from Python values
+    (:meth:`of`, which a config calls), and then handed as it is to the search, the report and
+    the resume fingerprint. It unpacks as ``name, settings``.
+
+    Attributes:
+        name: a name in :data:`SELECTORS`.
+        settings: the selector's settings and the search's (``fit_budget``, ``max_removed``).
+    """
+
+    name: str
+    settings: dict[str, Any]
+
+    @classmethod
+    def of(cls, name: str, settings: Mapping[str, Any] | None = None) -> SelectorChoice:
+        """``name`` with ``settings`` (Python values or text) checked (:func:`check_selector`).
+
+        Raises:
+            DeepCloakError: an unknown selector or setting, or a value of the wrong type or range.
+        """
+        return cls(name, check_selector(name, settings or {}))
+
+    @property
+    def selector_settings(self) -> dict[str, Any]:
+        """The selector's own settings (without the search's)."""
+        return split_settings(self.settings)[0]
+
+    @property
+    def fit_budget(self) -> float:
+        """The clean-accuracy drop the selector may spend on the fit samples."""
+        return float(self.settings["fit_budget"])
+
+    @property
+    def max_removed(self) -> int | None:
+        """The longest removal set the selector proposes (``None``: no limit)."""
+        limit = self.settings["max_removed"]
+        return None if limit is None else int(limit)
+
+    def create(self) -> Selector:
+        """The selector itself, built with its settings."""
+        return create_selector(self.name, **self.selector_settings)
+
+
+def parse_selector(spec: str) -> SelectorChoice:
     """Parse ``"beam:width=4,clean_weight=2,fit_budget=0.03"`` into a name and its settings.
 
     Each value is read against the setting's declared type and range
     (:data:`SELECTOR_SETTINGS`, :data:`SEARCH_SETTINGS`), once, before any work; the result
-    holds every setting, the ones not given at their defaults.
+    holds every setting, the ones not given at their defaults, and unpacks as
+    ``name, settings``.
 
     Raises:
         DeepCloakError: an unknown selector or setting (naming the closest one), a malformed
@@ -389,8 +361,8 @@ def parse_selector(spec: str) -> tuple[str, dict[str, Any]]:
     SELECTORS.get(name)  # the name first: its settings make sense only for a known selector
     texts = parse_key_values(rest, example="beam:width=4,clean_weight=2")
     if selector_settings(name) is None:
-        return name, check_selector(name, {k: _loose_value(v) for k, v in texts.items()})
-    return name, check_selector(name, texts)
+        return SelectorChoice.of(name, {k: _loose_value(v) for k, v in texts.items()})
+    return SelectorChoice.of(name, texts)
 
 
 def _loose_value(text: str) -> Any:
@@ -422,3 +394,6 @@ def create_selector(name: str, **settings: Any) -> Selector:
         return SELECTORS.create(name, **settings)
     except TypeError as e:
         raise DeepCloakError(f"bad settings for selector {name!r}: {e}") from None
+
+
+__getattr__ = moved_names(__name__, {"ranked_candidates": removal_sets})

@@ -240,6 +240,13 @@ class EvaluationConfig:
         for part in _PARTS:
             d.update(dataclasses.asdict(getattr(self, part)))
         a, c = self.attack, self.cloak
+        # the checked selector is recorded as its settings, under their name of old, in place
+        d = {
+            ("selector_settings" if k == "selector" else k): (
+                c.selector_settings if k == "selector" else v
+            )
+            for k, v in d.items()
+        }
         d["norm"] = parse_norm(a.norm).value
         d["side"] = Side(c.side).value if c.side is not None else None
         d["attacks"] = list(a.attacks)

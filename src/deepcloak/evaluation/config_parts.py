@@ -28,7 +28,7 @@ from deepcloak.attacks import art as art_attacks  # also registers "apgd", "squa
 from deepcloak.attacks.native import Attack, Norm, parse_norm
 from deepcloak.cloak.fit import DEFAULT_EPS
 from deepcloak.cloak.scores import SCORERS
-from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, check_selector
+from deepcloak.cloak.selectors import AUTO, DEFAULT_SELECTOR, SelectorChoice
 from deepcloak.cloak.taps import Side
 from deepcloak.enums import parse_enum
 from deepcloak.errors import DeepCloakError
@@ -233,9 +233,14 @@ class CloakSettings:
     clean_budget: float = 0.01
     select: str | None = AUTO
     select_params: Mapping[str, Any] = field(default_factory=dict)
-    #: ``select_params`` checked, with every default of the selector and the search filled in
-    #: (what the search runs with and the report shows); empty without a search.
-    selector_settings: dict[str, Any] = field(init=False, default_factory=dict)
+    #: ``select`` with ``select_params`` checked, every default of the selector and the search
+    #: filled in (what the search runs with and the report shows); ``None`` without a search.
+    selector: SelectorChoice | None = field(init=False, default=None)
+
+    @property
+    def selector_settings(self) -> dict[str, Any]:
+        """The checked settings of :attr:`selector` (empty without a search)."""
+        return dict(self.selector.settings) if self.selector is not None else {}
 
     def __post_init__(self) -> None:
         if self.select == AUTO and self.ratio is not None:
@@ -243,7 +248,7 @@ class CloakSettings:
         if self.select is not None:
             # Checked by type and range before any work; recorded with the defaults filled in.
             name = DEFAULT_SELECTOR if self.select == AUTO else self.select
-            _set(self, "selector_settings", check_selector(name, self.select_params))
+            _set(self, "selector", SelectorChoice.of(name, self.select_params))
             if self.ratio is not None:
                 raise DeepCloakError(
                     f"select={self.select!r} chooses the mask and its ratio on validation; "

@@ -64,6 +64,15 @@ class SanityCheck:
         return cls(d["name"], CheckStatus(d["status"]), d["message"], dict(d["values"]))
 
 
+def _verdict(
+    name: str, *, warn: bool, warning: str, passing: str, values: dict[str, Any]
+) -> SanityCheck:
+    """The check ``name``: a warning with ``warning`` when ``warn``, else a pass."""
+    if warn:
+        return SanityCheck(name, CheckStatus.WARN, warning, values)
+    return SanityCheck(name, CheckStatus.PASS, passing, values)
+
+
 def _tol(tolerance: float, n: int) -> float:
     return max(tolerance, 1.0 / max(n, 1))
 
@@ -91,19 +100,18 @@ def check_more_steps(
         "accuracy_more_steps": acc_more,
         "tolerance": tol,
     }
-    if acc_more > acc_steps + tol:
-        return SanityCheck(
-            "more-steps",
-            CheckStatus.WARN,
-            f"{attack} with {more_steps} steps leaves MORE samples correct ({acc_more:.2%}) "
-            f"than with {steps} ({acc_steps:.2%}): the attack is unstable or gradients are masked",
-            values,
-        )
-    return SanityCheck(
+    return _verdict(
         "more-steps",
-        CheckStatus.PASS,
-        f"{more_steps} {attack} steps: {acc_more:.2%}, {steps} steps: {acc_steps:.2%} (not higher)",
-        values,
+        warn=acc_more > acc_steps + tol,
+        warning=(
+            f"{attack} with {more_steps} steps leaves MORE samples correct ({acc_more:.2%}) "
+            f"than with {steps} ({acc_steps:.2%}): the attack is unstable or gradients are masked"
+        ),
+        passing=(
+            f"{more_steps} {attack} steps: {acc_more:.2%}, {steps} steps: {acc_steps:.2%} "
+            "(not higher)"
+        ),
+        values=values,
     )
 
 
@@ -143,18 +151,14 @@ def check_eps_growth(
             f"at L-inf eps={unbounded_eps:g} (any image reachable) {unbounded_accuracy:.2%} of "
             f"samples stay correct, more than {max_unbounded_accuracy:.0%}"
         )
-    if problems:
-        return SanityCheck(
-            "eps-growth",
-            CheckStatus.WARN,
-            "; ".join(problems) + ": the attack is failing, not the model resisting",
-            values,
-        )
-    return SanityCheck(
+    return _verdict(
         "eps-growth",
-        CheckStatus.PASS,
-        f"accuracy falls with eps, to {unbounded_accuracy:.2%} at L-inf eps={unbounded_eps:g}",
-        values,
+        warn=bool(problems),
+        warning=("; ".join(problems) + ": the attack is failing, not the model resisting"),
+        passing=(
+            f"accuracy falls with eps, to {unbounded_accuracy:.2%} at L-inf eps={unbounded_eps:g}"
+        ),
+        values=values,
     )
 
 
@@ -201,21 +205,19 @@ def check_gradient_free(
         "n": n,
         "tolerance": tol,
     }
-    if acc_free < acc_grad - tol:
-        return SanityCheck(
-            "gradient-free-not-stronger",
-            CheckStatus.WARN,
+    return _verdict(
+        "gradient-free-not-stronger",
+        warn=acc_free < acc_grad - tol,
+        warning=(
             f"the gradient-free attack is stronger ({acc_free:.2%} vs {acc_grad:.2%} robust "
             f"accuracy; {only_free} samples broken only without gradients): gradients are "
-            "probably masked, so the gradient attacks under-estimate the attacker",
-            values,
-        )
-    return SanityCheck(
-        "gradient-free-not-stronger",
-        CheckStatus.PASS,
-        f"gradient attacks {acc_grad:.2%}, gradient-free {acc_free:.2%} robust accuracy "
-        f"({only_free} samples broken only without gradients)",
-        values,
+            "probably masked, so the gradient attacks under-estimate the attacker"
+        ),
+        passing=(
+            f"gradient attacks {acc_grad:.2%}, gradient-free {acc_free:.2%} robust accuracy "
+            f"({only_free} samples broken only without gradients)"
+        ),
+        values=values,
     )
 
 
@@ -223,19 +225,15 @@ def check_single_step(single: float, iterative: float, *, n: int, tolerance: flo
     """Iterative attacks must be at least as strong as the single-step FGSM."""
     tol = _tol(tolerance, n)
     values = {"fgsm_accuracy": single, "iterative_accuracy": iterative, "tolerance": tol}
-    if iterative > single + tol:
-        return SanityCheck(
-            "iterative-beats-single-step",
-            CheckStatus.WARN,
-            f"iterative attacks leave more samples correct ({iterative:.2%}) than one FGSM step "
-            f"({single:.2%}): the iterative attacks are misconfigured or gradients are masked",
-            values,
-        )
-    return SanityCheck(
+    return _verdict(
         "iterative-beats-single-step",
-        CheckStatus.PASS,
-        f"iterative {iterative:.2%} <= FGSM {single:.2%}",
-        values,
+        warn=iterative > single + tol,
+        warning=(
+            f"iterative attacks leave more samples correct ({iterative:.2%}) than one FGSM step "
+            f"({single:.2%}): the iterative attacks are misconfigured or gradients are masked"
+        ),
+        passing=f"iterative {iterative:.2%} <= FGSM {single:.2%}",
+        values=values,
     )
 
 
@@ -246,20 +244,16 @@ def check_whitebox_vs_graybox(
     undefended one (else the end-to-end attack is being fooled)."""
     tol = _tol(tolerance, n)
     values = {"whitebox_accuracy": whitebox, "graybox_accuracy": graybox, "tolerance": tol}
-    if whitebox > graybox + tol:
-        return SanityCheck(
-            "white-box-not-weaker",
-            CheckStatus.WARN,
+    return _verdict(
+        "white-box-not-weaker",
+        warn=whitebox > graybox + tol,
+        warning=(
             f"white-box attacks on the cloaked model leave more samples correct ({whitebox:.2%}) "
             f"than samples crafted on the unmasked model ({graybox:.2%}): the mask may be "
-            "masking gradients; trust the lower number",
-            values,
-        )
-    return SanityCheck(
-        "white-box-not-weaker",
-        CheckStatus.PASS,
-        f"white-box {whitebox:.2%} <= gray-box {graybox:.2%}",
-        values,
+            "masking gradients; trust the lower number"
+        ),
+        passing=f"white-box {whitebox:.2%} <= gray-box {graybox:.2%}",
+        values=values,
     )
 
 
@@ -269,17 +263,13 @@ def check_transfer_vs_whitebox(
     """Samples transferred from a surrogate must not beat the white-box attack."""
     tol = _tol(tolerance, n)
     values = {"transfer_accuracy": transfer, "whitebox_accuracy": whitebox, "tolerance": tol}
-    if transfer < whitebox - tol:
-        return SanityCheck(
-            "transfer-not-stronger",
-            CheckStatus.WARN,
-            f"samples transferred from the surrogate are stronger ({transfer:.2%}) than the "
-            f"white-box attack ({whitebox:.2%}): the white-box attack is being fooled",
-            values,
-        )
-    return SanityCheck(
+    return _verdict(
         "transfer-not-stronger",
-        CheckStatus.PASS,
-        f"transfer {transfer:.2%} >= white-box {whitebox:.2%}",
-        values,
+        warn=transfer < whitebox - tol,
+        warning=(
+            f"samples transferred from the surrogate are stronger ({transfer:.2%}) than the "
+            f"white-box attack ({whitebox:.2%}): the white-box attack is being fooled"
+        ),
+        passing=f"transfer {transfer:.2%} >= white-box {whitebox:.2%}",
+        values=values,
     )

@@ -69,34 +69,49 @@ def search_cloak(
         DeepCloakError: bad selector settings, or a layer L that is not the input of the final
             ``nn.Linear``.
     """
-    if config.cloak.select is None:
+    if config.cloak.selector is None:
         raise ValueError("search_cloak needs config.cloak.select")  # a programming error, not input
     eps = config.resolved_fit_eps
     val_loader = DataLoader(TensorDataset(val.x, val.y), batch_size=val.batch_size)
     found = search_mask(
         model, train, val_loader, layer=_layer(model, config, val.x), attack=FGSM(eps=eps),
-        selector=config.cloak.select, clean_budget=config.cloak.clean_budget,
+        selector=config.cloak.selector, clean_budget=config.cloak.clean_budget,
         confidence=config.checks.confidence, max_samples=config.samples.max_fit_samples,
-        progress=progress, **config.cloak.selector_settings,
+        progress=progress,
     )  # fmt: skip
     cloak, _ = found.to_cloak(seed=config.runtime.seed)
     return cloak
 
 
+def _counts(validation: Mapping[str, Any], n: int) -> dict[str, int]:
+    """The exact validation counts a search recorded (see ``SearchResult.selection``)."""
+    names = ("clean_correct", "adv_correct", "baseline_clean_correct", "baseline_adv_correct")
+    missing = [name for name in names if name not in validation]
+    if missing:
+        raise DeepCloakError(
+            f"the recorded search lacks its exact validation counts ({', '.join(missing)}): it "
+            "was written by an older deepcloak; run the evaluation again without --resume"
+        )
+    counts = {name: int(validation[name]) for name in names}
+    if not all(0 <= c <= n for c in counts.values()):
+        raise DeepCloakError(f"the recorded search's validation counts {counts} exceed n={n}")
+    return counts
+
+
 def _candidate(
-    n_removed: int, n_features: int, clean: float, adv: float, base: Mapping[str, Any],
-    n: int, confidence: float,
+    n_removed: int, n_features: int, clean: int, adv: int, base: Mapping[str, int], n: int,
+    confidence: float,
 ) -> RatioCandidate:  # fmt: skip
     return RatioCandidate(
         ratio=n_removed / n_features,
         n_removed=n_removed,
-        clean_accuracy=clean,
-        graybox_accuracy=adv,
-        graybox_gain=adv - base["baseline_adv_accuracy"],
-        clean_drop=base["baseline_clean_accuracy"] - clean,
+        clean_accuracy=clean / n,
+        graybox_accuracy=adv / n,
+        graybox_gain=adv / n - base["baseline_adv_correct"] / n,
+        clean_drop=base["baseline_clean_correct"] / n - clean / n,
         within_budget=True,  # the unmasked model, and the mask the search chose within budget
-        clean_ci=wilson_interval(round(clean * n), n, confidence),
-        graybox_ci=wilson_interval(round(adv * n), n, confidence),
+        clean_ci=wilson_interval(clean, n, confidence),
+        graybox_ci=wilson_interval(adv, n, confidence),
         confidence=confidence,
     )
 
@@ -116,10 +131,10 @@ def search_choice(cloak: Cloak) -> RatioChoice:
     if sel is None:
         raise DeepCloakError("this cloak was not found by a mask search (no 'selection' recorded)")
     v, n, conf = sel["validation"], int(sel["val_samples"]), float(sel["confidence"])
-    removed, n_features = len(sel["removed"]), cloak.n_features
-    base = _candidate(0, n_features, v["baseline_clean_accuracy"], v["baseline_adv_accuracy"],
-                      v, n, conf)  # fmt: skip
-    chosen = _candidate(removed, n_features, v["clean_accuracy"], v["adv_accuracy"], v, n, conf)
+    removed, n_features, k = len(sel["removed"]), cloak.n_features, _counts(sel["validation"], n)
+    base = _candidate(0, n_features, k["baseline_clean_correct"], k["baseline_adv_correct"],
+                      k, n, conf)  # fmt: skip
+    chosen = _candidate(removed, n_features, k["clean_correct"], k["adv_correct"], k, n, conf)
     drop = v["clean_drop"]
     reason = (
         f"mask search ({sel['selector']}): the best validation gray-box accuracy among its "

@@ -71,11 +71,11 @@ def fit_and_choose(
         "fit", lambda: _fit_or_use(model, train, splits, cfg, report, store),
         Codec(work.save_cloak, work.load_cloak) if work is not None else None,
     ))  # fmt: skip
-    select = build_attack(cfg.attack.select_attack, cfg)
-    choice = search_choice(cloak) if cfg.cloak.select is not None else _choose(
+    gray_attack = build_attack(cfg.attack.select_attack, cfg)
+    choice = search_choice(cloak) if cfg.cloak.selector is not None else _choose(
         stages.run(
             "ratio choice",
-            lambda: _validation_sweep(model, cloak, splits.val, select, cfg, report, store),
+            lambda: _validation_sweep(model, cloak, splits.val, gray_attack, cfg, report, store),
             MAYBE_SWEEP,
         ), cfg,
     )  # fmt: skip
@@ -123,7 +123,7 @@ def _fit_or_use(
 
 
 def _validation_sweep(
-    model: nn.Module, cloak: Cloak, val: Samples, select: Attack, config: EvaluationConfig,
+    model: nn.Module, cloak: Cloak, val: Samples, attack: Attack, config: EvaluationConfig,
     progress: ProgressFn, store: CraftedSets,
 ) -> SweepResult | None:  # fmt: skip
     """The gray-box sweep on the validation split that the ratio is chosen on (none if fixed)."""
@@ -131,10 +131,10 @@ def _validation_sweep(
         return None
     stage = Stage(renamed(progress, "validation: "), "gray-box attack", val.y.numel())
     return graybox_sweep(
-        model, cloak, _loader(val), attack=select, ratios=config.cloak.ratios, n_random=0,
+        model, cloak, _loader(val), attack=attack, ratios=config.cloak.ratios, n_random=0,
         seed=config.runtime.seed, confidence=config.checks.confidence,
         progress=renamed(progress, "validation: "),
-        adversarial=store.get(select, model, target(UNMASKED), val, stage),
+        adversarial=store.get(attack, model, target(UNMASKED), val, stage),
     )  # fmt: skip
 
 
@@ -151,7 +151,7 @@ def _choose(sweep: SweepResult | None, config: EvaluationConfig) -> RatioChoice:
 
 
 def _ratio_curve(
-    model: nn.Module, cloak: Cloak, test: Samples, select: Attack, ratio: float,
+    model: nn.Module, cloak: Cloak, test: Samples, attack: Attack, ratio: float,
     config: EvaluationConfig, progress: ProgressFn, store: CraftedSets,
 ) -> SweepResult:  # fmt: skip
     """The gray-box sweep on the test split, with white-box points and random masks.
@@ -163,22 +163,22 @@ def _ratio_curve(
     white_ratios = check_ratios(sorted({*config.compare.whitebox_ratios, ratio}))
     named = renamed(progress, "ratio sweep: ")
     stage = Stage(named, "white-box attack", (1 + len(white_ratios)) * test.y.numel())
-    x_adv = store.get(select, model, target(UNMASKED), test, stage)
+    x_adv = store.get(attack, model, target(UNMASKED), test, stage)
     white = {}
     for r in white_ratios:
         with masked(model, cloak.layer, keep_mask(cloak.ranking, r, cloak.feature_shape)) as m:
-            correct = test.correct(m, store.get(select, m, target(CLOAKED, r), test, stage))
-        spec = select.spec()
+            correct = test.correct(m, store.get(attack, m, target(CLOAKED, r), test, stage))
+        spec = attack.spec()
         white[r] = (
             AccuracyResult(
                 CLOAKED, ThreatModel.WHITEBOX, spec, correct, r, config.checks.confidence
             ),
         )
     return graybox_sweep(
-        model, cloak, _loader(test), attack=select,
+        model, cloak, _loader(test), attack=attack,
         ratios=sorted({*config.cloak.ratios, *config.compare.whitebox_ratios, ratio}),
         n_random=config.compare.n_random,
-        seed=config.runtime.seed, whitebox_attacks=[select], whitebox_ratios=white_ratios,
+        seed=config.runtime.seed, whitebox_attacks=[attack], whitebox_ratios=white_ratios,
         confidence=config.checks.confidence, progress=named, adversarial=x_adv, whitebox=white,
     )  # fmt: skip
 
@@ -245,10 +245,10 @@ def measure(
         ),
         CHECKS,
     )
-    select = build_attack(cfg.attack.select_attack, cfg)
+    gray_attack = build_attack(cfg.attack.select_attack, cfg)
     ratio_curve = stages.run(
         "ratio curve",
-        lambda: _ratio_curve(model, cloak, test, select, ratio, cfg, report, store),
+        lambda: _ratio_curve(model, cloak, test, gray_attack, ratio, cfg, report, store),
         SWEEP,
     )
     return Measured(defenses, notes, results, curve, [*checks, eps_check], ratio_curve)

@@ -59,7 +59,7 @@ def saved_mask_record(
     Returns:
         The record, JSON-able (:meth:`deepcloak.harden.HardenResult.saved_mask` fills it).
     """
-    row, base = sweep.row(ratio), sweep.row(0.0)
+    row = sweep.row(ratio)
     record: dict[str, Any] = {
         "method": "search" if search is not None else "ratio",
         "selector": search.selector if search is not None else None,
@@ -75,12 +75,20 @@ def saved_mask_record(
         "validation": None,
     }
     if search is not None:
-        chosen, unmasked = search.chosen, search.candidates[0]
-        record["found"] = bool(search.path)
-        record["fits_budget"] = search.n_removed > 0
-        record["fit_budget"] = search.fit_budget
-        record["fit_samples"] = search.fit_samples
-        record["validation"] = {
+        record.update(_search_record(search, validation))
+    record["test"] = _test_record(sweep, ratio)
+    return record
+
+
+def _search_record(search: SearchResult, validation: ValidationInfo | None) -> dict[str, Any]:
+    """What the search found, and its validation figures (``saved_mask`` with a search)."""
+    chosen, unmasked = search.chosen, search.candidates[0]
+    return {
+        "found": bool(search.path),
+        "fits_budget": search.n_removed > 0,
+        "fit_budget": search.fit_budget,
+        "fit_samples": search.fit_samples,
+        "validation": {
             **(validation.to_json() if validation is not None else {}),
             "samples": search.val_samples,
             "confidence": search.confidence,
@@ -91,8 +99,14 @@ def saved_mask_record(
             "graybox_accuracy": chosen.adv_accuracy,
             "baseline_graybox_accuracy": unmasked.adv_accuracy,
             "graybox_gain": chosen.adv_accuracy - unmasked.adv_accuracy,
-        }
-        record["seconds"] = dict(search.seconds)
+        },
+        "seconds": dict(search.seconds),
+    }
+
+
+def _test_record(sweep: SweepResult, ratio: float) -> dict[str, Any]:
+    """The saved mask's test figures against the unmasked model's, on the same samples."""
+    row, base = sweep.row(ratio), sweep.row(0.0)
     whitebox = [
         {
             "attack": spec,
@@ -102,7 +116,7 @@ def saved_mask_record(
         }
         for spec, w, b in zip(sweep.whitebox_attacks, row.whitebox, base.whitebox, strict=False)
     ]
-    record["test"] = {
+    return {
         "samples": row.clean.n,
         "clean": _accuracy(row.clean),
         "baseline_clean_accuracy": base.clean.accuracy,
@@ -113,7 +127,6 @@ def saved_mask_record(
         "graybox_gain": row.graybox.accuracy - base.graybox.accuracy,
         "whitebox": whitebox,
     }
-    return record
 
 
 def _pts(fraction: float) -> str:

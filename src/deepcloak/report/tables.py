@@ -126,22 +126,17 @@ def sweep_table(
         searched: the saved mask was searched: a ``mask`` column marks its row ``saved`` and
             the rows past it ``ext.`` (the paper-order extension).
     """
-    extra = () if saved is None else (saved,)
-    rows = summary_rows(result, extra=extra) if rows is None else rows
-    with_whitebox = any(r.whitebox for r in rows)
-    saved = saved if searched else None  # a fixed ratio's row needs no mark: the block says it
+    headers, cells, marked = _sweep_grid(result, rows, saved, searched)
     table = _table(
         title=f"DeepCloak sweep: {result.score} score, {result.layer} "
         f"({result.n_features} features), {result.n_samples} test samples",
-        caption=_sweep_caption(saved, searched),
+        caption=_sweep_caption(marked, searched),
     )
-    for h in _sweep_headers(result, with_whitebox):
-        table.add_column(h, justify="right")
-    if saved is not None:
-        table.add_column("mask", justify="left")
-    for row in rows:
-        cells = _sweep_cells(row, with_whitebox)
-        table.add_row(*cells, *([_mark(row, saved, searched)] if saved is not None else []))
+    for i, h in enumerate(headers):
+        mask_column = marked is not None and i == len(headers) - 1
+        table.add_column(h, justify="left" if mask_column else "right")
+    for row_cells in cells:
+        table.add_row(*row_cells)
     return table
 
 
@@ -153,17 +148,27 @@ def sweep_markdown(
     searched: bool = False,
 ) -> str:
     """The same table as :func:`sweep_table`, in Markdown."""
+    headers, cells, _ = _sweep_grid(result, rows, saved, searched)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
+    lines += ["| " + " | ".join(row_cells) + " |" for row_cells in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _sweep_grid(
+    result: SweepResult, rows: Sequence[SweepRow] | None, saved: float | None, searched: bool
+) -> tuple[list[str], list[list[str]], float | None]:
+    """The sweep table's headers and cells, and the ratio its ``mask`` column marks (``None``:
+    no such column; a fixed ratio's row needs no mark, the block above the table says it)."""
     extra = () if saved is None else (saved,)
     rows = summary_rows(result, extra=extra) if rows is None else rows
     with_whitebox = any(r.whitebox for r in rows)
-    saved = saved if searched else None  # a fixed ratio's row needs no mark: the block says it
-    headers = _sweep_headers(result, with_whitebox) + (["mask"] if saved is not None else [])
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
-    for r in rows:
-        cells = _sweep_cells(r, with_whitebox)
-        cells += [_mark(r, saved, searched)] if saved is not None else []
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    marked = saved if searched else None
+    headers = _sweep_headers(result, with_whitebox) + (["mask"] if marked is not None else [])
+    cells = [_sweep_cells(r, with_whitebox) for r in rows]
+    if marked is not None:
+        for r, row_cells in zip(rows, cells, strict=True):
+            row_cells.append(_mark(r, marked, searched))
+    return headers, cells, marked
 
 
 # ----------------------------------------------------------------------------- evaluations
