@@ -281,10 +281,7 @@ def fit(
     scorer = create_scorer(score, seed=seed)
     job = _Job(model, attack, layer, side, max_samples, progress or no_progress)
     with eval_mode(model):
-        if Distributed.current().enabled:
-            ref = _score_shards(job, loader, scorer, lambda: create_scorer(score, seed=seed))
-        else:
-            ref = _score_batches(job, loader, scorer)
+        ref = _score_all(job, loader, scorer, lambda: create_scorer(score, seed=seed))
     return Cloak(
         layer=ref,
         scores=scorer.compute().cpu(),
@@ -293,6 +290,15 @@ def fit(
         n_samples=scorer.count,
         seed=seed,
     )
+
+
+def _score_all(
+    job: _Job, loader: Iterable[Any], scorer: FeatureScore, fresh: Callable[[], FeatureScore]
+) -> LayerRef:
+    """Score every batch into ``scorer``: sharded across processes under torchrun, else serially."""
+    if Distributed.current().enabled:
+        return _score_shards(job, loader, scorer, fresh)
+    return _score_batches(job, loader, scorer)
 
 
 @dataclass(frozen=True)
