@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import torch
 from torch import Tensor
@@ -102,9 +102,7 @@ def make_loader(
     _check_int("workers", workers, low=0)
     if generator is None and shuffle:
         generator = torch.Generator().manual_seed(seed)
-    if isinstance(dataset, ImageDataset) or (
-        isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2
-    ):  # held in memory: slice it
+    if _in_memory(dataset):  # slice it
         return TensorLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
             drop_last=drop_last, shard=shard,
@@ -113,6 +111,33 @@ def make_loader(
         raise DeepCloakError(
             f"make_loader needs a data set with a length, got {type(dataset).__name__}"
         )
+    return _stream_loader(
+        dataset, len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed,
+        generator=generator, drop_last=drop_last, workers=workers, device=device, shard=shard,
+    )  # fmt: skip
+
+
+def _in_memory(dataset: Dataset[Any]) -> TypeGuard[ImageDataset | TensorDataset]:
+    """Whether ``dataset`` is held as ``(x, y)`` tensors that :class:`TensorLoader` can slice."""
+    return isinstance(dataset, ImageDataset) or (
+        isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2
+    )
+
+
+def _stream_loader(
+    dataset: Dataset[Any],
+    size: int,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    generator: torch.Generator | None,
+    drop_last: bool,
+    workers: int,
+    device: torch.device | str | None,
+    shard: Distributed | None,
+) -> BatchLoader:
+    """:func:`make_loader`'s ``DataLoader`` path: ``size`` samples, read one by one."""
     on_cuda = (
         device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available()
     )
@@ -125,13 +150,13 @@ def make_loader(
     seeds = torch.Generator().manual_seed(seed)
     if shard is not None and shard.enabled:
         batches = PassBatchSampler(
-            len(dataset), batch_size, shuffle=shuffle, generator=generator,
+            size, batch_size, shuffle=shuffle, generator=generator,
             drop_last=drop_last, shard=shard,
         )  # fmt: skip
         return StreamLoader(dataset, batch_sampler=batches, generator=seeds, **settings)
     loader = StreamLoader(
         dataset, batch_size=batch_size, drop_last=drop_last, generator=seeds,
-        sampler=PassSampler(len(dataset), shuffle=shuffle, generator=generator), **settings,
+        sampler=PassSampler(size, shuffle=shuffle, generator=generator), **settings,
     )  # fmt: skip
     loader.shard_settings = {
         "batch_size": batch_size, "shuffle": shuffle, "seed": seed, "generator": generator,
