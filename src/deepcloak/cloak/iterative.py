@@ -185,10 +185,8 @@ def iterative_search(
         if r == 0 and first is not None:
             fit = first
         else:
-            fit = cache_head_features_multi(
-                model, fit_loader, layer, [attack], keep=_keep(val.n_features, start),
-                max_samples=max_samples,
-            )  # fmt: skip
+            keep = _keep(val.n_features, start)
+            fit = _attacked(model, fit_loader, layer, attack, keep, max_samples)
         new = extend_path(fit, start, selector=selector, fit_budget=spend, **settings)
         path += new
         index, candidates = choose_on_validation(path, val, clean_budget, confidence=confidence)
@@ -196,3 +194,17 @@ def iterative_search(
         done.append(IterativeRound(start, new, chosen))
         start = chosen
     return IterativeResult(tuple(done), path, start, _keep(val.n_features, start), candidates)
+
+
+def _attacked(
+    model: nn.Module,
+    fit_loader: Iterable[Any],
+    layer: LayerRef,
+    attack: Attack,
+    keep: torch.Tensor,
+    max_samples: int | None,
+) -> HeadFeatures:
+    """The fit samples' features, crafted with ``attack`` through the mask that keeps ``keep``."""
+    return cache_head_features_multi(
+        model, fit_loader, layer, [attack], keep=keep, max_samples=max_samples
+    )
