@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -175,25 +175,43 @@ def iterative_search(
     if rounds < 1:
         raise DeepCloakError(f"rounds must be at least 1, got {rounds}")
     spend = clean_budget if fit_budget is None else fit_budget
-    done: list[IterativeRound] = []
-    path: Path = []
-    start: tuple[int, ...] = ()
-    candidates: tuple[SearchCandidate, ...] = ()
+    walk = _Walk()
     for r in range(rounds):
-        if r > 0 and start == done[-1].start:
+        if r > 0 and walk.start == walk.done[-1].start:
             break
         if r == 0 and first is not None:
             fit = first
         else:
-            keep = _keep(val.n_features, start)
+            keep = _keep(val.n_features, walk.start)
             fit = _attacked(model, fit_loader, layer, attack, keep, max_samples)
-        new = extend_path(fit, start, selector=selector, fit_budget=spend, **settings)
-        path += new
-        index, candidates = choose_on_validation(path, val, clean_budget, confidence=confidence)
-        chosen = [(), *path][index]
-        done.append(IterativeRound(start, new, chosen))
-        start = chosen
-    return IterativeResult(tuple(done), path, start, _keep(val.n_features, start), candidates)
+        new = extend_path(fit, walk.start, selector=selector, fit_budget=spend, **settings)
+        walk.advance(new, val, clean_budget, confidence)
+    return walk.result(val.n_features)
+
+
+@dataclass
+class _Walk:
+    """The state of :func:`iterative_search`: rounds done, path so far, where the next starts."""
+
+    done: list[IterativeRound] = field(default_factory=list)
+    path: Path = field(default_factory=list)
+    start: tuple[int, ...] = ()
+    candidates: tuple[SearchCandidate, ...] = ()
+
+    def advance(self, new: Path, val: HeadFeatures, clean_budget: float, confidence: float) -> None:
+        """Extend the path by ``new``, choose on ``val`` among all of it, start there next."""
+        self.path += new
+        index, self.candidates = choose_on_validation(
+            self.path, val, clean_budget, confidence=confidence
+        )
+        chosen = [(), *self.path][index]
+        self.done.append(IterativeRound(self.start, new, chosen))
+        self.start = chosen
+
+    def result(self, n_features: int) -> IterativeResult:
+        """The search's result once the rounds are over."""
+        keep = _keep(n_features, self.start)
+        return IterativeResult(tuple(self.done), self.path, self.start, keep, self.candidates)
 
 
 def _attacked(
