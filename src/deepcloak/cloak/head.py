@@ -204,7 +204,6 @@ def cache_head_features_multi(
     if not attacks:
         raise DeepCloakError("cache_head_features_multi needs at least one attack")
     head = linear_head(model, layer)
-    device = model_device(model)
     clean: list[torch.Tensor] = []
     adv: list[list[torch.Tensor]] = [[] for _ in attacks]
     labels: list[torch.Tensor] = []
@@ -213,19 +212,15 @@ def cache_head_features_multi(
     total = max_samples if max_samples is not None else dataset_size(loader)
     with eval_mode(model):
         for batch in loader:
-            x, y = unpack_batch(batch, device, model_dtype(model))
+            x, y = unpack_batch(batch, model_device(model), model_dtype(model))
             if max_samples is not None:
                 x, y = x[: max_samples - done], y[: max_samples - done]
             for out, attack in zip(adv, attacks, strict=True):
                 with torch.enable_grad():
                     x_adv = _craft(model, layer, attack, x, y, keep)
                 f_clean, f_adv, logits = layer_features(model, layer, x, x_adv)
-                if done == 0 and not torch.allclose(
-                    head(f_clean), logits[: x.shape[0]], rtol=1e-4, atol=1e-4
-                ):
-                    raise LayerError(
-                        f"the nn.Linear at {layer} does not produce the model's logits"
-                    )
+                if done == 0:
+                    _check_head(head, f_clean, logits[: x.shape[0]], layer)
                 out.append(f_adv.flatten(1))
             clean.append(f_clean.flatten(1))
             labels.append(y)
@@ -233,7 +228,25 @@ def cache_head_features_multi(
             report(task, done, total)
             if max_samples is not None and done >= max_samples:
                 break
-    if done == 0:
+    return _assemble(head, clean, adv, labels)
+
+
+def _check_head(
+    head: nn.Linear, f_clean: torch.Tensor, logits: torch.Tensor, layer: LayerRef
+) -> None:
+    """Raise unless ``head`` maps the clean features at ``layer`` to the model's ``logits``."""
+    if not torch.allclose(head(f_clean), logits, rtol=1e-4, atol=1e-4):
+        raise LayerError(f"the nn.Linear at {layer} does not produce the model's logits")
+
+
+def _assemble(
+    head: nn.Linear,
+    clean: list[torch.Tensor],
+    adv: list[list[torch.Tensor]],
+    labels: list[torch.Tensor],
+) -> HeadFeatures:
+    """Join the batches into one :class:`HeadFeatures` per attack, then concatenate those."""
+    if sum(y.numel() for y in labels) == 0:
         raise DeepCloakError("the data loader yielded no samples; expected at least one batch")
     bias = head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
     f_clean_all, y_all = torch.cat(clean), torch.cat(labels)
