@@ -29,7 +29,6 @@ from deepcloak.evaluation.crafted import (
 )
 from deepcloak.evaluation.feature_cache import cache_device, cache_features, masked_predictions
 from deepcloak.evaluation.grids import DEFAULT_RATIOS, PAPER_RATIOS, SUMMARY_RATIOS, WHITEBOX_RATIOS
-from deepcloak.evaluation.inputs import check_cloak_fits
 from deepcloak.evaluation.mask_grid import MaskGrid, head_outcomes, linear_of, model_outcomes
 from deepcloak.evaluation.passes import correct, craft, worst_case
 from deepcloak.evaluation.probes import UNBOUNDED_EPS, curve_attack, unbounded_probe
@@ -116,7 +115,6 @@ __all__ = [
     "build_attack",
     "cache_device",
     "cache_features",
-    "check_cloak_fits",
     "check_eps_growth",
     "check_gradient_free",
     "check_more_steps",
