@@ -24,6 +24,8 @@ Run::
     python bench/autoattack.py --device cuda --json runs/autoattack/full.json   # 4 x 2 x 500
     python bench/autoattack.py --quick        # ResNet-8, 1 epoch, 200 samples: a CPU check
     python bench/autoattack.py --render --json runs/autoattack/full.json
+    python bench/autoattack.py --render --json runs/autoattack/cpu-resnet.json \
+        --and-json runs/autoattack/quick.json      # two runs' rows in one table
 """
 
 from __future__ import annotations
@@ -239,22 +241,36 @@ def measure(args: argparse.Namespace, data: dict[str, Any]) -> None:
                         )
 
 
-def render(path: Path) -> None:
-    """Copy the measurements (without per-sample bits) to the docs and re-render the doc."""
-    data = json.loads(path.read_text())
+def render(path: Path, *others: Path) -> None:
+    """Copy the measurements (without per-sample bits) to the docs and re-render the doc.
+
+    ``others``: more runs' JSON whose rows follow ``path``'s (e.g. a CPU check beside a GPU run);
+    their settings are listed after ``path``'s.
+    """
+    runs = [json.loads(p.read_text()) for p in (path, *others)]
+    data = runs[0]
+    settings = [r.get("run", {}).get("setting") for r in runs]
+    setting = (
+        settings[0]
+        if not others
+        else " ".join(f"({i}) {s}" for i, s in enumerate(settings, 1) if s)
+    )
+    run = {**data.get("run", {}), **({"setting": setting} if setting else {})}
     slim = {
-        "run": data.get("run", {}),
-        "rows": [{k: v for k, v in r.items() if k != "correct"} for r in data.get("rows", [])],
+        "run": run,
+        "rows": [
+            {k: v for k, v in r.items() if k != "correct"} for d in runs for r in d.get("rows", [])
+        ],
         "notes": data.get("notes", []),
     }
-    if path.resolve() != DOCS_JSON.resolve():
+    if others or path.resolve() != DOCS_JSON.resolve():
         write_json_atomic(DOCS_JSON, slim)
     sys.path.insert(0, str(ROOT / "bench"))
     import levels  # bench/levels.py renders the whole document, this table included
 
     times = json.loads(levels.TIMES.read_text())
     levels.DOC.write_text(levels.markdown(times))
-    print(f"wrote {levels.DOC.relative_to(ROOT)}", file=sys.stderr)
+    print(f"wrote {levels.DOC}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -276,12 +292,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setting", default=None, help="what it was measured on, for the docs")
     parser.add_argument("--quick", action="store_true", help="ResNet-8, 1 epoch, 200 samples")
     parser.add_argument("--render", action="store_true", help="only rewrite the docs from --json")
+    parser.add_argument(
+        "--and-json", type=Path, action="append", default=[],
+        help="with --render: more runs' measurements, their rows after --json's",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.families, args.epochs, args.samples = "resnet", args.epochs or 1, 200
     args.json = args.json or (MODELS / ("quick.json" if args.quick else "full.json"))
     if args.render:
-        render(args.json)
+        render(args.json, *args.and_json)
         return
     require_peer()
     if args.eps is not None:

@@ -77,3 +77,29 @@ def test_the_comparison_runs_and_its_rows_match_its_bits(
     assert saved["rows"] == rows
     script.measure(args, data)  # resumable: nothing is measured twice
     assert data["rows"] == rows
+
+
+def test_render_appends_other_runs_rows_and_lists_their_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    script = _script()
+    sys.path.insert(0, str(ROOT / "bench"))
+    import levels
+
+    row = {"model": "m", "variant": "unmasked", "eps": 0.02, "clean": 0.9, "peer_accuracy": 0.5,
+           "level": "standard", "accuracy": 0.4, "only_peer": 0, "only_deepcloak": 1,
+           "p_value": 1.0, "cost_ratio": 0.3, "seconds": 3.0, "peer_seconds": 10.0,
+           "correct": "01"}  # fmt: skip
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"run": {"peer": "P", "setting": "GPU run"}, "rows": [row]}))
+    second.write_text(json.dumps({"run": {"setting": "CPU check"}, "rows": [{**row, "eps": 0.01}]}))
+    docs_json = tmp_path / "docs.json"
+    monkeypatch.setattr(script, "DOCS_JSON", docs_json)
+    monkeypatch.setattr(levels, "DOC", tmp_path / "levels.md")
+    monkeypatch.setattr(levels, "PEER", docs_json)
+    script.render(first, second)
+    slim = json.loads(docs_json.read_text())
+    assert [r["eps"] for r in slim["rows"]] == [0.02, 0.01]
+    assert all("correct" not in r for r in slim["rows"])
+    assert slim["run"] == {"peer": "P", "setting": "(1) GPU run (2) CPU check"}
+    assert "(1) GPU run (2) CPU check" in (tmp_path / "levels.md").read_text()
