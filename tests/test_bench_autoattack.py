@@ -23,7 +23,6 @@ from deepcloak.data.memory import ImageDataset
 from deepcloak.models.zoo import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-pytest.importorskip("torchattacks", reason="the peer (torchattacks 3.5.1) is an optional extra")
 
 
 def _script() -> ModuleType:
@@ -47,6 +46,7 @@ def _data(n: int, seed: int) -> ImageDataset:
 def test_the_comparison_runs_and_its_rows_match_its_bits(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    pytest.importorskip("torchattacks", reason="the peer (torchattacks 3.5.1) is an optional extra")
     script = _script()
     torch.manual_seed(0)
     model = create_model("cnn", in_channels=1, num_classes=10, input_size=8, width=4).eval()
