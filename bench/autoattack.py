@@ -274,7 +274,7 @@ def render(path: Path, *others: Path) -> None:
     settings = [r.get("run", {}).get("setting") for r in runs]
     setting = (
         settings[0]
-        if not others
+        if len(set(settings)) == 1  # one run, or parallel parts of one run
         else " ".join(f"({i}) {s}" for i, s in enumerate(settings, 1) if s)
     )
     run = {**data.get("run", {}), **({"setting": setting} if setting else {})}

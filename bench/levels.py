@@ -287,6 +287,7 @@ def peer_section(data: dict[str, Any]) -> list[str]:
             f"| {row['only_peer']} / {row['only_deepcloak']} | {_p(row['p_value'])} "
             f"| {row['cost_ratio']:.2f} ({row['seconds']:.0f} s / {row['peer_seconds']:.0f} s) |"
         )
+    lines += ["", *peer_summary(data.get("rows", []))]
     if any(row["level"] == "before" for row in data.get("rows", [])):
         lines += [
             "",
@@ -294,6 +295,31 @@ def peer_section(data: dict[str, Any]) -> list[str]:
             "Square-300, each on every sample), on the same samples.",
         ]
     lines += ["", *data.get("notes", []), "<!-- autoattack:end -->"]
+    return lines
+
+
+def peer_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Per level, over every model, variant and budget: how often and by how much AutoAttack
+    was stronger, and the cost (all of the level's attack seconds over all of the peer's)."""
+    lines = [
+        "| level | measurements | AutoAttack significantly stronger (p < 0.05) "
+        "| largest overstatement (deepcloak − AutoAttack) | only peer / only deepcloak, summed "
+        "| cost (summed seconds) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for level in dict.fromkeys(row["level"] for row in rows):
+        mine = [row for row in rows if row["level"] == level]
+        gap = max(row["accuracy"] - row["peer_accuracy"] for row in mine)
+        seconds = sum(row["seconds"] for row in mine)
+        peer_seconds = sum(row["peer_seconds"] for row in mine)
+        lines.append(
+            f"| `{level}` | {len(mine)} "
+            f"| {sum(row['p_value'] < 0.05 for row in mine)} "
+            f"| {gap * 100:+.1f} points "
+            f"| {sum(row['only_peer'] for row in mine)} / "
+            f"{sum(row['only_deepcloak'] for row in mine)} "
+            f"| {seconds / peer_seconds:.2f} ({seconds:.0f} s / {peer_seconds:.0f} s) |"
+        )
     return lines
 
 

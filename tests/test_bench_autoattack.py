@@ -102,4 +102,12 @@ def test_render_appends_other_runs_rows_and_lists_their_settings(
     assert [r["eps"] for r in slim["rows"]] == [0.02, 0.01]
     assert all("correct" not in r for r in slim["rows"])
     assert slim["run"] == {"peer": "P", "setting": "(1) GPU run (2) CPU check"}
-    assert "(1) GPU run (2) CPU check" in (tmp_path / "levels.md").read_text()
+    doc = (tmp_path / "levels.md").read_text()
+    assert "(1) GPU run (2) CPU check" in doc
+    # the summary: one line per level, over both rows (gap 0.4 - 0.5, cost 6 s / 20 s)
+    assert "| `standard` | 2 | 0 | -10.0 points | 0 / 2 | 0.30 (6 s / 20 s) |" in doc
+
+    # parallel parts of one run share its setting: it is said once
+    second.write_text(json.dumps({"run": {"setting": "GPU run"}, "rows": [{**row, "eps": 0.01}]}))
+    script.render(first, second)
+    assert json.loads(docs_json.read_text())["run"]["setting"] == "GPU run"
