@@ -105,7 +105,11 @@ def test_render_appends_other_runs_rows_and_lists_their_settings(
     doc = (tmp_path / "levels.md").read_text()
     assert "(1) GPU run (2) CPU check" in doc
     # the summary: one line per level, over both rows (gap 0.4 - 0.5, cost 6 s / 20 s)
-    assert "| `standard` | 2 | 0 | -10.0 points | 0 / 2 | 0.30 (6 s / 20 s) |" in doc
+    assert "| `standard` | 2 | 0 | -10.0 points | 0 / 2 | 1 | 0.30 (6 s / 20 s) |" in doc
+
+    # the pooled sign test: 5 discordant samples all the peer's: (1/2)^5; none: 1
+    assert levels._pooled_p(5, 0) == pytest.approx(1 / 32)
+    assert levels._pooled_p(0, 0) == 1.0
 
     # parallel parts of one run share its setting: it is said once
     second.write_text(json.dumps({"run": {"setting": "GPU run"}, "rows": [{**row, "eps": 0.01}]}))
