@@ -263,11 +263,23 @@ def measure(args: argparse.Namespace, data: dict[str, Any]) -> None:
                         )
 
 
+def _row_order(rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """Rows by model (first seen first), variant, budget, then level (``before`` first)."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    levels = [BEFORE, "quick", "standard", "thorough"]
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        level = levels.index(r["level"]) if r["level"] in levels else len(levels)
+        return models.index(r["model"]), r["variant"] != "unmasked", r["eps"], level
+
+    return key
+
+
 def render(path: Path, *others: Path) -> None:
     """Copy the measurements (without per-sample bits) to the docs and re-render the doc.
 
-    ``others``: more runs' JSON whose rows follow ``path``'s (e.g. a CPU check beside a GPU run);
-    their settings are listed after ``path``'s.
+    ``others``: more runs' JSON joined into one table (parallel parts of one run, or a CPU check
+    beside a GPU run); their settings are listed after ``path``'s unless all are the same.
     """
     runs = [json.loads(p.read_text()) for p in (path, *others)]
     data = runs[0]
@@ -278,11 +290,10 @@ def render(path: Path, *others: Path) -> None:
         else " ".join(f"({i}) {s}" for i, s in enumerate(settings, 1) if s)
     )
     run = {**data.get("run", {}), **({"setting": setting} if setting else {})}
+    rows = [{k: v for k, v in r.items() if k != "correct"} for d in runs for r in d.get("rows", [])]
     slim = {
         "run": run,
-        "rows": [
-            {k: v for k, v in r.items() if k != "correct"} for d in runs for r in d.get("rows", [])
-        ],
+        "rows": sorted(rows, key=_row_order(rows)),  # parallel parts interleave: group per model
         "notes": data.get("notes", []),
     }
     if others or path.resolve() != DOCS_JSON.resolve():
@@ -316,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--render", action="store_true", help="only rewrite the docs from --json")
     parser.add_argument(
         "--and-json", type=Path, action="append", default=[],
-        help="with --render: more runs' measurements, their rows after --json's",
+        help="with --render: more runs' measurements, joined with --json's, rows grouped per model",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:

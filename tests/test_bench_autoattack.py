@@ -99,7 +99,7 @@ def test_render_appends_other_runs_rows_and_lists_their_settings(
     monkeypatch.setattr(levels, "PEER", docs_json)
     script.render(first, second)
     slim = json.loads(docs_json.read_text())
-    assert [r["eps"] for r in slim["rows"]] == [0.02, 0.01]
+    assert [r["eps"] for r in slim["rows"]] == [0.01, 0.02]  # grouped per model, by budget
     assert all("correct" not in r for r in slim["rows"])
     assert slim["run"] == {"peer": "P", "setting": "(1) GPU run (2) CPU check"}
     doc = (tmp_path / "levels.md").read_text()
