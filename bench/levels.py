@@ -296,7 +296,8 @@ def peer_section(data: dict[str, Any]) -> list[str]:
         "are withdrawn (on a ResNet-8, 200 samples, eps 0.02, `standard` broke 7 and 10 samples",
         "it missed, and it none that `standard` missed).",
         "",
-        "Per level, over all rows above:",
+        "Per level, over all rows above (*pooled p*: one-sided sign test of all rows' discordant",
+        "samples together; rows share samples, so it screens for a systematic lean, no more):",
         "",
         *peer_summary(data.get("rows", [])),
     ]
