@@ -47,7 +47,10 @@ def user_errors(command: F) -> F:
         except (DeepCloakError, OSError) as e:
             rank = os.environ.get("RANK", "0")  # torchrun's; the group may be gone by now
             where = f" (rank {rank})" if rank != "0" else ""
-            console.print(f"[bold red]error{where}:[/] {_one_line(e)}", highlight=False)
+            # soft_wrap: one line the terminal may fold, never a path broken by rich at width 80
+            console.print(
+                f"[bold red]error{where}:[/] {_one_line(e)}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
