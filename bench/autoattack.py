@@ -50,7 +50,7 @@ from deepcloak.attacks import APGD, FGSM
 from deepcloak.cloak.fit import Cloak, fit
 from deepcloak.cloak.mask import masked
 from deepcloak.data.sets import load_dataset
-from deepcloak.evaluation.config import EvaluationConfig, build_attack
+from deepcloak.evaluation.config import EvaluationConfig, EvaluationLevel, build_attack
 from deepcloak.evaluation.crafted import CraftedSets, Samples, target
 from deepcloak.evaluation.passes import worst_case
 from deepcloak.evaluation.timings import Timings
@@ -266,7 +266,7 @@ def measure(args: argparse.Namespace, data: dict[str, Any]) -> None:
 def _row_order(rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """Rows by model (first seen first), variant, budget, then level (``before`` first)."""
     models = list(dict.fromkeys(r["model"] for r in rows))
-    levels = [BEFORE, "quick", "standard", "thorough"]
+    levels = [BEFORE, *(level.value for level in EvaluationLevel)]  # quick, standard, thorough
 
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
         level = levels.index(r["level"]) if r["level"] in levels else len(levels)
