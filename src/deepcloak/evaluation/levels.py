@@ -43,7 +43,7 @@ def _level(**settings: Any) -> Mapping[str, Any]:
 #: The settings each level fixes; every other setting keeps its default. ``standard`` is the
 #: dataclass defaults; ``quick`` is a first look in about a minute on a CPU (FGSM and APGD-CE-10
 #: on 100 samples, no gradient-free attack: not a result to publish); ``standard`` is AutoAttack's
-#: strength at a fraction of its cost (APGD-CE-100, then APGD-T over the top-3 targets and
+#: strength at a fraction of its cost (APGD-CE-100, then APGD-T over the top-5 targets and
 #: Square-300 on the samples still standing; ``bench/autoattack.py`` measures it against
 #: AutoAttack); ``thorough`` is at least AutoAttack's standard version (APGD-CE-100 with
 #: restarts, APGD-T over the top-9 targets, Square-5000) with more masks and budgets, on every
@@ -61,7 +61,7 @@ LEVELS: Mapping[EvaluationLevel, Mapping[str, Any]] = MappingProxyType(
         EvaluationLevel.STANDARD: _level(
             attacks=("fgsm", "apgd", "apgd-t", "square"), steps=20, restarts=1, max_queries=300,
             attack_params=_level(
-                apgd=_level(steps=100), **{"apgd-t": _level(steps=100, targets=3)}
+                apgd=_level(steps=100), **{"apgd-t": _level(steps=100, targets=5)}
             ),
             n_random=5, eps_factors=(0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
             whitebox_ratios=EVALUATION_WHITEBOX_RATIOS, preprocessing_baselines=True,
