@@ -9,7 +9,6 @@ few seconds. The GPU run of 2026-12-04 failed in ``cloak_for`` after 54 s; this 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -21,19 +20,13 @@ import torch
 
 from deepcloak.data.memory import ImageDataset
 from deepcloak.models.zoo import create_model
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_autoattack", ROOT / "bench" / "autoattack.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_autoattack"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/autoattack.py", "bench_autoattack")
 
 
 def _data(n: int, seed: int) -> ImageDataset:

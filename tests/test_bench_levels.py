@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 from deepcloak.evaluation.config import LEVELS, EvaluationLevel
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _levels() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_levels", ROOT / "bench" / "levels.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_levels"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/levels.py", "bench_levels")
 
 
 def test_the_levels_table_comes_from_the_code() -> None:

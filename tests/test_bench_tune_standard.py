@@ -7,9 +7,6 @@ own code runs in seconds; no peer is needed.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -19,19 +16,11 @@ from deepcloak.evaluation.crafted import CraftedSets, Samples, target
 from deepcloak.evaluation.levels import STANDARD
 from deepcloak.evaluation.timings import Timings
 from deepcloak.models.zoo import create_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_tune_standard", ROOT / "bench" / "tune_standard.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_tune_standard"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/tune_standard.py", "bench_tune_standard")
 
 
 def test_a_candidate_changes_only_its_apgd_settings() -> None:
@@ -50,7 +39,8 @@ def test_candidates_share_their_prefix_and_are_charged_for_it() -> None:
     model = create_model("cnn", in_channels=1, num_classes=10, input_size=8, width=4).eval()
     gen = torch.Generator().manual_seed(1)
     samples = Samples(torch.rand(10, 1, 8, 8, generator=gen), torch.arange(10), batch_size=5)
-    store, seconds = CraftedSets(Timings()), {}
+    store = CraftedSets(Timings())
+    seconds: dict[tuple[str, ...], float] = {}
     on = target("unmasked")
     ok_now, cost_now = script.run_candidate(
         store, script.candidate_config("now", 0.1, 5), model, on, samples, seconds
