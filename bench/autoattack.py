@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import sys
 import time
@@ -201,17 +202,83 @@ def _unbits(s: str) -> torch.Tensor:
     return torch.tensor([c == "1" for c in s])
 
 
+def _row(
+    *,
+    key: str,
+    model: str,
+    variant: str,
+    eps: float,
+    level: str,
+    first: int,
+    clean: float,
+    ours: torch.Tensor,
+    peer: torch.Tensor,
+    seconds: float,
+    peer_seconds: float,
+) -> dict[str, Any]:
+    """One measurement: both sides' per-sample correctness on test samples ``first``... and
+    the paired counts, test and cost drawn from them."""
+    test_ = mcnemar_exact(ours, peer)  # ours right, the peer's wrong: a_only
+    return {
+        "key": key, "model": model, "variant": variant, "eps": eps, "level": level,
+        "first": first, "n": len(peer), "clean": clean,
+        "peer_accuracy": float(peer.double().mean()), "accuracy": float(ours.double().mean()),
+        "only_peer": test_.a_only, "only_deepcloak": test_.b_only, "p_value": test_.p_greater,
+        "seconds": seconds, "peer_seconds": peer_seconds, "cost_ratio": seconds / peer_seconds,
+        "correct": _bits(ours), "peer_correct": _bits(peer),
+    }  # fmt: skip
+
+
+def join_ranges(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of one model, variant, budget and level measured on consecutive ranges of test
+    samples (``--first``: a run extended by a later one) joined into one row over them all.
+
+    The paired test is redone on the joined per-sample bits, not combined from the parts'
+    p-values; rows whose ranges overlap or leave a gap (say a GPU run beside a CPU check on
+    the same samples) stay apart.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["key"], row["level"]), []).append(row)
+    out = []
+    for parts in groups.values():
+        parts = sorted(parts, key=lambda r: r.get("first", 0))
+        chained = all(
+            a.get("first", 0) + a["n"] == b.get("first", 0) for a, b in itertools.pairwise(parts)
+        )
+        if len(parts) == 1 or not chained or any("peer_correct" not in r for r in parts):
+            out += parts
+            continue
+        n = sum(r["n"] for r in parts)
+        out.append(_row(
+            key=parts[0]["key"], model=parts[0]["model"], variant=parts[0]["variant"],
+            eps=parts[0]["eps"], level=parts[0]["level"], first=parts[0].get("first", 0),
+            clean=sum(r["clean"] * r["n"] for r in parts) / n,
+            ours=torch.cat([_unbits(r["correct"]) for r in parts]),
+            peer=torch.cat([_unbits(r["peer_correct"]) for r in parts]),
+            seconds=sum(r["seconds"] for r in parts),
+            peer_seconds=sum(r["peer_seconds"] for r in parts),
+        ))  # fmt: skip
+    return out
+
+
 def measure(args: argparse.Namespace, data: dict[str, Any]) -> None:
     """Every missing measurement, saved to ``--json`` as it is made."""
     device = torch.device(args.device)
     test = load_dataset("fashion-mnist", split="test")
     x, y = test.tensors()
-    samples = Samples(x[: args.samples], y[: args.samples], batch_size=args.batch_size)
+    chosen = slice(args.first, args.first + args.samples)
+    samples = Samples(x[chosen], y[chosen], batch_size=args.batch_size)
+    picks = data.setdefault("eps", {})
+    if args.eps_from is not None:  # a later range of samples keeps the earlier run's budgets
+        for name, eps in json.loads(args.eps_from.read_text()).get("eps", {}).items():
+            picks.setdefault(name, eps)
     for family in args.families.split(","):
         model, meta = model_for(family, args)
         name = f"{family} (seed {args.seed}, {meta['training']['epochs']} epochs)"
-        picks = data.setdefault("eps", {})
         if name not in picks:
+            if args.first:
+                sys.exit(f"{name}: no budgets picked; with --first, give --eps-from an earlier run")
             picks[name] = args.eps or pick_eps(model, samples)
             write_json_atomic(args.json, data)
         cloak = cloak_for(model, max(picks[name]), args)
@@ -240,19 +307,11 @@ def measure(args: argparse.Namespace, data: dict[str, Any]) -> None:
                             continue
                         print(f"{key}: {level}", flush=True)
                         ours, seconds = timed(device, level_worst_case, m, samples, level, eps, on)
-                        test_ = mcnemar_exact(ours, peer)  # ours right, peer wrong: a_only
-                        rows.append({
-                            "key": key, "model": name, "variant": variant, "eps": eps,
-                            "level": level, "n": len(peer),
-                            "clean": float(clean.double().mean()),
-                            "peer_accuracy": float(peer.double().mean()),
-                            "accuracy": float(ours.double().mean()),
-                            "only_peer": test_.a_only, "only_deepcloak": test_.b_only,
-                            "p_value": test_.p_greater, "seconds": seconds,
-                            "peer_seconds": peers[key]["seconds"],
-                            "cost_ratio": seconds / peers[key]["seconds"],
-                            "correct": _bits(ours),
-                        })  # fmt: skip
+                        rows.append(_row(
+                            key=key, model=name, variant=variant, eps=eps, level=level,
+                            first=args.first, clean=float(clean.double().mean()), ours=ours,
+                            peer=peer, seconds=seconds, peer_seconds=peers[key]["seconds"],
+                        ))  # fmt: skip
                         write_json_atomic(args.json, data)
                         r = rows[-1]
                         print(
@@ -283,14 +342,21 @@ def render(path: Path, *others: Path) -> None:
     """
     runs = [json.loads(p.read_text()) for p in (path, *others)]
     data = runs[0]
-    settings = [r.get("run", {}).get("setting") for r in runs]
+    settings = list(dict.fromkeys(r.get("run", {}).get("setting") for r in runs))
     setting = (
         settings[0]
-        if len(set(settings)) == 1  # one run, or parallel parts of one run
+        if len(settings) == 1  # one run, or parallel parts of one run
         else " ".join(f"({i}) {s}" for i, s in enumerate(settings, 1) if s)
     )
     run = {**data.get("run", {}), **({"setting": setting} if setting else {})}
-    rows = [{k: v for k, v in r.items() if k != "correct"} for d in runs for r in d.get("rows", [])]
+    for d in runs:  # rows measured before the peer's bits were kept in them
+        for r in d.get("rows", []):
+            if "correct" in r and r["key"] in d.get("peer", {}):
+                r.setdefault("peer_correct", d["peer"][r["key"]]["correct"])
+    rows = [
+        {k: v for k, v in r.items() if k not in ("correct", "peer_correct")}
+        for r in join_ranges([r for d in runs for r in d.get("rows", [])])
+    ]
     slim = {
         "run": run,
         "rows": sorted(rows, key=_row_order(rows)),  # parallel parts interleave: group per model
@@ -310,7 +376,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--families", default="resnet,cnn,vgg,wrn")
-    parser.add_argument("--samples", type=int, default=500, help="first N test samples")
+    parser.add_argument("--samples", type=int, default=500, help="how many test samples")
+    parser.add_argument(
+        "--first", type=int, default=0,
+        help="index of the first test sample (extend a run: its N, with --eps-from its JSON)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eps-from", type=Path, default=None, help="take the budgets picked by an earlier run"
+    )
     parser.add_argument(
         "--levels", default="standard,thorough", help=f"levels, and {BEFORE!r}: standard before"
     )
@@ -350,7 +423,8 @@ def main(argv: list[str] | None = None) -> None:
         "peer": PEER,
         "setting": args.setting
         or (
-            f"{args.families} on Fashion-MNIST, first {args.samples} test samples, "
+            f"{args.families} on Fashion-MNIST, test samples {args.first}–"
+            f"{args.first + args.samples - 1}, "
             f"{device_name}; cloaked: the paper's cloak at ratio {RATIO}."
         ),
     }

@@ -266,6 +266,12 @@ def _p(value: float | None) -> str:
     return "–" if value is None else (f"{value:.2g}" if value >= 0.001 else f"{value:.0e}")
 
 
+def _range(row: dict[str, Any]) -> str:
+    """The test samples a row covers, as first–last index."""
+    first = row.get("first", 0)
+    return f"{first}–{first + row['n'] - 1}"
+
+
 def peer_section(data: dict[str, Any]) -> list[str]:
     """The levels against AutoAttack, as ``bench/autoattack.py`` recorded them."""
     run = data.get("run", {})
@@ -280,13 +286,14 @@ def peer_section(data: dict[str, Any]) -> list[str]:
         "*cost*: deepcloak's attack seconds over the peer's. Measured on: "
         + run.get("setting", "(not recorded)"),
         "",
-        "| model | variant | eps | clean | AutoAttack | level | deepcloak "
+        "| model | variant | eps | samples | clean | AutoAttack | level | deepcloak "
         "| only peer / only deepcloak | p | cost |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in data.get("rows", []):
         lines.append(
-            f"| {row['model']} | {row['variant']} | {row['eps']:g} | {row['clean']:.1%} "
+            f"| {row['model']} | {row['variant']} | {row['eps']:g} | {_range(row)} "
+            f"| {row['clean']:.1%} "
             f"| {row['peer_accuracy']:.1%} | `{row['level']}` | {row['accuracy']:.1%} "
             f"| {row['only_peer']} / {row['only_deepcloak']} | {_p(row['p_value'])} "
             f"| {row['cost_ratio']:.2f} ({row['seconds']:.0f} s / {row['peer_seconds']:.0f} s) |"
