@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def dm() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "default_mask", ROOT / "experiments/default_mask.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["default_mask"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/default_mask.py", "default_mask")
 
 
 def _run(family: str, seed: int, gain: float, drop: float, pgd: float, ceiling: float) -> Any:

@@ -6,10 +6,8 @@ the section another script writes between its markers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +21,7 @@ from deepcloak.evaluation.results import SCHEMA
 from deepcloak.harden import HardenConfig, HardenResult, harden, write_harden
 from deepcloak.models.zoo import create_model
 from tests.robust_toys import toy_report
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DOC = ROOT / "docs" / "schema.md"
@@ -82,14 +81,7 @@ def hardened(tmp_path_factory: pytest.TempPathFactory) -> tuple[HardenResult, di
 
 
 def _paper_sweep() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "paper_sweep", ROOT / "experiments/paper_sweep.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_sweep"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/paper_sweep.py", "paper_sweep")
 
 
 @pytest.fixture(scope="module")
