@@ -49,11 +49,11 @@ def test_the_autoattack_comparison_renders_each_row() -> None:
         "model": "resnet (seed 100, 1 epochs)", "variant": "cloaked", "eps": 0.02, "clean": 0.9,
         "peer_accuracy": 0.25, "level": "standard", "accuracy": 0.255, "only_peer": 3,
         "only_deepcloak": 1, "p_value": 0.3125, "cost_ratio": 0.2, "seconds": 20.0,
-        "peer_seconds": 100.0,
+        "peer_seconds": 100.0, "n": 200, "first": 300,
     }  # fmt: skip
     lines = _levels().peer_section({"run": {"setting": "a test"}, "rows": [row]})
     assert lines[0].startswith("<!-- autoattack:start") and lines[-1] == "<!-- autoattack:end -->"
     assert (
-        "| resnet (seed 100, 1 epochs) | cloaked | 0.02 | 90.0% | 25.0% | `standard` | 25.5% "
+        "| resnet (seed 100, 1 epochs) | cloaked | 0.02 | 300–499 | 90.0% | 25.0% | `standard` | 25.5% "
         "| 3 / 1 | 0.31 | 0.20 (20 s / 100 s) |"
     ) in lines
