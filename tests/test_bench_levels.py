@@ -54,6 +54,6 @@ def test_the_autoattack_comparison_renders_each_row() -> None:
     lines = _levels().peer_section({"run": {"setting": "a test"}, "rows": [row]})
     assert lines[0].startswith("<!-- autoattack:start") and lines[-1] == "<!-- autoattack:end -->"
     assert (
-        "| resnet (seed 100, 1 epochs) | cloaked | 0.02 | 300–499 | 90.0% | 25.0% | `standard` | 25.5% "
-        "| 3 / 1 | 0.31 | 0.20 (20 s / 100 s) |"
+        "| resnet (seed 100, 1 epochs) | cloaked | 0.02 | 300–499 | 90.0% | 25.0% | `standard` "
+        "| 25.5% | 3 / 1 | 0.31 | 0.20 (20 s / 100 s) |"
     ) in lines
